@@ -1,0 +1,151 @@
+"""Announcement records and the zone arbiter: pure bookkeeping, no I/O.
+
+An :class:`Announcement` is the server's account of one request from
+acceptance to its final state; it is what ``GET /v1/announcements/{id}``
+shows. The :class:`ZoneArbiter` decides which queued announcements may start:
+a zone plays one announcement at a time, first come first served, and an
+announcement starts only when every one of its zones is free. A later
+announcement never overtakes an earlier one that waits for a shared zone.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from broadcaster.model import AnnouncementSpec, AnnouncementState
+from broadcaster.streaming.hub import DeliveryStats
+
+
+@dataclass(eq=False)
+class Announcement:
+    id: str
+    number: int  # the u32 stream number in binary audio frames
+    spec: AnnouncementSpec
+    created_at: datetime
+    accepted_us: int
+    state: AnnouncementState = AnnouncementState.QUEUED
+    reason: str | None = None
+    engine: str | None = None
+    segments: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    start_at_us: int | None = None
+    first_audio_sent_us: int | None = None
+    duration_ms: int | None = None
+    chunks: int = 0
+    underruns: int = 0
+    formats: list[str] = field(default_factory=list)
+    deliveries: dict[str, DeliveryStats] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        s = self.spec
+        first_audio_ms = (
+            None
+            if self.first_audio_sent_us is None
+            else round((self.first_audio_sent_us - self.accepted_us) / 1000, 1)
+        )
+        return {
+            "id": self.id,
+            "number": self.number,
+            "state": self.state.value,
+            "reason": self.reason,
+            "text": s.text,
+            "zones": list(s.zones),
+            "voice": s.voice,
+            "language": s.language,
+            "speed": s.speed,
+            "style": s.style,
+            "priority": s.priority,
+            "engine": self.engine,
+            "segments": self.segments,
+            "created_at": self.created_at.isoformat(),
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "first_audio_ms": first_audio_ms,
+            "duration_ms": self.duration_ms,
+            "chunks": self.chunks,
+            "underruns": self.underruns,
+            "formats": self.formats,
+            "warnings": self.warnings,
+            "endpoints": {k: v.as_dict() for k, v in self.deliveries.items()},
+        }
+
+
+class Registry:
+    """Announcements by id: every unfinished one, plus the latest ``history_limit`` finished.
+
+    Bounded: when a finished announcement pushes the history past its limit,
+    the oldest *finished* one is forgotten. Unfinished ones are never evicted
+    (the arbiter's queue limit bounds them).
+    """
+
+    def __init__(self, history_limit: int) -> None:
+        self._items: OrderedDict[str, Announcement] = OrderedDict()
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._history_limit = history_limit
+        self._next_number = 1
+
+    def create(self, spec: AnnouncementSpec, *, now: datetime, now_us: int) -> Announcement:
+        number = self._next_number
+        self._next_number = self._next_number % 0xFFFFFFFF + 1  # u32, never 0
+        ann = Announcement(
+            id=str(uuid.uuid4()), number=number, spec=spec, created_at=now, accepted_us=now_us
+        )
+        self._items[ann.id] = ann
+        return ann
+
+    def get(self, ann_id: str) -> Announcement | None:
+        return self._items.get(ann_id)
+
+    def recent(self, limit: int) -> list[Announcement]:
+        return list(reversed(self._items.values()))[:limit]
+
+    def finished(self, ann: Announcement) -> None:
+        self._finished[ann.id] = None
+        while len(self._finished) > self._history_limit:
+            old, _ = self._finished.popitem(last=False)
+            self._items.pop(old, None)
+
+
+class ZoneArbiter:
+    """Which announcements may start now. First come, first served per zone."""
+
+    def __init__(self) -> None:
+        self._queue: OrderedDict[str, frozenset[str]] = OrderedDict()
+        self._busy: dict[str, str] = {}  # zone -> announcement id holding it
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def submit(self, ann_id: str, zones: frozenset[str]) -> None:
+        self._queue[ann_id] = zones
+
+    def withdraw(self, ann_id: str) -> bool:
+        """Remove a queued announcement (cancelled before start)."""
+        return self._queue.pop(ann_id, None) is not None
+
+    def startable(self) -> list[str]:
+        """Queued ids that may start now, in order; they are marked as started."""
+        ready: list[str] = []
+        claimed: set[str] = set(self._busy)
+        for ann_id, zones in self._queue.items():
+            if zones.isdisjoint(claimed):
+                ready.append(ann_id)
+            # Whether or not it starts, its zones are claimed for everyone behind it.
+            claimed |= zones
+        for ann_id in ready:
+            zones = self._queue.pop(ann_id)
+            for zone in zones:
+                self._busy[zone] = ann_id
+        return ready
+
+    def release(self, ann_id: str) -> None:
+        for zone in [z for z, holder in self._busy.items() if holder == ann_id]:
+            del self._busy[zone]
+
+    def holder(self, zone: str) -> str | None:
+        return self._busy.get(zone)

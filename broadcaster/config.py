@@ -1,0 +1,258 @@
+"""Configuration: pydantic models over a TOML file.
+
+``load_config(path)`` either returns a fully validated :class:`Config` or
+raises :class:`ConfigError` whose message names the file, the key and the
+problem — it never lets a traceback reach the operator. Unknown keys are
+errors, so a typo does not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from broadcaster.model import LANGUAGES, SPEED_MAX, SPEED_MIN, VOICES, StreamFormat
+
+_ID = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
+_TOKEN_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message is meant for the operator."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Section):
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    ws_host: str = "127.0.0.1"
+    ws_port: int = Field(default=8765, ge=0, le=65535)
+    #: Seconds given to endpoints and in-flight requests to finish on shutdown.
+    shutdown_timeout_s: float = Field(default=5.0, ge=0, le=120)
+
+
+class SpeechConfig(_Section):
+    #: "auto" uses the embedded espeak-ng engine (the only engine in this release).
+    engine: Literal["auto", "espeak"] = "auto"
+    default_voice: str = "ryan"
+    default_language: str = "English"
+    default_speed: float = Field(default=1.0, ge=SPEED_MIN, le=SPEED_MAX)
+    #: First segment of a long text is kept at most this long so audio starts early.
+    first_segment_max_chars: int = Field(default=160, ge=20, le=2000)
+
+    @field_validator("default_voice")
+    @classmethod
+    def _voice(cls, v: str) -> str:
+        if v not in (*VOICES, "auto"):
+            raise ValueError(f"unknown voice {v!r}; choose one of {', '.join(VOICES)} or auto")
+        return v
+
+    @field_validator("default_language")
+    @classmethod
+    def _language(cls, v: str) -> str:
+        if v not in LANGUAGES:
+            raise ValueError(f"unknown language {v!r}; choose one of {', '.join(LANGUAGES)}")
+        return v
+
+
+class StreamingConfig(_Section):
+    #: Formats endpoints may choose, as "codec/rate".
+    formats: list[str] = Field(
+        default_factory=lambda: [
+            "opus/48000",
+            "pcm_s16le/48000",
+            "pcm_s16le/24000",
+            "pcm_s16le/16000",
+            "pcm_s16le/8000",
+            "pcm_mulaw/8000",
+        ],
+        min_length=1,
+    )
+    #: Chunk length of PCM and μ-law streams (Opus is always 20 ms).
+    pcm_frame_ms: int = Field(default=20, ge=10, le=200, multiple_of=10)
+    opus_bitrate_bps: int = Field(default=32000, ge=6000, le=510000)
+    #: How far ahead of its play-at time a chunk is sent; the endpoint's jitter buffer.
+    playout_delay_ms: int = Field(default=300, ge=50, le=5000)
+    heartbeat_interval_ms: int = Field(default=3000, ge=100, le=60000)
+    heartbeat_timeout_ms: int = Field(default=10000, ge=300, le=100000)
+    hello_timeout_ms: int = Field(default=5000, ge=100, le=60000)
+    max_message_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+    #: Audio an endpoint's send queue may hold before the oldest audio is dropped.
+    endpoint_queue_ms: int = Field(default=2000, ge=100, le=60000)
+    #: An endpoint that keeps dropping audio for this long is disconnected.
+    lagging_disconnect_ms: int = Field(default=5000, ge=100, le=600000)
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, v: list[str]) -> list[str]:
+        for key in v:
+            StreamFormat.parse(key)  # raises ValueError naming the problem
+        if len(set(v)) != len(v):
+            raise ValueError("formats are listed twice")
+        return v
+
+    @model_validator(mode="after")
+    def _heartbeats(self) -> StreamingConfig:
+        if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms:
+            raise ValueError("heartbeat_timeout_ms must be longer than heartbeat_interval_ms")
+        return self
+
+    def stream_formats(self) -> list[StreamFormat]:
+        return [StreamFormat.parse(k, self.pcm_frame_ms) for k in self.formats]
+
+
+class AnnouncementsConfig(_Section):
+    #: Longest text the API accepts (it is split into engine-sized segments).
+    max_text_chars: int = Field(default=20000, ge=100, le=1_000_000)
+    #: Finished announcements kept in memory for GET /v1/announcements/{id}; oldest go first.
+    history_limit: int = Field(default=1000, ge=10, le=1_000_000)
+    #: Announcements waiting for a busy zone; beyond this the API answers 503.
+    queue_limit: int = Field(default=1000, ge=1, le=1_000_000)
+    default_priority: int = Field(default=100, ge=0, le=255)
+
+
+class ZoneConfig(_Section):
+    id: _ID
+    name: str | None = None
+
+
+class EndpointConfig(_Section):
+    id: _ID
+    #: "sha256:<hex>" of the endpoint's token; make one with `broadcaster token`.
+    token_hash: str
+    zones: list[_ID] = Field(min_length=1)
+    description: str | None = None
+
+    @field_validator("token_hash")
+    @classmethod
+    def _hash(cls, v: str) -> str:
+        if not _TOKEN_HASH_RE.match(v):
+            raise ValueError(
+                "must be 'sha256:' followed by 64 lower-case hex digits "
+                "(run `broadcaster token` to make a token and its hash)"
+            )
+        return v
+
+    def token_matches(self, token: str) -> bool:
+        return hmac.compare_digest(self.token_hash, hash_token(token))
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(_Section):
+    server: ServerConfig = ServerConfig()
+    speech: SpeechConfig = SpeechConfig()
+    streaming: StreamingConfig = StreamingConfig()
+    announcements: AnnouncementsConfig = AnnouncementsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    zones: list[ZoneConfig] = Field(default_factory=list)
+    endpoints: list[EndpointConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        zone_ids = [z.id for z in self.zones]
+        dup = {z for z in zone_ids if zone_ids.count(z) > 1}
+        if dup:
+            raise ValueError(f"zone ids listed twice: {', '.join(sorted(dup))}")
+        ep_ids = [e.id for e in self.endpoints]
+        dup = {e for e in ep_ids if ep_ids.count(e) > 1}
+        if dup:
+            raise ValueError(f"endpoint ids listed twice: {', '.join(sorted(dup))}")
+        known = set(zone_ids)
+        for i, ep in enumerate(self.endpoints):
+            unknown = [z for z in ep.zones if z not in known]
+            if unknown:
+                raise ValueError(
+                    f"endpoints[{i}] ({ep.id}): zones {unknown} are not defined under [[zones]]"
+                )
+        return self
+
+    def endpoint(self, endpoint_id: str) -> EndpointConfig | None:
+        for ep in self.endpoints:
+            if ep.id == endpoint_id:
+                return ep
+        return None
+
+    @property
+    def zone_ids(self) -> list[str]:
+        return [z.id for z in self.zones]
+
+
+def hash_token(token: str) -> str:
+    """The value stored in ``token_hash`` for ``token``.
+
+    Tokens are meant to be random (``new_token``), so a fast hash is enough: a
+    slow password hash would only make thousands of reconnecting endpoints
+    expensive to admit.
+    """
+    return "sha256:" + hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token() -> str:
+    """A fresh random endpoint token (256 bits)."""
+    return secrets.token_urlsafe(32)
+
+
+def _location(loc: tuple[int | str, ...], data: Any) -> str:
+    """Render a pydantic error location as a TOML-ish key, naming list items by id."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and 0 <= item < len(node):
+                node = node[item]
+                if isinstance(node, dict) and isinstance(node.get("id"), str):
+                    label = f"[{item}] (id {node['id']!r})"
+            else:
+                node = None
+            parts.append(label)
+        else:
+            node = node.get(item) if isinstance(node, dict) else None
+            parts.append(("." if parts else "") + item)
+    return "".join(parts) or "(top level)"
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = _location(tuple(err["loc"]), data)
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check its spelling; configs/example.toml lists every key)"
+            msg = msg.removeprefix("Value error, ")
+            lines.append(f"{source}: {key}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML config file."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return parse_config(data, str(p))

@@ -1,0 +1,180 @@
+"""Plain frozen values that cross stage boundaries.
+
+Pydantic is used only at the edges (config, HTTP bodies, JSON wire messages);
+inside the pipeline everything is one of these small dataclasses.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+#: The nine preset voices of Qwen3-TTS 1.7B CustomVoice, spelled as the API wants them.
+VOICES: tuple[str, ...] = (
+    "vivian",
+    "serena",
+    "uncle_fu",
+    "dylan",
+    "eric",
+    "ryan",
+    "aiden",
+    "ono_anna",
+    "sohee",
+)
+
+#: The eleven ``speech.language`` values of the production model.
+LANGUAGES: tuple[str, ...] = (
+    "Auto",
+    "English",
+    "Chinese",
+    "Japanese",
+    "Korean",
+    "German",
+    "French",
+    "Russian",
+    "Portuguese",
+    "Spanish",
+    "Italian",
+)
+
+SPEED_MIN = 0.25
+SPEED_MAX = 4.0
+
+
+class Codec(enum.StrEnum):
+    """Audio codecs an endpoint may ask for."""
+
+    PCM_S16LE = "pcm_s16le"
+    OPUS = "opus"
+    PCM_MULAW = "pcm_mulaw"
+
+
+#: Sample rates each codec is offered at.
+CODEC_RATES_HZ: dict[Codec, tuple[int, ...]] = {
+    Codec.PCM_S16LE: (8000, 16000, 24000, 48000),
+    Codec.OPUS: (48000,),
+    Codec.PCM_MULAW: (8000,),
+}
+
+#: Opus is always sent as one 20 ms packet per chunk.
+OPUS_FRAME_MS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFormat:
+    """What an endpoint receives: codec, rate, channels and chunk length.
+
+    ``key`` (for example ``"opus/48000"``) names the format on the wire and in
+    logs; every endpoint with the same key gets the very same bytes.
+    """
+
+    codec: Codec
+    sample_rate_hz: int
+    channels: int = 1
+    frame_ms: int = 20
+
+    def __post_init__(self) -> None:
+        rates = CODEC_RATES_HZ.get(self.codec)
+        if rates is None or self.sample_rate_hz not in rates:
+            raise ValueError(
+                f"{self.codec} is not offered at {self.sample_rate_hz} Hz (offered: {rates})"
+            )
+        if self.channels != 1:
+            raise ValueError("only mono streams are offered")
+        if self.codec is Codec.OPUS and self.frame_ms != OPUS_FRAME_MS:
+            raise ValueError(f"opus is sent in {OPUS_FRAME_MS} ms frames")
+        if not 10 <= self.frame_ms <= 200 or self.frame_ms % 10:
+            raise ValueError("frame_ms must be a multiple of 10 between 10 and 200")
+
+    @property
+    def key(self) -> str:
+        return f"{self.codec.value}/{self.sample_rate_hz}"
+
+    @property
+    def samples_per_frame(self) -> int:
+        return self.sample_rate_hz * self.frame_ms // 1000
+
+    @classmethod
+    def parse(cls, key: str, pcm_frame_ms: int = 20) -> StreamFormat:
+        """Parse ``"codec/rate"``; PCM formats use ``pcm_frame_ms`` chunks."""
+        codec_s, _, rate_s = key.partition("/")
+        try:
+            codec = Codec(codec_s)
+        except ValueError:
+            raise ValueError(f"unknown codec {codec_s!r}") from None
+        try:
+            rate = int(rate_s)
+        except ValueError:
+            raise ValueError(f"bad sample rate in {key!r}") from None
+        frame_ms = OPUS_FRAME_MS if codec is Codec.OPUS else pcm_frame_ms
+        return cls(codec=codec, sample_rate_hz=rate, frame_ms=frame_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechRequest:
+    """One piece of text to speak, with everything that changes the audio."""
+
+    text: str
+    voice: str = "ryan"
+    language: str = "English"
+    speed: float = 1.0
+    style: str | None = None  # positivePrompt for engines that take one
+
+
+@dataclass(frozen=True, slots=True)
+class PcmBlock:
+    """Mono signed 16-bit little-endian PCM."""
+
+    samples: bytes
+    sample_rate_hz: int
+
+    @property
+    def sample_count(self) -> int:
+        return len(self.samples) // 2
+
+    @property
+    def duration_us(self) -> int:
+        return self.sample_count * 1_000_000 // self.sample_rate_hz
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedFrame:
+    """One chunk of one format: its payload and where it sits in the announcement.
+
+    ``offset_us`` is the position of the first sample from the start of the
+    announcement's audio; ``duration_us`` how much audio the payload holds.
+    """
+
+    payload: bytes
+    offset_us: int
+    duration_us: int
+
+
+class AnnouncementState(enum.StrEnum):
+    QUEUED = "queued"
+    PLAYING = "playing"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (
+            AnnouncementState.FINISHED,
+            AnnouncementState.CANCELLED,
+            AnnouncementState.FAILED,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AnnouncementSpec:
+    """What was asked for: validated, defaults applied, ready to play."""
+
+    text: str
+    zones: tuple[str, ...]
+    voice: str
+    language: str
+    speed: float
+    style: str | None = None
+    priority: int = 100
+    extra: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,300 @@
+"""Wire protocol v1 between the broadcaster and PA endpoints (see docs/protocol.md).
+
+Control messages are JSON objects in WebSocket text frames, discriminated by
+``type``. Audio travels in binary frames: a fixed 28-byte big-endian header
+followed by the encoded payload. This module only converts between bytes and
+values; it does no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+PROTOCOL_VERSION = 1
+
+# --- binary audio frames -------------------------------------------------------------------
+
+#: version u8, kind u8, flags u16, stream u32, seq u32, play_at_us i64, duration_us u32,
+#: payload_length u32.
+AUDIO_HEADER = struct.Struct("!BBHIIqII")
+AUDIO_HEADER_SIZE = AUDIO_HEADER.size  # 28
+FRAME_KIND_AUDIO = 1
+
+FLAG_FIRST = 0x0001  # first chunk of the announcement
+FLAG_LAST = 0x0002  # last chunk of the announcement
+FLAG_DISCONTINUITY = 0x0004  # play_at does not follow the previous chunk (gap before it)
+
+
+@dataclass(frozen=True, slots=True)
+class AudioHeader:
+    stream: int
+    seq: int
+    play_at_us: int
+    duration_us: int
+    payload_length: int
+    flags: int = 0
+    version: int = PROTOCOL_VERSION
+    kind: int = FRAME_KIND_AUDIO
+
+
+def pack_audio_frame(
+    *, stream: int, seq: int, play_at_us: int, duration_us: int, payload: bytes, flags: int = 0
+) -> bytes:
+    """Build one binary audio frame: header + payload."""
+    header = AUDIO_HEADER.pack(
+        PROTOCOL_VERSION,
+        FRAME_KIND_AUDIO,
+        flags,
+        stream,
+        seq,
+        play_at_us,
+        duration_us,
+        len(payload),
+    )
+    return header + payload
+
+
+class FrameError(ValueError):
+    """A binary frame that does not follow the protocol."""
+
+
+def unpack_audio_frame(frame: bytes) -> tuple[AudioHeader, bytes]:
+    """Split a binary frame into its header and payload, checking both."""
+    if len(frame) < AUDIO_HEADER_SIZE:
+        raise FrameError(f"audio frame shorter than its {AUDIO_HEADER_SIZE}-byte header")
+    version, kind, flags, stream, seq, play_at_us, duration_us, length = AUDIO_HEADER.unpack_from(
+        frame
+    )
+    if version != PROTOCOL_VERSION:
+        raise FrameError(f"audio frame version {version}, expected {PROTOCOL_VERSION}")
+    if kind != FRAME_KIND_AUDIO:
+        raise FrameError(f"unknown binary frame kind {kind}")
+    payload = frame[AUDIO_HEADER_SIZE:]
+    if len(payload) != length:
+        raise FrameError(f"payload is {len(payload)} bytes, header says {length}")
+    header = AudioHeader(
+        stream=stream,
+        seq=seq,
+        play_at_us=play_at_us,
+        duration_us=duration_us,
+        payload_length=length,
+        flags=flags,
+        version=version,
+        kind=kind,
+    )
+    return header, payload
+
+
+# --- JSON control messages ------------------------------------------------------------------
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FormatSpec(_Msg):
+    """A format as named on the wire."""
+
+    codec: str
+    sample_rate_hz: int
+    channels: int = 1
+    frame_ms: int | None = None
+
+
+# endpoint -> server
+
+
+class Hello(_Msg):
+    type: Literal["hello"] = "hello"
+    protocol: int
+    endpoint_id: str = Field(min_length=1, max_length=128)
+    token: str = Field(min_length=1, max_length=512)
+    zones: list[str] = Field(min_length=1, max_length=64)
+    formats: list[FormatSpec] = Field(min_length=1, max_length=16)
+    agent: str | None = Field(default=None, max_length=200)
+
+
+class Ping(_Msg):
+    """Heartbeat and clock probe; either side may send it, the other answers with Pong."""
+
+    type: Literal["ping"] = "ping"
+    id: int
+    sent_us: int  # sender's clock when sent
+
+
+class Pong(_Msg):
+    type: Literal["pong"] = "pong"
+    id: int
+    echo_us: int  # the ping's sent_us, echoed
+    time_us: int  # responder's clock when it answered
+
+
+class Receipt(_Msg):
+    """The endpoint's account of one announcement once it has ended for it."""
+
+    type: Literal["receipt"] = "receipt"
+    announcement_id: str
+    stream: int
+    status: Literal["complete", "incomplete", "cancelled"]
+    chunks: int = Field(ge=0)
+    duration_ms: int = Field(ge=0)
+    gaps: int = Field(default=0, ge=0)
+
+
+class Bye(_Msg):
+    type: Literal["bye"] = "bye"
+    reason: str | None = None
+
+
+# server -> endpoint
+
+
+class Settings(_Msg):
+    heartbeat_interval_ms: int
+    heartbeat_timeout_ms: int
+    playout_delay_ms: int
+    max_message_bytes: int
+
+
+class Welcome(_Msg):
+    type: Literal["welcome"] = "welcome"
+    protocol: int = PROTOCOL_VERSION
+    session_id: str
+    endpoint_id: str
+    zones: list[str]
+    format: FormatSpec
+    server_time_us: int
+    settings: Settings
+
+
+class AnnouncementStarted(_Msg):
+    type: Literal["announcement_started"] = "announcement_started"
+    announcement_id: str
+    stream: int
+    text: str
+    priority: int
+    zones: list[str]
+    format: FormatSpec
+    start_at_us: int
+    expected_duration_ms: int | None
+
+
+class AnnouncementEnded(_Msg):
+    type: Literal["announcement_ended"] = "announcement_ended"
+    announcement_id: str
+    stream: int
+    chunks: int
+    duration_ms: int
+    end_at_us: int
+
+
+class AnnouncementCancelled(_Msg):
+    type: Literal["announcement_cancelled"] = "announcement_cancelled"
+    announcement_id: str
+    stream: int
+    reason: str
+    flush: bool = True
+
+
+class Error(_Msg):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    field: str | None = None
+
+
+EndpointMessage = Annotated[Hello | Ping | Pong | Receipt | Bye, Field(discriminator="type")]
+ServerMessage = Annotated[
+    Welcome | Ping | Pong | AnnouncementStarted | AnnouncementEnded | AnnouncementCancelled | Error,
+    Field(discriminator="type"),
+]
+
+_endpoint_adapter: TypeAdapter[Any] = TypeAdapter(EndpointMessage)
+_server_adapter: TypeAdapter[Any] = TypeAdapter(ServerMessage)
+
+ENDPOINT_TYPES = frozenset({"hello", "ping", "pong", "receipt", "bye"})
+SERVER_TYPES = frozenset(
+    {
+        "welcome",
+        "ping",
+        "pong",
+        "announcement_started",
+        "announcement_ended",
+        "announcement_cancelled",
+        "error",
+    }
+)
+
+
+class MessageError(ValueError):
+    """A text frame that is not a valid message; ``code`` is the wire error code."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.field = field
+
+
+def _parse(text: str | bytes, adapter: TypeAdapter[Any], known: frozenset[str]) -> Any:
+    try:
+        raw = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MessageError("invalid_json", f"not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise MessageError("invalid_message", "a message must be a JSON object")
+    kind = raw.get("type")
+    if not isinstance(kind, str):
+        raise MessageError("invalid_message", "message has no string 'type'", "type")
+    if kind not in known:
+        raise MessageError("unknown_type", f"unknown message type {kind!r}", "type")
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        # The first location element is the discriminator tag; skip it.
+        loc = [str(p) for p in first["loc"][1:]] or [str(p) for p in first["loc"]]
+        field = ".".join(loc)
+        raise MessageError("invalid_field", f"{kind}.{field}: {first['msg']}", field) from None
+
+
+def parse_endpoint_message(text: str | bytes) -> Hello | Ping | Pong | Receipt | Bye:
+    """Parse a text frame sent by an endpoint. Raises :class:`MessageError`."""
+    msg: Hello | Ping | Pong | Receipt | Bye = _parse(text, _endpoint_adapter, ENDPOINT_TYPES)
+    return msg
+
+
+def parse_server_message(text: str | bytes) -> Any:
+    """Parse a text frame sent by the server (used by endpoint clients)."""
+    return _parse(text, _server_adapter, SERVER_TYPES)
+
+
+def dump(message: BaseModel) -> str:
+    """Serialise a message to the compact JSON text of a frame."""
+    return message.model_dump_json(exclude_none=False)
+
+
+class CloseCode:
+    """WebSocket close codes the server uses, with the reason text sent alongside."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # server shutting down
+    PROTOCOL_ERROR = 1002  # malformed binary frame from the endpoint
+    UNSUPPORTED_DATA = 1003  # endpoint sent binary data; v1 endpoints send text only
+    POLICY = 1008
+    TOO_BIG = 1009  # a message over settings.max_message_bytes
+    INTERNAL = 1011
+    # Application codes (4000-4999).
+    BAD_MESSAGE = 4000  # invalid JSON, unknown type, invalid field
+    UNAUTHORIZED = 4001  # unknown endpoint id or wrong token
+    FORBIDDEN_ZONE = 4003  # asked for a zone it may not join (or an unknown zone)
+    HELLO_TIMEOUT = 4004  # no hello within the hello timeout
+    NO_FORMAT = 4006  # none of the offered formats is available
+    HEARTBEAT_TIMEOUT = 4008  # nothing received within heartbeat_timeout_ms
+    BAD_VERSION = 4009  # protocol version not supported
+    REPLACED = 4010  # the same endpoint id connected again; the older link is closed
+    LAGGING = 4011  # could not keep up: its queue overflowed for too long

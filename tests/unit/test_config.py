@@ -1,0 +1,81 @@
+from pathlib import Path
+
+import pytest
+
+from broadcaster.config import ConfigError, hash_token, load_config, new_token, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["demo.toml", "example.toml"])
+def test_shipped_configs_load(name):
+    cfg = load_config(ROOT / "configs" / name)
+    assert cfg.zones and cfg.endpoints
+
+
+def test_example_lists_every_option_with_its_default():
+    """example.toml must document every key, and show its default value."""
+    import tomllib
+
+    from broadcaster.config import Config
+
+    data = tomllib.loads((ROOT / "configs" / "example.toml").read_text())
+    defaults = Config()
+    for section in ("server", "speech", "streaming", "announcements", "logging"):
+        model = getattr(defaults, section)
+        assert set(data[section]) == set(type(model).model_fields), section
+        for key, value in data[section].items():
+            assert getattr(model, key) == value, f"{section}.{key}"
+
+
+def test_demo_tokens_match():
+    cfg = load_config(ROOT / "configs" / "demo.toml")
+    assert cfg.endpoint("speaker-p1").token_matches("demo-speaker-1-token")
+    assert not cfg.endpoint("speaker-p1").token_matches("demo-speaker-2-token")
+
+
+def err(data):
+    with pytest.raises(ConfigError) as e:
+        parse_config(data, "site.toml")
+    return str(e.value)
+
+
+def test_errors_name_file_key_and_problem():
+    msg = err({"streaming": {"playout_delay_ms": 10}})
+    assert msg.startswith("site.toml: streaming.playout_delay_ms:")
+    assert "greater than or equal to 50" in msg
+
+
+def test_unknown_key_is_refused():
+    assert "site.toml: server.htp_port: unknown key" in err({"server": {"htp_port": 1}})
+
+
+def test_list_items_are_named_by_id():
+    msg = err({"zones": [{"id": "a"}], "endpoints": [{"id": "e1", "token_hash": "x", "zones": ["a"]}]})
+    assert "endpoints[0] (id 'e1').token_hash" in msg and "broadcaster token" in msg
+
+
+def test_endpoint_zone_must_exist():
+    h = hash_token("t")
+    msg = err({"zones": [{"id": "a"}], "endpoints": [{"id": "e1", "token_hash": h, "zones": ["b"]}]})
+    assert "zones ['b'] are not defined" in msg
+
+
+def test_bad_format_and_voice():
+    assert "unknown codec 'mp3'" in err({"streaming": {"formats": ["mp3/44100"]}})
+    assert "not offered at 44100" in err({"streaming": {"formats": ["opus/44100"]}})
+    assert "unknown voice 'bob'" in err({"speech": {"default_voice": "bob"}})
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\n")
+    with pytest.raises(ConfigError, match=r"bad.toml: not valid TOML"):
+        load_config(bad)
+
+
+def test_tokens():
+    t = new_token()
+    assert len(t) >= 40 and hash_token(t).startswith("sha256:") and len(hash_token(t)) == 71

@@ -1,0 +1,89 @@
+"""Fan-out policy with recording fakes: no sockets."""
+
+from broadcaster.model import StreamFormat
+from broadcaster.streaming.hub import DeliveryStats, EndpointLink, Hub, Outbox
+
+OPUS = StreamFormat.parse("opus/48000")
+
+
+def link(eid, zones, fmt=OPUS, max_audio_us=100_000):
+    closed = []
+    lk = EndpointLink(
+        endpoint_id=eid, session_id=f"s-{eid}", zones=tuple(zones), format=fmt,
+        outbox=Outbox(max_audio_us=max_audio_us), connected_at_us=0,
+        close=lambda code, reason: closed.append((code, reason)),
+    )
+    lk.closed = closed
+    return lk
+
+
+def test_audience_is_each_endpoint_once():
+    hub = Hub()
+    a, b, c = link("a", ["z1", "z2"]), link("b", ["z2"]), link("c", ["z3"])
+    for lk in (a, b, c):
+        hub.register(lk)
+    assert [lk.endpoint_id for lk in hub.audience(["z1", "z2"])] == ["a", "b"]
+    assert hub.audience(["nowhere"]) == []
+    assert hub.zone_members("z2") == ["a", "b"]
+
+
+def test_reconnect_replaces_the_old_link():
+    hub = Hub()
+    old, new = link("a", ["z1"]), link("a", ["z1"])
+    hub.register(old)
+    assert hub.register(new) is old
+    assert hub.is_current(new) and not hub.is_current(old)
+    assert not hub.unregister(old)  # the old link's late cleanup must not remove the new one
+    assert hub.audience(["z1"]) == [new]
+    assert hub.unregister(new)
+    assert hub.audience(["z1"]) == []
+
+
+def test_same_bytes_object_is_queued_for_every_endpoint():
+    a, b = link("a", ["z"]), link("b", ["z"])
+    frame = b"frame"
+    for lk in (a, b):
+        lk.outbox.put_audio(frame, play_at_us=10_000, duration_us=20_000, now_us=0)
+    assert a.outbox.pop(0) is frame and b.outbox.pop(0) is frame
+
+
+def test_overflow_drops_oldest_audio_never_control():
+    box = Outbox(max_audio_us=60_000)
+    stats = DeliveryStats("a", "opus/48000")
+    box.put_control("started")
+    for i in range(5):
+        box.put_audio(bytes([i]), play_at_us=1_000_000 + i * 20_000, duration_us=20_000, now_us=i, stats=stats)
+    box.put_control("ended")
+    assert box.queued_audio_us == 60_000
+    assert stats.dropped_overflow == 2 and box.counters.dropped_overflow == 2
+    assert box.lagging_since_us == 3
+    items = [box.pop(0) for _ in range(5)]
+    assert items == ["started", bytes([2]), bytes([3]), bytes([4]), "ended"]
+    assert box.lagging_since_us is None  # sending again clears the lag
+    assert stats.chunks_queued == 5 and stats.chunks_sent == 3
+
+
+def test_stale_audio_is_dropped_not_sent():
+    box = Outbox(max_audio_us=1_000_000)
+    stats = DeliveryStats("a", "opus/48000")
+    box.put_audio(b"old", play_at_us=100, duration_us=20_000, now_us=0, stats=stats)
+    box.put_audio(b"new", play_at_us=50_000, duration_us=20_000, now_us=0, stats=stats)
+    assert box.pop(now_us=30_000) == b"new"
+    assert stats.dropped_stale == 1 and box.pop(0) is None
+
+
+def test_discard_removes_only_that_announcements_audio():
+    box = Outbox(max_audio_us=1_000_000)
+    s1, s2 = DeliveryStats("a", "x"), DeliveryStats("a", "x")
+    box.put_audio(b"1", play_at_us=10**9, duration_us=20_000, now_us=0, stats=s1)
+    box.put_audio(b"2", play_at_us=10**9, duration_us=20_000, now_us=0, stats=s2)
+    box.put_control("c")
+    assert box.discard_audio(s1) == 1
+    assert [box.pop(0), box.pop(0), box.pop(0)] == [b"2", "c", None]
+
+
+def test_too_many_control_messages_mark_overflow():
+    box = Outbox(max_audio_us=1000, max_control=3)
+    for i in range(4):
+        box.put_control(str(i))
+    assert box.overflowed
