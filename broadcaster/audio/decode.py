@@ -1,0 +1,95 @@
+"""Decode received chunks back to PCM: for the reference endpoint client and tests.
+
+Each chunk decodes on its own to exactly ``fmt.samples_per_frame`` samples,
+mono s16le at ``fmt.sample_rate_hz``, so an endpoint can place it at the
+chunk's ``offset_us`` without any further bookkeeping.
+
+Opus pre-skip: an Ogg/Opus file tells its decoder (in the OpusHead header) to
+discard the encoder's first ``pre-skip`` samples.  Our chunks travel without
+that header, and FFmpeg's Opus decoders apply no pre-skip without it, so every
+packet, the first included, decodes to 960 samples.  That is what we want:
+``audio.transcode`` already compensated for the encoder delay on the sending
+side, so the decoded audio lines up with ``offset_us`` as it is.  An endpoint
+that joins mid-announcement needs nothing special either.
+"""
+
+from __future__ import annotations
+
+import os
+import wave
+
+import av
+from av.audio.codeccontext import AudioCodecContext
+from av.audio.frame import AudioFrame
+
+from broadcaster.model import Codec, StreamFormat
+
+
+def _decoder_name(codec: Codec) -> str:
+    if codec is Codec.PCM_MULAW:
+        return "pcm_mulaw"
+    # Prefer the libopus decoder: it hands out s16 directly, where FFmpeg's own
+    # decoder gives float planes that would need converting.
+    return "libopus" if "libopus" in av.codecs_available else "opus"
+
+
+class FrameDecoder:
+    """Decode one stream format's chunks, one payload at a time.
+
+    Keeps codec state between calls (Opus predicts from the previous packet),
+    so feed the chunks of one announcement in order and use a new instance per
+    announcement.  Not thread-safe.
+    """
+
+    def __init__(self, fmt: StreamFormat) -> None:
+        self.fmt = fmt
+        self._ctx: AudioCodecContext | None = None
+        self._resampler: av.AudioResampler | None = None
+        if fmt.codec is Codec.PCM_S16LE:
+            return
+        name = _decoder_name(fmt.codec)
+        ctx = av.CodecContext.create(name, "r")
+        if not isinstance(ctx, AudioCodecContext):  # pragma: no cover - names are all audio
+            raise TypeError(f"{name} is not an audio codec")
+        # Raw chunks carry no container header, so the decoder must be told
+        # what it is getting.
+        ctx.sample_rate = fmt.sample_rate_hz
+        ctx.layout = "mono"
+        ctx.open()
+        self._ctx = ctx
+
+    def decode(self, payload: bytes) -> bytes:
+        """Return the chunk's audio as mono s16le PCM at ``fmt.sample_rate_hz``."""
+        if self._ctx is None:
+            if len(payload) % 2:
+                raise ValueError(f"pcm_s16le payload of odd length {len(payload)}")
+            return bytes(payload)
+        frames = self._ctx.decode(av.Packet(payload))
+        return b"".join(self._to_s16(frame) for frame in frames)
+
+    def _to_s16(self, frame: AudioFrame) -> bytes:
+        if (
+            frame.format.name != "s16"
+            or frame.layout.nb_channels != 1
+            or frame.sample_rate != self.fmt.sample_rate_hz
+        ):
+            # Only a format conversion in practice (float Opus output); no
+            # rate change means libswresample adds no delay here.
+            if self._resampler is None:
+                self._resampler = av.AudioResampler(
+                    format="s16", layout="mono", rate=self.fmt.sample_rate_hz
+                )
+            return b"".join(self._to_s16(f) for f in self._resampler.resample(frame))
+        # to_ndarray respects frame.samples; the plane buffer may be padded.
+        return frame.to_ndarray().astype("<i2", copy=False).tobytes()
+
+
+def write_wav(path: str | os.PathLike[str], pcm: bytes, sample_rate_hz: int) -> None:
+    """Write mono s16le ``pcm`` to a WAV file."""
+    if len(pcm) % 2:
+        raise ValueError(f"PCM of odd length {len(pcm)}")
+    with wave.open(os.fspath(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(sample_rate_hz)
+        wav.writeframes(pcm)
