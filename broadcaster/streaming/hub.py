@@ -71,12 +71,21 @@ class Outbox:
     reports ``overflowed`` so the server disconnects the endpoint. Audio whose
     play-at time has already passed when it reaches the front is dropped
     instead of sent.
+
+    Heartbeats (ping/pong) go in a separate *urgent* lane that is sent before
+    anything else: they carry no ordering with audio, and a pong queued behind
+    two seconds of audio would ruin the endpoint's clock estimate.
+
+    ``lagging_since_us`` is set at the first overflow and cleared once the
+    queue has drained to half its audio bound: an endpoint that stays "full"
+    for too long is one that cannot keep up.
     """
 
     def __init__(
         self, *, max_audio_us: int, max_control: int = 512, wake: Callable[[], None] = lambda: None
     ) -> None:
         self._items: deque[str | _Audio] = deque()
+        self._urgent: deque[str] = deque()
         self._audio_us = 0
         self._control = 0
         self._max_audio_us = max_audio_us
@@ -91,11 +100,18 @@ class Outbox:
         self._wake = wake
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) + len(self._urgent)
 
     @property
     def queued_audio_us(self) -> int:
         return self._audio_us
+
+    def put_urgent(self, text: str) -> None:
+        """A heartbeat message: sent ahead of everything queued."""
+        if len(self._urgent) >= self._max_control:
+            self.overflowed = True
+        self._urgent.append(text)
+        self._wake()
 
     def put_control(self, text: str) -> None:
         if self._control >= self._max_control:
@@ -124,6 +140,11 @@ class Outbox:
 
     def pop(self, now_us: int) -> str | bytes | None:
         """The next frame to send, or None when empty. Stale audio is dropped on the way."""
+        if self._urgent:
+            self.counters.control_sent += 1
+            return self._urgent.popleft()
+        if self.lagging_since_us is not None and self._audio_us <= self._max_audio_us // 2:
+            self.lagging_since_us = None
         while self._items:
             item = self._items.popleft()
             if isinstance(item, str):
@@ -137,7 +158,6 @@ class Outbox:
                     item.stats.dropped_stale += 1
                 continue
             self.counters.audio_sent += 1
-            self.lagging_since_us = None
             if item.stats is not None:
                 item.stats.chunks_sent += 1
                 item.stats.bytes_sent += len(item.frame)
@@ -145,7 +165,7 @@ class Outbox:
         return None
 
     def discard_audio(self, stats: DeliveryStats) -> int:
-        """Remove queued audio of one announcement (cancel/preempt); returns how many."""
+        """Remove queued audio of one announcement (it was cancelled); returns how many."""
         kept: deque[str | _Audio] = deque()
         removed = 0
         for item in self._items:

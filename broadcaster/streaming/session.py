@@ -13,6 +13,8 @@ import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from pydantic import BaseModel
+
 from broadcaster.model import StreamFormat
 from broadcaster.streaming import wire
 from broadcaster.streaming.wire import CloseCode
@@ -112,6 +114,7 @@ class EndpointSession:
         self._ping_id = 0
         self._pings_sent: dict[int, int] = {}
         self._outgoing: list[str] = []
+        self._urgent: list[str] = []
         self._events: list[SessionEvent] = []
         self.last_rtt_us: int | None = None
 
@@ -131,7 +134,12 @@ class EndpointSession:
         try:
             msg = wire.parse_endpoint_message(text)
         except wire.MessageError as exc:
-            self._fail(exc.code, str(exc), CloseCode.BAD_MESSAGE, exc.field)
+            close = (
+                CloseCode.BAD_VERSION
+                if exc.code == "unsupported_protocol"
+                else CloseCode.BAD_MESSAGE
+            )
+            self._fail(exc.code, str(exc), close, exc.field)
             return
         if self.state is SessionState.AWAITING_HELLO:
             if not isinstance(msg, wire.Hello):
@@ -146,7 +154,7 @@ class EndpointSession:
         if isinstance(msg, wire.Hello):
             self._fail("duplicate_hello", "hello was already accepted", CloseCode.BAD_MESSAGE)
         elif isinstance(msg, wire.Ping):
-            self._send(wire.Pong(id=msg.id, echo_us=msg.sent_us, time_us=now_us))
+            self._send(wire.Pong(id=msg.id, echo_us=msg.sent_us, time_us=now_us), urgent=True)
         elif isinstance(msg, wire.Pong):
             sent = self._pings_sent.pop(msg.id, None)
             if sent is not None:
@@ -193,16 +201,14 @@ class EndpointSession:
             # Keep only recent unanswered pings so a silent peer cannot grow the map.
             for old in [k for k in self._pings_sent if k <= self._ping_id - 8]:
                 del self._pings_sent[old]
-            self._send(wire.Ping(id=self._ping_id, sent_us=now_us))
+            self._send(wire.Ping(id=self._ping_id, sent_us=now_us), urgent=True)
             self._next_ping_us = now_us + self._settings.heartbeat_interval_us
 
     def next_timer_us(self) -> int:
         """When ``tick`` next has something to do."""
         if self.state is SessionState.AWAITING_HELLO:
             return self._opened_us + self._settings.hello_timeout_us
-        return min(
-            self._next_ping_us, self._last_received_us + self._settings.heartbeat_timeout_us
-        )
+        return min(self._next_ping_us, self._last_received_us + self._settings.heartbeat_timeout_us)
 
     def server_closing(self, code: int, reason: str) -> None:
         """The server ends the link (shutdown, replaced, lagging)."""
@@ -212,7 +218,13 @@ class EndpointSession:
     # --- outputs ----------------------------------------------------------------------------
 
     def take_outgoing(self) -> list[str]:
+        """Messages to send in order with the announcement stream."""
         out, self._outgoing = self._outgoing, []
+        return out
+
+    def take_urgent(self) -> list[str]:
+        """Heartbeat messages (ping/pong), to send ahead of queued audio."""
+        out, self._urgent = self._urgent, []
         return out
 
     def take_events(self) -> list[SessionEvent]:
@@ -222,21 +234,11 @@ class EndpointSession:
     # --- internals --------------------------------------------------------------------------
 
     def _on_hello(self, hello: wire.Hello, now_us: int) -> None:
-        if hello.protocol != wire.PROTOCOL_VERSION:
-            self._fail(
-                "unsupported_protocol",
-                f"protocol {hello.protocol} is not supported; this server speaks "
-                f"{wire.PROTOCOL_VERSION}",
-                CloseCode.BAD_VERSION,
-                "protocol",
-            )
-            return
+        # (The protocol version was checked while parsing, before the schema.)
         grant = self._grants.get(hello.endpoint_id)
         # One answer for an unknown id and a wrong token: do not reveal which ids exist.
         if grant is None or not grant.token_ok(hello.token):
-            self._fail(
-                "unauthorized", "unknown endpoint id or wrong token", CloseCode.UNAUTHORIZED
-            )
+            self._fail("unauthorized", "unknown endpoint id or wrong token", CloseCode.UNAUTHORIZED)
             return
         forbidden = [z for z in hello.zones if z not in grant.zones]
         if forbidden:
@@ -289,8 +291,8 @@ class EndpointSession:
                 return fmt
         return None
 
-    def _send(self, message: wire.BaseModel) -> None:
-        self._outgoing.append(wire.dump(message))
+    def _send(self, message: BaseModel, *, urgent: bool = False) -> None:
+        (self._urgent if urgent else self._outgoing).append(wire.dump(message))
 
     def _fail(self, code: str, message: str, close_code: int, field: str | None = None) -> None:
         self._send(wire.Error(code=code, message=message, field=field))

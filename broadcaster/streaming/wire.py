@@ -26,7 +26,7 @@ AUDIO_HEADER_SIZE = AUDIO_HEADER.size  # 28
 FRAME_KIND_AUDIO = 1
 
 FLAG_FIRST = 0x0001  # first chunk of the announcement
-FLAG_LAST = 0x0002  # last chunk of the announcement
+# 0x0002 is reserved (a "last chunk" flag was considered; announcement_ended says it instead).
 FLAG_DISCONTINUITY = 0x0004  # play_at does not follow the previous chunk (gap before it)
 
 
@@ -94,7 +94,15 @@ def unpack_audio_frame(frame: bytes) -> tuple[AudioHeader, bytes]:
 
 
 class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Messages an endpoint sends: checked strictly (no unknown fields, no "5" for 5)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class _ServerMsg(BaseModel):
+    """Messages the server sends. Clients ignore fields they do not know (forward compatible)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class FormatSpec(_Msg):
@@ -112,7 +120,7 @@ class FormatSpec(_Msg):
 class Hello(_Msg):
     type: Literal["hello"] = "hello"
     protocol: int
-    endpoint_id: str = Field(min_length=1, max_length=128)
+    endpoint_id: str = Field(min_length=1, max_length=64)
     token: str = Field(min_length=1, max_length=512)
     zones: list[str] = Field(min_length=1, max_length=64)
     formats: list[FormatSpec] = Field(min_length=1, max_length=16)
@@ -154,14 +162,14 @@ class Bye(_Msg):
 # server -> endpoint
 
 
-class Settings(_Msg):
+class Settings(_ServerMsg):
     heartbeat_interval_ms: int
     heartbeat_timeout_ms: int
     playout_delay_ms: int
     max_message_bytes: int
 
 
-class Welcome(_Msg):
+class Welcome(_ServerMsg):
     type: Literal["welcome"] = "welcome"
     protocol: int = PROTOCOL_VERSION
     session_id: str
@@ -172,7 +180,7 @@ class Welcome(_Msg):
     settings: Settings
 
 
-class AnnouncementStarted(_Msg):
+class AnnouncementStarted(_ServerMsg):
     type: Literal["announcement_started"] = "announcement_started"
     announcement_id: str
     stream: int
@@ -181,10 +189,10 @@ class AnnouncementStarted(_Msg):
     zones: list[str]
     format: FormatSpec
     start_at_us: int
-    expected_duration_ms: int | None
+    expected_duration_ms: int  # an estimate made before the audio exists
 
 
-class AnnouncementEnded(_Msg):
+class AnnouncementEnded(_ServerMsg):
     type: Literal["announcement_ended"] = "announcement_ended"
     announcement_id: str
     stream: int
@@ -193,7 +201,7 @@ class AnnouncementEnded(_Msg):
     end_at_us: int
 
 
-class AnnouncementCancelled(_Msg):
+class AnnouncementCancelled(_ServerMsg):
     type: Literal["announcement_cancelled"] = "announcement_cancelled"
     announcement_id: str
     stream: int
@@ -201,7 +209,7 @@ class AnnouncementCancelled(_Msg):
     flush: bool = True
 
 
-class Error(_Msg):
+class Error(_ServerMsg):
     type: Literal["error"] = "error"
     code: str
     message: str
@@ -252,6 +260,14 @@ def _parse(text: str | bytes, adapter: TypeAdapter[Any], known: frozenset[str]) 
         raise MessageError("invalid_message", "message has no string 'type'", "type")
     if kind not in known:
         raise MessageError("unknown_type", f"unknown message type {kind!r}", "type")
+    if kind == "hello" and raw.get("protocol") != PROTOCOL_VERSION:
+        # Checked before the schema: a newer client's hello may carry fields v1 does not know.
+        raise MessageError(
+            "unsupported_protocol",
+            f"protocol {raw.get('protocol')!r} is not supported; this server speaks "
+            f"{PROTOCOL_VERSION}",
+            "protocol",
+        )
     try:
         return adapter.validate_python(raw)
     except ValidationError as exc:
@@ -281,13 +297,10 @@ def dump(message: BaseModel) -> str:
 class CloseCode:
     """WebSocket close codes the server uses, with the reason text sent alongside."""
 
-    NORMAL = 1000
+    NORMAL = 1000  # the endpoint said bye
     GOING_AWAY = 1001  # server shutting down
-    PROTOCOL_ERROR = 1002  # malformed binary frame from the endpoint
-    UNSUPPORTED_DATA = 1003  # endpoint sent binary data; v1 endpoints send text only
-    POLICY = 1008
+    UNSUPPORTED_DATA = 1003  # endpoint sent a binary frame; v1 endpoints send text only
     TOO_BIG = 1009  # a message over settings.max_message_bytes
-    INTERNAL = 1011
     # Application codes (4000-4999).
     BAD_MESSAGE = 4000  # invalid JSON, unknown type, invalid field
     UNAUTHORIZED = 4001  # unknown endpoint id or wrong token

@@ -5,7 +5,9 @@ from broadcaster.model import AnnouncementSpec, AnnouncementState
 
 
 def spec(zones=("a",)):
-    return AnnouncementSpec(text="hi", zones=tuple(zones), voice="ryan", language="English", speed=1)
+    return AnnouncementSpec(
+        text="hi", zones=tuple(zones), voice="ryan", language="English", speed=1
+    )
 
 
 def test_fifo_per_zone():

@@ -51,13 +51,17 @@ def test_unknown_key_is_refused():
 
 
 def test_list_items_are_named_by_id():
-    msg = err({"zones": [{"id": "a"}], "endpoints": [{"id": "e1", "token_hash": "x", "zones": ["a"]}]})
+    msg = err(
+        {"zones": [{"id": "a"}], "endpoints": [{"id": "e1", "token_hash": "x", "zones": ["a"]}]}
+    )
     assert "endpoints[0] (id 'e1').token_hash" in msg and "broadcaster token" in msg
 
 
 def test_endpoint_zone_must_exist():
     h = hash_token("t")
-    msg = err({"zones": [{"id": "a"}], "endpoints": [{"id": "e1", "token_hash": h, "zones": ["b"]}]})
+    msg = err(
+        {"zones": [{"id": "a"}], "endpoints": [{"id": "e1", "token_hash": h, "zones": ["b"]}]}
+    )
     assert "zones ['b'] are not defined" in msg
 
 

@@ -9,8 +9,12 @@ OPUS = StreamFormat.parse("opus/48000")
 def link(eid, zones, fmt=OPUS, max_audio_us=100_000):
     closed = []
     lk = EndpointLink(
-        endpoint_id=eid, session_id=f"s-{eid}", zones=tuple(zones), format=fmt,
-        outbox=Outbox(max_audio_us=max_audio_us), connected_at_us=0,
+        endpoint_id=eid,
+        session_id=f"s-{eid}",
+        zones=tuple(zones),
+        format=fmt,
+        outbox=Outbox(max_audio_us=max_audio_us),
+        connected_at_us=0,
         close=lambda code, reason: closed.append((code, reason)),
     )
     lk.closed = closed
@@ -52,14 +56,19 @@ def test_overflow_drops_oldest_audio_never_control():
     stats = DeliveryStats("a", "opus/48000")
     box.put_control("started")
     for i in range(5):
-        box.put_audio(bytes([i]), play_at_us=1_000_000 + i * 20_000, duration_us=20_000, now_us=i, stats=stats)
+        box.put_audio(
+            bytes([i]), play_at_us=1_000_000 + i * 20_000, duration_us=20_000, now_us=i, stats=stats
+        )
     box.put_control("ended")
     assert box.queued_audio_us == 60_000
     assert stats.dropped_overflow == 2 and box.counters.dropped_overflow == 2
     assert box.lagging_since_us == 3
-    items = [box.pop(0) for _ in range(5)]
+    items = [box.pop(0) for _ in range(2)]
+    assert items == ["started", bytes([2])]
+    assert box.lagging_since_us == 3  # still full beyond half its bound
+    items += [box.pop(0) for _ in range(3)]
     assert items == ["started", bytes([2]), bytes([3]), bytes([4]), "ended"]
-    assert box.lagging_since_us is None  # sending again clears the lag
+    assert box.lagging_since_us is None  # drained: no longer lagging
     assert stats.chunks_queued == 5 and stats.chunks_sent == 3
 
 
@@ -87,3 +96,22 @@ def test_too_many_control_messages_mark_overflow():
     for i in range(4):
         box.put_control(str(i))
     assert box.overflowed
+
+
+def test_heartbeats_jump_the_queue():
+    box = Outbox(max_audio_us=1_000_000)
+    box.put_control("started")
+    box.put_audio(b"a", play_at_us=10**9, duration_us=20_000, now_us=0)
+    box.put_urgent("pong")
+    assert [box.pop(0), box.pop(0), box.pop(0)] == ["pong", "started", b"a"]
+
+
+def test_stale_drops_also_end_lagging():
+    box = Outbox(max_audio_us=40_000)
+    for i in range(4):
+        box.put_audio(bytes([i]), play_at_us=100 + i, duration_us=20_000, now_us=5)
+    assert box.lagging_since_us == 5
+    assert box.pop(now_us=10**6) is None  # all too old to play: dropped, queue empty
+    box.put_control("ended")
+    assert box.pop(0) == "ended"
+    assert box.lagging_since_us is None

@@ -25,29 +25,42 @@ SETTINGS = SessionSettings(
     playout_delay_us=300_000,
     max_message_bytes=4096,
 )
-FORMATS = {f.key: f for f in (StreamFormat.parse("opus/48000"), StreamFormat.parse("pcm_s16le/16000"))}
+FORMATS = {
+    f.key: f for f in (StreamFormat.parse("opus/48000"), StreamFormat.parse("pcm_s16le/16000"))
+}
 
 
 def grants():
     h = hash_token("secret")
-    return {"ep1": EndpointGrant(zones=frozenset({"a", "b"}), token_ok=lambda t: hash_token(t) == h)}
+    return {
+        "ep1": EndpointGrant(zones=frozenset({"a", "b"}), token_ok=lambda t: hash_token(t) == h)
+    }
 
 
 def new_session():
-    return EndpointSession(session_id="s1", grants=grants(), formats=FORMATS, settings=SETTINGS, now_us=T0)
+    return EndpointSession(
+        session_id="s1", grants=grants(), formats=FORMATS, settings=SETTINGS, now_us=T0
+    )
 
 
 def hello(**over):
     msg = {
-        "type": "hello", "protocol": 1, "endpoint_id": "ep1", "token": "secret", "zones": ["a"],
-        "formats": [{"codec": "pcm_s16le", "sample_rate_hz": 8000}, {"codec": "opus", "sample_rate_hz": 48000}],
+        "type": "hello",
+        "protocol": 1,
+        "endpoint_id": "ep1",
+        "token": "secret",
+        "zones": ["a"],
+        "formats": [
+            {"codec": "pcm_s16le", "sample_rate_hz": 8000},
+            {"codec": "opus", "sample_rate_hz": 48000},
+        ],
     }
     msg.update(over)
     return json.dumps(msg)
 
 
 def out(session):
-    return [json.loads(t) for t in session.take_outgoing()]
+    return [json.loads(t) for t in session.take_urgent() + session.take_outgoing()]
 
 
 def test_hello_is_welcomed_with_the_first_available_format():
@@ -55,7 +68,12 @@ def test_hello_is_welcomed_with_the_first_available_format():
     s.receive_text(hello(), T0 + 10)
     [welcome] = out(s)
     assert welcome["type"] == "welcome"
-    assert welcome["format"] == {"codec": "opus", "sample_rate_hz": 48000, "channels": 1, "frame_ms": 20}
+    assert welcome["format"] == {
+        "codec": "opus",
+        "sample_rate_hz": 48000,
+        "channels": 1,
+        "frame_ms": 20,
+    }
     assert welcome["server_time_us"] == T0 + 10
     assert welcome["settings"]["heartbeat_timeout_ms"] == 10_000
     assert s.state is SessionState.ACTIVE
@@ -69,7 +87,14 @@ def test_hello_is_welcomed_with_the_first_available_format():
         (hello(endpoint_id="nobody"), "unauthorized", CloseCode.UNAUTHORIZED),
         (hello(zones=["a", "c"]), "forbidden_zone", CloseCode.FORBIDDEN_ZONE),
         (hello(protocol=2), "unsupported_protocol", CloseCode.BAD_VERSION),
-        (hello(formats=[{"codec": "pcm_mulaw", "sample_rate_hz": 8000}]), "no_common_format", CloseCode.NO_FORMAT),
+        (hello(protocol=2, new_v2_field=1), "unsupported_protocol", CloseCode.BAD_VERSION),
+        (hello(zones="a"), "invalid_field", CloseCode.BAD_MESSAGE),
+        (hello(protocol="1"), "unsupported_protocol", CloseCode.BAD_VERSION),
+        (
+            hello(formats=[{"codec": "pcm_mulaw", "sample_rate_hz": 8000}]),
+            "no_common_format",
+            CloseCode.NO_FORMAT,
+        ),
         ('{"type": "ping", "id": 1, "sent_us": 0}', "expected_hello", CloseCode.BAD_MESSAGE),
         ("not json", "invalid_json", CloseCode.BAD_MESSAGE),
         ('{"type": "shout"}', "unknown_type", CloseCode.BAD_MESSAGE),
@@ -111,6 +136,15 @@ def test_second_hello_is_refused():
     assert out(s)[0]["code"] == "duplicate_hello"
 
 
+def test_strings_are_not_numbers():
+    s = new_session()
+    s.receive_text(hello(), T0)
+    out(s)
+    s.receive_text('{"type": "ping", "id": "9", "sent_us": 123}', T0 + 1)
+    [err] = out(s)
+    assert err["code"] == "invalid_field" and err["field"] == "id"
+
+
 def test_ping_is_answered_with_server_time():
     s = new_session()
     s.receive_text(hello(), T0)
@@ -130,7 +164,10 @@ def test_heartbeat_pings_and_round_trip():
     s.tick(T0 + 3_000_000)
     [ping] = out(s)
     assert ping["type"] == "ping" and ping["sent_us"] == T0 + 3_000_000
-    s.receive_text(json.dumps({"type": "pong", "id": ping["id"], "echo_us": ping["sent_us"], "time_us": 1}), T0 + 3_004_000)
+    s.receive_text(
+        json.dumps({"type": "pong", "id": ping["id"], "echo_us": ping["sent_us"], "time_us": 1}),
+        T0 + 3_004_000,
+    )
     assert s.take_events() == [RoundTrip(4_000)]
 
 
@@ -166,7 +203,19 @@ def test_receipt_becomes_an_event():
     s = new_session()
     s.receive_text(hello(), T0)
     s.take_events()
-    s.receive_text(json.dumps({"type": "receipt", "announcement_id": "x", "stream": 1, "status": "complete", "chunks": 5, "duration_ms": 100}), T0 + 1)
+    s.receive_text(
+        json.dumps(
+            {
+                "type": "receipt",
+                "announcement_id": "x",
+                "stream": 1,
+                "status": "complete",
+                "chunks": 5,
+                "duration_ms": 100,
+            }
+        ),
+        T0 + 1,
+    )
     [ev] = s.take_events()
     assert isinstance(ev, ReceiptReceived) and ev.receipt.chunks == 5
 

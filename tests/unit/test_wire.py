@@ -7,23 +7,28 @@ from broadcaster.streaming import wire
 
 def test_audio_frame_round_trip():
     frame = wire.pack_audio_frame(
-        stream=7, seq=42, play_at_us=1_234_567_890, duration_us=20_000, payload=b"abc",
+        stream=7,
+        seq=42,
+        play_at_us=1_234_567_890,
+        duration_us=20_000,
+        payload=b"abc",
         flags=wire.FLAG_FIRST,
     )
     assert len(frame) == wire.AUDIO_HEADER_SIZE + 3 == 31
     header, payload = wire.unpack_audio_frame(frame)
     assert payload == b"abc"
     assert (header.stream, header.seq, header.play_at_us, header.duration_us) == (
-        7, 42, 1_234_567_890, 20_000,
+        7,
+        42,
+        1_234_567_890,
+        20_000,
     )
     assert header.flags == wire.FLAG_FIRST and header.payload_length == 3
 
 
 def test_audio_header_layout_is_big_endian_and_fixed():
     frame = wire.pack_audio_frame(stream=1, seq=2, play_at_us=3, duration_us=4, payload=b"")
-    assert frame.hex() == (
-        "01" "01" "0000" "00000001" "00000002" "0000000000000003" "00000004" "00000000"
-    )
+    assert frame.hex() == ("01010000000000010000000200000000000000030000000400000000")
 
 
 @pytest.mark.parametrize(
@@ -32,8 +37,10 @@ def test_audio_header_layout_is_big_endian_and_fixed():
         (b"\x01\x01", "shorter"),
         (bytes([2, 1]) + bytes(26), "version"),
         (bytes([1, 9]) + bytes(26), "kind"),
-        (wire.pack_audio_frame(stream=1, seq=0, play_at_us=0, duration_us=0, payload=b"xy")[:-1],
-         "header says"),
+        (
+            wire.pack_audio_frame(stream=1, seq=0, play_at_us=0, duration_us=0, payload=b"xy")[:-1],
+            "header says",
+        ),
     ],
 )
 def test_bad_audio_frames_are_refused(frame, problem):
@@ -42,10 +49,18 @@ def test_bad_audio_frames_are_refused(frame, problem):
 
 
 def test_parse_hello():
-    msg = wire.parse_endpoint_message(json.dumps({
-        "type": "hello", "protocol": 1, "endpoint_id": "e", "token": "t", "zones": ["z"],
-        "formats": [{"codec": "opus", "sample_rate_hz": 48000}],
-    }))
+    msg = wire.parse_endpoint_message(
+        json.dumps(
+            {
+                "type": "hello",
+                "protocol": 1,
+                "endpoint_id": "e",
+                "token": "t",
+                "zones": ["z"],
+                "formats": [{"codec": "opus", "sample_rate_hz": 48000}],
+            }
+        )
+    )
     assert isinstance(msg, wire.Hello)
     assert msg.formats[0].codec == "opus"
 
@@ -59,8 +74,12 @@ def test_parse_hello():
         ('{"type": "dance"}', "unknown_type", "type"),
         ('{"type": "ping", "id": "x", "sent_us": 1}', "invalid_field", "id"),
         ('{"type": "ping", "id": 1, "sent_us": 1, "extra": 1}', "invalid_field", "extra"),
-        ('{"type": "hello", "protocol": 1, "endpoint_id": "e", "token": "t", "zones": [],'
-         ' "formats": [{"codec": "opus", "sample_rate_hz": 48000}]}', "invalid_field", "zones"),
+        (
+            '{"type": "hello", "protocol": 1, "endpoint_id": "e", "token": "t", "zones": [],'
+            ' "formats": [{"codec": "opus", "sample_rate_hz": 48000}]}',
+            "invalid_field",
+            "zones",
+        ),
     ],
 )
 def test_bad_messages_name_the_problem(text, code, field):

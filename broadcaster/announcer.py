@@ -1,0 +1,412 @@
+"""Plays announcements: speech → transcode → pace → fan-out, one task per announcement.
+
+The :class:`Announcer` owns every playout task (in its own TaskGroup), the
+zone arbiter and the registry of records. Decisions live in the pure pieces
+it drives (:class:`~broadcaster.announcements.ZoneArbiter`,
+:class:`~broadcaster.audio.pacer.Pacer`, :class:`~broadcaster.streaming.hub.Hub`);
+this module is the async glue, plus the rules for what each outcome means for
+the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from broadcaster.announcements import Announcement, Registry, ZoneArbiter
+from broadcaster.audio.pacer import Pacer
+from broadcaster.audio.transcode import MultiTranscoder
+from broadcaster.clock import Clock
+from broadcaster.model import (
+    AnnouncementSpec,
+    AnnouncementState,
+    EncodedFrame,
+    SpeechRequest,
+    StreamFormat,
+)
+from broadcaster.speech.engine import SpeechEngine, SpeechError
+from broadcaster.speech.segmenter import split_text
+from broadcaster.streaming import wire
+from broadcaster.streaming.hub import DeliveryStats, EndpointLink, Hub
+from broadcaster.streaming.session import format_spec
+
+log = logging.getLogger(__name__)
+
+#: espeak at 175 words per minute speaks about 14 characters a second; used only
+#: for the *estimate* in announcement_started before the audio exists.
+_CHARS_PER_SECOND = 14.0
+
+#: Batches of encoded frames the synthesis side may run ahead of the pacer.
+#: Full → synthesis waits (it is faster than real time, so this only bounds memory).
+_AHEAD_BATCHES = 64
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real exception inside (possibly nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+class QueueFull(Exception):
+    """Too many announcements are waiting; the API answers 503."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlayoutSettings:
+    lead_us: int
+    opus_bitrate_bps: int
+    first_segment_max_chars: int
+    queue_limit: int
+
+
+class Announcer:
+    def __init__(
+        self,
+        *,
+        engine: SpeechEngine,
+        hub: Hub,
+        clock: Clock,
+        settings: PlayoutSettings,
+        registry: Registry,
+        transcode_executor: Executor | None = None,
+    ) -> None:
+        self.engine = engine
+        self.hub = hub
+        self.clock = clock
+        self.settings = settings
+        self.registry = registry
+        self.arbiter = ZoneArbiter()
+        # PyAV work leaves the event loop for these threads (tests may pass an inline one).
+        self._executor = transcode_executor or ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="transcode"
+        )
+        self._wake = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cancel_reasons: dict[str, str] = {}
+        #: The very connections each playing announcement was started on: a cancel
+        #: must reach those, not a newer connection of the same endpoint id.
+        self._audiences: dict[str, list[EndpointLink]] = {}
+        #: Announcements whose announcement_ended was sent (audio all queued).
+        self._ended: set[str] = set()
+        self._listeners: list[Callable[[Announcement], None]] = []
+
+    # --- requests from the API --------------------------------------------------------------
+
+    def submit(self, spec: AnnouncementSpec) -> Announcement:
+        """Accept an announcement; it starts when its zones are free. Never blocks."""
+        if len(self.arbiter) >= self.settings.queue_limit:
+            raise QueueFull(f"{len(self.arbiter)} announcements are already waiting")
+        ann = self.registry.create(spec, now=self.clock.wall(), now_us=self.clock.monotonic_us())
+        self.arbiter.submit(ann.id, frozenset(spec.zones))
+        log.info(
+            "announcement %s accepted: zones=%s priority=%d chars=%d",
+            ann.id,
+            ",".join(spec.zones),
+            spec.priority,
+            len(spec.text),
+        )
+        self._wake.set()
+        return ann
+
+    def cancel(self, ann_id: str, reason: str = "cancelled by operator") -> Announcement | None:
+        ann = self.registry.get(ann_id)
+        if ann is None or ann.state.is_final:
+            return ann
+        if self.arbiter.withdraw(ann_id):
+            self._finish(ann, AnnouncementState.CANCELLED, reason)
+            return ann
+        task = self._tasks.get(ann_id)
+        if task is not None:
+            self._cancel_reasons[ann_id] = reason
+            task.cancel()
+        return ann
+
+    def on_receipt(self, endpoint_id: str, receipt: wire.Receipt) -> None:
+        ann = self.registry.get(receipt.announcement_id)
+        if ann is None or endpoint_id not in ann.deliveries:
+            log.debug("receipt from %s for unknown announcement", endpoint_id)
+            return
+        ann.deliveries[endpoint_id].receipt = receipt.model_dump(exclude={"type"})
+
+    def add_listener(self, listener: Callable[[Announcement], None]) -> None:
+        """Called on every state change (used by tests and, later, the store)."""
+        self._listeners.append(listener)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Start announcements as their zones free up, until cancelled."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                while True:
+                    await self._wake.wait()
+                    self._wake.clear()
+                    for ann_id in self.arbiter.startable():
+                        ann = self.registry.get(ann_id)
+                        if ann is None:  # pragma: no cover - registry keeps unfinished ones
+                            self.arbiter.release(ann_id)
+                            continue
+                        self._tasks[ann_id] = tg.create_task(
+                            self._play(ann), name=f"playout-{ann_id}"
+                        )
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- one announcement -------------------------------------------------------------------
+
+    async def _play(self, ann: Announcement) -> None:
+        try:
+            await self._play_inner(ann)
+        except asyncio.CancelledError:
+            reason = self._cancel_reasons.pop(ann.id, None)
+            if reason is None:
+                if ann.id in self._ended:
+                    # Every chunk was already sent; only the endpoints' buffers remained.
+                    ann.warnings.append("server stopped during the last playout-delay of audio")
+                    self._finish(ann, AnnouncementState.FINISHED, None)
+                else:
+                    self._abort(ann, AnnouncementState.FAILED, "server shutting down")
+                raise
+            self._abort(ann, AnnouncementState.CANCELLED, reason)
+        except Exception as exc:
+            # The producer runs in a TaskGroup, so its errors arrive wrapped in a group.
+            cause = _leaf(exc)
+            if isinstance(cause, SpeechError):
+                log.error("announcement %s: speech engine %s failed: %s", ann.id, ann.engine, cause)
+                self._abort(ann, AnnouncementState.FAILED, f"speech engine failed: {cause}")
+            else:  # a bug must not take the server down, but must be visible
+                log.error("announcement %s failed", ann.id, exc_info=cause)
+                self._abort(ann, AnnouncementState.FAILED, f"internal error: {cause!r}")
+        finally:
+            self._tasks.pop(ann.id, None)
+            self._audiences.pop(ann.id, None)
+            self._ended.discard(ann.id)
+            self.arbiter.release(ann.id)
+            self._wake.set()
+
+    async def _play_inner(self, ann: Announcement) -> None:
+        spec = ann.spec
+        clock = self.clock
+        ann.engine = self.engine.name
+        audience = self.hub.audience(spec.zones)
+        if not audience:
+            self._finish(
+                ann,
+                AnnouncementState.FAILED,
+                f"no endpoint connected in zone(s) {', '.join(spec.zones)}",
+            )
+            return
+        by_format: dict[str, list[EndpointLink]] = {}
+        formats: dict[str, StreamFormat] = {}
+        for link in audience:
+            by_format.setdefault(link.format.key, []).append(link)
+            formats[link.format.key] = link.format
+            ann.deliveries[link.endpoint_id] = DeliveryStats(link.endpoint_id, link.format.key)
+        ann.formats = sorted(formats)
+        self._audiences[ann.id] = audience
+
+        segments = split_text(
+            spec.text, self.engine.max_text_chars, self.settings.first_segment_max_chars
+        )
+        ann.segments = len(segments)
+        now = clock.monotonic_us()
+        pacer = Pacer(start_us=now + self.settings.lead_us, lead_us=self.settings.lead_us)
+        ann.state = AnnouncementState.PLAYING
+        ann.started_at = clock.wall()
+        ann.start_at_us = pacer.start_us
+        self._notify(ann)
+        estimate_ms = int(len(spec.text) / _CHARS_PER_SECOND / spec.speed * 1000)
+        for key, links in by_format.items():
+            started = wire.dump(
+                wire.AnnouncementStarted(
+                    announcement_id=ann.id,
+                    stream=ann.number,
+                    text=spec.text,
+                    priority=spec.priority,
+                    zones=list(spec.zones),
+                    format=format_spec(formats[key]),
+                    start_at_us=pacer.start_us,
+                    expected_duration_ms=estimate_ms,
+                )
+            )
+            for link in links:
+                link.outbox.put_control(started)
+        log.info(
+            "announcement %s playing: %d endpoint(s), formats %s, %d segment(s)",
+            ann.id,
+            len(audience),
+            ",".join(ann.formats),
+            len(segments),
+        )
+
+        queue: asyncio.Queue[list[tuple[int, str, EncodedFrame]] | None] = asyncio.Queue(
+            _AHEAD_BATCHES
+        )
+        seq: dict[str, int] = dict.fromkeys(formats, 0)
+        end_us: dict[str, int] = dict.fromkeys(formats, 0)  # per format: chunks are rounded up
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._produce(ann, segments, list(formats.values()), queue))
+            while (batch := await queue.get()) is not None:
+                for offset_us, key, frame in batch:
+                    slot = pacer.place(offset_us, clock.monotonic_us())
+                    await clock.sleep_until_us(slot.send_at_us)
+                    flags = 0
+                    if seq[key] == 0:
+                        flags |= wire.FLAG_FIRST
+                    if slot.discontinuity:
+                        flags |= wire.FLAG_DISCONTINUITY
+                    data = wire.pack_audio_frame(
+                        stream=ann.number,
+                        seq=seq[key],
+                        play_at_us=slot.play_at_us,
+                        duration_us=frame.duration_us,
+                        payload=frame.payload,
+                        flags=flags,
+                    )
+                    seq[key] += 1
+                    ann.chunks = max(ann.chunks, seq[key])
+                    now = clock.monotonic_us()
+                    if ann.first_audio_sent_us is None:
+                        ann.first_audio_sent_us = now
+                    for link in by_format[key]:
+                        if self.hub.is_current(link):
+                            link.outbox.put_audio(
+                                data,
+                                play_at_us=slot.play_at_us,
+                                duration_us=frame.duration_us,
+                                now_us=now,
+                                stats=ann.deliveries[link.endpoint_id],
+                            )
+                    end_us[key] = max(end_us[key], offset_us + frame.duration_us)
+
+        ann.underruns = pacer.underruns
+        end_offset_us = max(end_us.values())
+        ann.duration_ms = end_offset_us // 1000
+        end_at_us = pacer.play_at(end_offset_us)
+        for key, links in by_format.items():
+            ended = wire.dump(
+                wire.AnnouncementEnded(
+                    announcement_id=ann.id,
+                    stream=ann.number,
+                    chunks=seq[key],
+                    duration_ms=end_us[key] // 1000,
+                    end_at_us=pacer.play_at(end_us[key]),
+                )
+            )
+            for link in links:
+                if self.hub.is_current(link):
+                    link.outbox.put_control(ended)
+        self._ended.add(ann.id)
+        # Free the zones one lead time before the end, so the next announcement's
+        # first chunk plays right as this one's last chunk ends.
+        await clock.sleep_until_us(end_at_us - self.settings.lead_us)
+        self.arbiter.release(ann.id)
+        self._wake.set()
+        await clock.sleep_until_us(end_at_us)
+        for link in audience:
+            stats = ann.deliveries[link.endpoint_id]
+            stats.state = "sent" if self.hub.is_current(link) else "disconnected"
+        self._finish(ann, AnnouncementState.FINISHED, None)
+
+    async def _produce(
+        self,
+        ann: Announcement,
+        segments: list[str],
+        formats: list[StreamFormat],
+        queue: asyncio.Queue[list[tuple[int, str, EncodedFrame]] | None],
+    ) -> None:
+        """Synthesize segment after segment and encode each PCM block once per format."""
+        loop = asyncio.get_running_loop()
+        spec = ann.spec
+        multi: MultiTranscoder | None = None
+        rate = 0
+        base_us = 0  # offset of the current transcoder's first sample (engine switch)
+
+        def tag(out: dict[str, list[EncodedFrame]]) -> list[tuple[int, str, EncodedFrame]]:
+            items = [(base_us + f.offset_us, k, f) for k, frames in out.items() for f in frames]
+            items.sort(key=lambda t: t[0])
+            return items
+
+        async def flush() -> int:
+            assert multi is not None
+            out = await loop.run_in_executor(self._executor, multi.flush)
+            batch = tag(out)
+            if batch:
+                await queue.put(batch)
+            return max((o + f.duration_us for o, _, f in batch), default=base_us)
+
+        for text in segments:
+            request = SpeechRequest(
+                text=text,
+                voice=spec.voice,
+                language=spec.language,
+                speed=spec.speed,
+                style=spec.style,
+            )
+            stream = self.engine.synthesize(request)
+            try:
+                async for block in stream:
+                    if multi is None or block.sample_rate_hz != rate:
+                        if multi is not None:
+                            base_us = await flush()
+                        rate = block.sample_rate_hz
+                        multi = MultiTranscoder(
+                            formats,
+                            source_rate_hz=rate,
+                            opus_bitrate_bps=self.settings.opus_bitrate_bps,
+                        )
+                    out = await loop.run_in_executor(self._executor, multi.push, block.samples)
+                    batch = tag(out)
+                    if batch:
+                        await queue.put(batch)
+            finally:
+                # Stop synthesis at once if we leave early (cancel, shutdown, error).
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+        if multi is not None:
+            await flush()
+        await queue.put(None)
+
+    # --- outcomes ---------------------------------------------------------------------------
+
+    def _abort(self, ann: Announcement, state: AnnouncementState, reason: str) -> None:
+        """End a playing announcement early: tell its endpoints and drop their queued audio.
+
+        After ``announcement_ended`` this still goes out: the endpoints may hold up to
+        a playout delay of audio, and "cancelled" tells them to drop it.
+        """
+        for link in self._audiences.get(ann.id, []):
+            stats = ann.deliveries[link.endpoint_id]
+            if not self.hub.is_current(link):
+                stats.state = "disconnected"
+                continue
+            link.outbox.discard_audio(stats)
+            stats.state = "cancelled"
+            link.outbox.put_control(
+                wire.dump(
+                    wire.AnnouncementCancelled(
+                        announcement_id=ann.id, stream=ann.number, reason=reason
+                    )
+                )
+            )
+        self._finish(ann, state, reason)
+
+    def _finish(self, ann: Announcement, state: AnnouncementState, reason: str | None) -> None:
+        if ann.state.is_final:
+            return
+        ann.state = state
+        ann.reason = reason
+        ann.finished_at = self.clock.wall()
+        self.registry.finished(ann)
+        level = logging.INFO if state is AnnouncementState.FINISHED else logging.WARNING
+        log.log(level, "announcement %s %s%s", ann.id, state.value, f": {reason}" if reason else "")
+        self._notify(ann)
+
+    def _notify(self, ann: Announcement) -> None:
+        for listener in self._listeners:
+            listener(ann)

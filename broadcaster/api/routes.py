@@ -1,0 +1,194 @@
+"""The HTTP control API (aiohttp). Every error is JSON with a reason; none is a traceback."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from broadcaster.announcer import Announcer, QueueFull
+from broadcaster.clock import Clock
+from broadcaster.config import Config
+from broadcaster.model import AnnouncementSpec
+from broadcaster.streaming.hub import Hub
+
+from .schemas import AnnouncementRequest, field_errors
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+ANNOUNCER: web.AppKey[Announcer] = web.AppKey("announcer", Announcer)
+CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
+HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
+CLOCK: web.AppKey[Clock] = web.AppKey("clock", object)  # type: ignore[arg-type]  # Protocol
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": code, "message": message, **extra}, status=status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json":
+            raise
+        return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return _error(500, "internal_error", "internal error; see the server log")
+
+
+async def _json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "invalid_json", "message": f"body is not JSON: {exc}"}),
+            content_type="application/json",
+        ) from None
+
+
+async def create_announcement(request: web.Request) -> web.Response:
+    cfg = request.app[CONFIG]
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        return _error(
+            422,
+            "validation_failed",
+            "body must be a JSON object",
+            fields=[{"field": "(body)", "message": "must be an object"}],
+        )
+    try:
+        req = AnnouncementRequest.model_validate(body)
+    except ValidationError as exc:
+        return _error(422, "validation_failed", "invalid fields", fields=field_errors(exc))
+    problems = []
+    if len(req.text) > cfg.announcements.max_text_chars:
+        problems.append(
+            {
+                "field": "text",
+                "message": f"{len(req.text)} characters; at most "
+                f"{cfg.announcements.max_text_chars} are accepted",
+            }
+        )
+    unknown = [z for z in req.zones if z not in cfg.zone_ids]
+    if unknown:
+        problems.append({"field": "zones", "message": f"unknown zone(s): {', '.join(unknown)}"})
+    if problems:
+        return _error(422, "validation_failed", "invalid fields", fields=problems)
+    sp = cfg.speech
+    spec = AnnouncementSpec(
+        text=req.text,
+        zones=tuple(req.zones),
+        voice=req.voice or sp.default_voice,
+        language=req.language or sp.default_language,
+        speed=req.speed if req.speed is not None else sp.default_speed,
+        style=req.style,
+        priority=req.priority if req.priority is not None else cfg.announcements.default_priority,
+    )
+    try:
+        ann = request.app[ANNOUNCER].submit(spec)
+    except QueueFull as exc:
+        return _error(503, "queue_full", str(exc))
+    return web.json_response(
+        ann.as_dict(),
+        status=202,
+        headers={"Location": f"/v1/announcements/{ann.id}"},
+    )
+
+
+async def get_announcement(request: web.Request) -> web.Response:
+    ann = request.app[ANNOUNCER].registry.get(request.match_info["id"])
+    if ann is None:
+        return _error(404, "not_found", "no such announcement (or it left the history)")
+    return web.json_response(ann.as_dict())
+
+
+async def list_announcements(request: web.Request) -> web.Response:
+    try:
+        limit = int(request.query.get("limit", "50"))
+    except ValueError:
+        return _error(
+            422,
+            "validation_failed",
+            "invalid query",
+            fields=[{"field": "limit", "message": "must be an integer"}],
+        )
+    limit = max(1, min(limit, 1000))
+    items = request.app[ANNOUNCER].registry.recent(limit)
+    return web.json_response({"announcements": [a.as_dict() for a in items]})
+
+
+async def cancel_announcement(request: web.Request) -> web.Response:
+    announcer = request.app[ANNOUNCER]
+    ann = announcer.cancel(request.match_info["id"])
+    if ann is None:
+        return _error(404, "not_found", "no such announcement")
+    return web.json_response(ann.as_dict(), status=202)
+
+
+async def list_endpoints(request: web.Request) -> web.Response:
+    now = request.app[CLOCK].monotonic_us()
+    hub = request.app[HUB]
+    cfg = request.app[CONFIG]
+    connected = {link.endpoint_id: link.as_dict(now) for link in hub.links()}
+    items = []
+    for ep in cfg.endpoints:
+        entry: dict[str, Any] = {"endpoint_id": ep.id, "allowed_zones": ep.zones}
+        entry["connected"] = ep.id in connected
+        if ep.id in connected:
+            entry.update(connected[ep.id])
+        items.append(entry)
+    return web.json_response({"endpoints": items})
+
+
+async def list_zones(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    arbiter = request.app[ANNOUNCER].arbiter
+    cfg = request.app[CONFIG]
+    zones = [
+        {
+            "id": z.id,
+            "name": z.name,
+            "endpoints": hub.zone_members(z.id),
+            "playing": arbiter.holder(z.id),
+        }
+        for z in cfg.zones
+    ]
+    return web.json_response({"zones": zones})
+
+
+async def health(request: web.Request) -> web.Response:
+    announcer = request.app[ANNOUNCER]
+    return web.json_response(
+        {
+            "status": "ok",
+            "engine": announcer.engine.name,
+            "endpoints_connected": len(request.app[HUB].links()),
+            "announcements_waiting": len(announcer.arbiter),
+        }
+    )
+
+
+def build_app(*, config: Config, announcer: Announcer, hub: Hub, clock: Clock) -> web.Application:
+    app = web.Application(middlewares=[_errors], client_max_size=4 * 1024 * 1024)
+    app[CONFIG] = config
+    app[ANNOUNCER] = announcer
+    app[HUB] = hub
+    app[CLOCK] = clock
+    app.router.add_post("/v1/announcements", create_announcement)
+    app.router.add_get("/v1/announcements", list_announcements)
+    app.router.add_get("/v1/announcements/{id}", get_announcement)
+    app.router.add_post("/v1/announcements/{id}/cancel", cancel_announcement)
+    app.router.add_get("/v1/endpoints", list_endpoints)
+    app.router.add_get("/v1/zones", list_zones)
+    app.router.add_get("/healthz", health)
+    return app

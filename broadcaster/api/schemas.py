@@ -1,0 +1,62 @@
+"""HTTP request bodies, validated with pydantic; errors name the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from broadcaster.model import LANGUAGES, SPEED_MAX, SPEED_MIN, VOICES
+
+
+class AnnouncementRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    zones: list[str] = Field(min_length=1, max_length=256)
+    voice: str | None = None
+    language: str | None = None
+    speed: float | None = Field(default=None, ge=SPEED_MIN, le=SPEED_MAX)
+    style: str | None = Field(default=None, max_length=2000)
+    priority: int | None = Field(default=None, ge=0, le=255)
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("text is empty")
+        return v
+
+    @field_validator("voice")
+    @classmethod
+    def _voice(cls, v: str | None) -> str | None:
+        if v is not None and v not in (*VOICES, "auto"):
+            raise ValueError(f"unknown voice {v!r}; one of {', '.join(VOICES)} or auto")
+        return v
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, v: str | None) -> str | None:
+        if v is not None and v not in LANGUAGES:
+            raise ValueError(f"unknown language {v!r}; one of {', '.join(LANGUAGES)}")
+        return v
+
+    @field_validator("zones")
+    @classmethod
+    def _zones(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
+
+
+def field_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """pydantic errors as ``[{"field": "speed", "message": "..."}]``."""
+    out = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(body)"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif err["type"] == "missing":
+            msg = "required"
+        out.append({"field": field, "message": msg})
+    return out

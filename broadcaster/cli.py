@@ -1,0 +1,243 @@
+"""Command line: argument parsing only; the work happens in app, endpoint and the API client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from broadcaster import __version__
+from broadcaster.model import LANGUAGES, SPEED_MAX, SPEED_MIN, VOICES
+
+DEFAULT_CONFIG = "configs/demo.toml"
+DEFAULT_API = "http://127.0.0.1:8080"
+DEFAULT_WS = "ws://127.0.0.1:8765/v1/endpoint"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"broadcaster: {message}", file=sys.stderr)
+    return code
+
+
+# --- serve --------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from broadcaster.app import serve_forever
+    from broadcaster.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _fail(f"bad config:\n{exc}")
+    overrides: dict[str, Any] = {}
+    for name in ("http_host", "http_port", "ws_host", "ws_port"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    if overrides:
+        config = config.model_copy(update={"server": config.server.model_copy(update=overrides)})
+    _setup_logging(args.log_level or config.logging.level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_forever(config, stop)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        return _fail(f"cannot start: {exc}")
+    return 0
+
+
+# --- listen -------------------------------------------------------------------------------
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    from broadcaster.endpoint import EndpointRefused, ReferenceEndpoint
+    from broadcaster.model import StreamFormat
+
+    _setup_logging(args.log_level or "INFO")
+    for key in args.format:
+        try:
+            StreamFormat.parse(key)
+        except ValueError as exc:
+            return _fail(f"--format {key}: {exc}")
+    endpoint = ReferenceEndpoint(
+        url=args.url,
+        endpoint_id=args.endpoint,
+        token=args.token,
+        zones=args.zone,
+        formats=args.format,
+        out_dir=Path(args.out),
+        max_announcements=args.count,
+    )
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, endpoint.stop)
+        await endpoint.run()
+
+    try:
+        asyncio.run(main())
+    except EndpointRefused as exc:
+        return _fail(str(exc), 3)
+    except OSError as exc:
+        return _fail(f"cannot connect to {args.url}: {exc}")
+    return 0
+
+
+# --- announce -----------------------------------------------------------------------------
+
+
+def cmd_announce(args: argparse.Namespace) -> int:
+    from broadcaster.api.client import ApiError, announce_and_wait
+
+    body: dict[str, Any] = {"text": args.text, "zones": args.zone}
+    for name in ("voice", "language", "speed", "style", "priority"):
+        value = getattr(args, name)
+        if value is not None:
+            body[name] = value
+    try:
+        result = asyncio.run(
+            announce_and_wait(args.api, body, wait=args.wait, timeout_s=args.timeout)
+        )
+    except ApiError as exc:
+        return _fail(str(exc), 1)
+    created, final = result
+    print(created["id"])
+    if final is None:
+        return 0
+    print(f"state: {final['state']}" + (f" ({final['reason']})" if final.get("reason") else ""))
+    if final.get("first_audio_ms") is not None:
+        print(f"first audio after {final['first_audio_ms']} ms; duration {final['duration_ms']} ms")
+    endpoints = final.get("endpoints") or {}
+    if not endpoints:
+        print("no endpoint received it")
+    for eid, d in sorted(endpoints.items()):
+        receipt = d.get("receipt") or {}
+        print(
+            f"  {eid}: {d['format']} sent {d['chunks_sent']}/{d['chunks_queued']} chunks, "
+            f"dropped {d['dropped_stale'] + d['dropped_overflow']}; "
+            + (
+                f"endpoint says {receipt.get('status')} ({receipt.get('chunks')} chunks, "
+                f"{receipt.get('duration_ms')} ms, {receipt.get('gaps')} gaps)"
+                if receipt
+                else "no receipt from the endpoint"
+            )
+        )
+    return 0 if final["state"] == "finished" else 1
+
+
+# --- token / check-config -----------------------------------------------------------------
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from broadcaster.config import hash_token, new_token
+
+    token = args.token or new_token()
+    print(f"token:      {token}")
+    print(f'token_hash = "{hash_token(token)}"')
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from broadcaster.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        return _fail(f"bad config:\n{exc}")
+    print(
+        json.dumps({"ok": True, "zones": cfg.zone_ids, "endpoints": [e.id for e in cfg.endpoints]})
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="broadcaster", description="Real-time text-to-speech public address."
+    )
+    p.add_argument("--version", action="version", version=f"broadcaster {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the service (HTTP API + endpoint WebSocket server)")
+    s.add_argument(
+        "--config", default=DEFAULT_CONFIG, help=f"TOML config (default {DEFAULT_CONFIG})"
+    )
+    s.add_argument("--http-host")
+    s.add_argument("--http-port", type=int)
+    s.add_argument("--ws-host")
+    s.add_argument("--ws-port", type=int)
+    s.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    s.set_defaults(func=cmd_serve)
+
+    li = sub.add_parser("listen", help="run the reference PA endpoint")
+    li.add_argument("--url", default=DEFAULT_WS, help=f"server URL (default {DEFAULT_WS})")
+    li.add_argument("--endpoint", required=True, help="endpoint id from the server config")
+    li.add_argument("--token", required=True)
+    li.add_argument("--zone", action="append", required=True, help="zone to join (repeatable)")
+    li.add_argument(
+        "--format",
+        action="append",
+        default=None,
+        help="accepted format codec/rate in order of preference, e.g. opus/48000 (repeatable)",
+    )
+    li.add_argument("--out", default="received", help="folder for the WAV files")
+    li.add_argument("--count", type=int, help="exit after this many announcements")
+    li.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    li.set_defaults(func=cmd_listen)
+
+    a = sub.add_parser("announce", help="send an announcement through the HTTP API")
+    a.add_argument("text")
+    a.add_argument("--zone", action="append", required=True, help="target zone (repeatable)")
+    a.add_argument("--voice", choices=[*VOICES, "auto"])
+    a.add_argument("--language", choices=LANGUAGES)
+    a.add_argument("--speed", type=float, help=f"{SPEED_MIN}–{SPEED_MAX}")
+    a.add_argument("--style", help="style prompt (positivePrompt) for engines that take one")
+    a.add_argument("--priority", type=int, help="0–255")
+    a.add_argument("--wait", action="store_true", help="wait for the end and print deliveries")
+    a.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait")
+    a.add_argument("--api", default=DEFAULT_API, help=f"API base URL (default {DEFAULT_API})")
+    a.set_defaults(func=cmd_announce)
+
+    t = sub.add_parser("token", help="make an endpoint token and the hash for the config")
+    t.add_argument("--token", help="hash this token instead of making a new one")
+    t.set_defaults(func=cmd_token)
+
+    c = sub.add_parser("check-config", help="validate a config file")
+    c.add_argument("config")
+    c.set_defaults(func=cmd_check_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "listen" and not args.format:
+        args.format = ["opus/48000", "pcm_s16le/48000"]
+    try:
+        rc: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

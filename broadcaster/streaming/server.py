@@ -1,0 +1,264 @@
+"""The PA endpoint WebSocket server: a thin adapter around EndpointSession and the Hub.
+
+One handler coroutine per connection owns three jobs: reading frames into the
+session, a timer that drives heartbeats and timeouts, and the writer that
+drains the endpoint's :class:`~broadcaster.streaming.hub.Outbox`. Whatever one
+endpoint does — bad messages, a stalled socket, a flood — ends at its own
+handler and never reaches another endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from http import HTTPStatus
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from broadcaster.clock import Clock
+from broadcaster.config import Config
+from broadcaster.model import StreamFormat
+from broadcaster.streaming import wire
+from broadcaster.streaming.hub import EndpointLink, Hub, Outbox
+from broadcaster.streaming.session import (
+    EndpointGrant,
+    EndpointSession,
+    Joined,
+    ReceiptReceived,
+    RoundTrip,
+    SessionSettings,
+    SessionState,
+)
+from broadcaster.streaming.wire import CloseCode
+
+log = logging.getLogger(__name__)
+
+ENDPOINT_PATH = "/v1/endpoint"
+
+#: How often the timer looks at an endpoint's queue to decide it is lagging.
+_LAG_CHECK_US = 250_000
+
+
+class EndpointServer:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        hub: Hub,
+        clock: Clock,
+        on_receipt: Callable[[str, wire.Receipt], None],
+    ) -> None:
+        st = config.streaming
+        self._hub = hub
+        self._clock = clock
+        self._on_receipt = on_receipt
+        self._grants: Mapping[str, EndpointGrant] = {
+            ep.id: EndpointGrant(zones=frozenset(ep.zones), token_ok=ep.token_matches)
+            for ep in config.endpoints
+        }
+        self._formats: dict[str, StreamFormat] = {f.key: f for f in st.stream_formats()}
+        self._settings = SessionSettings(
+            heartbeat_interval_us=st.heartbeat_interval_ms * 1000,
+            heartbeat_timeout_us=st.heartbeat_timeout_ms * 1000,
+            hello_timeout_us=st.hello_timeout_ms * 1000,
+            playout_delay_us=st.playout_delay_ms * 1000,
+            max_message_bytes=st.max_message_bytes,
+        )
+        self._max_audio_us = st.endpoint_queue_ms * 1000
+        self._lag_limit_us = st.lagging_disconnect_ms * 1000
+        self._server: Server | None = None
+        self._ids = itertools.count(1)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        sock = next(iter(self._server.sockets))
+        port: int = sock.getsockname()[1]
+        return port
+
+    async def start(self, host: str, port: int) -> None:
+        # Our own limit is max_message_bytes, answered with an error message first; the
+        # library's hard limit sits above it so a huge frame still cannot exhaust memory.
+        self._server = await serve(
+            self._handle,
+            host,
+            port,
+            max_size=self._settings.max_message_bytes * 4,
+            ping_interval=None,  # heartbeats are protocol messages (docs/protocol.md)
+            compression=None,  # audio does not compress; deflate would cost CPU per endpoint
+            process_request=self._check_path,
+            close_timeout=2,
+            logger=logging.getLogger("broadcaster.streaming.websockets"),
+        )
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.close(close_connections=True)  # endpoints get 1001 going away
+        await self._server.wait_closed()
+
+    def _check_path(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.path.split("?", 1)[0] != ENDPOINT_PATH:
+            return connection.respond(
+                HTTPStatus.NOT_FOUND, f"PA endpoints connect to {ENDPOINT_PATH}\n"
+            )
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        clock = self._clock
+        session_id = f"s{next(self._ids)}-{uuid.uuid4().hex[:8]}"
+        remote = f"{ws.remote_address[0]}:{ws.remote_address[1]}" if ws.remote_address else None
+        session = EndpointSession(
+            session_id=session_id,
+            grants=self._grants,
+            formats=self._formats,
+            settings=self._settings,
+            now_us=clock.monotonic_us(),
+        )
+        wake = asyncio.Event()
+        outbox = Outbox(max_audio_us=self._max_audio_us, wake=wake.set)
+        link: EndpointLink | None = None
+        peer_gone = False
+
+        def server_close(code: int, reason: str) -> None:
+            session.server_closing(code, reason)
+            wake.set()
+
+        def pump() -> None:
+            nonlocal link
+            for text in session.take_urgent():
+                outbox.put_urgent(text)
+            for text in session.take_outgoing():
+                outbox.put_control(text)
+            for event in session.take_events():
+                if isinstance(event, Joined):
+                    link = EndpointLink(
+                        endpoint_id=event.endpoint_id,
+                        session_id=session_id,
+                        zones=event.zones,
+                        format=event.format,
+                        outbox=outbox,
+                        connected_at_us=clock.monotonic_us(),
+                        close=server_close,
+                        remote=remote,
+                    )
+                    old = self._hub.register(link)
+                    if old is not None:
+                        old.close(CloseCode.REPLACED, "replaced by a newer connection")
+                    log.info(
+                        "endpoint %s joined zones %s as %s from %s (%s)",
+                        event.endpoint_id,
+                        ",".join(event.zones),
+                        event.format.key,
+                        remote,
+                        session_id,
+                    )
+                elif isinstance(event, ReceiptReceived) and session.endpoint_id:
+                    self._on_receipt(session.endpoint_id, event.receipt)
+                elif isinstance(event, RoundTrip) and link is not None:
+                    link.rtt_us = event.rtt_us
+            if session.close is not None:
+                wake.set()
+
+        async def reader() -> None:
+            nonlocal peer_gone
+            try:
+                async for message in ws:
+                    now = clock.monotonic_us()
+                    if isinstance(message, str):
+                        session.receive_text(message, now)
+                    else:
+                        session.receive_bytes(message, now)
+                    pump()
+                    if session.state is SessionState.CLOSED:
+                        return
+            except ConnectionClosed:
+                pass
+            peer_gone = True
+            wake.set()
+
+        async def timer(stuck_writer: Callable[[int], bool]) -> None:
+            while session.state is not SessionState.CLOSED:
+                now = clock.monotonic_us()
+                await clock.sleep_until_us(min(session.next_timer_us(), now + _LAG_CHECK_US))
+                now = clock.monotonic_us()
+                session.tick(now)
+                if stuck_writer(now):
+                    return
+                lag_since = outbox.lagging_since_us
+                if outbox.overflowed or (
+                    lag_since is not None and now - lag_since >= self._lag_limit_us
+                ):
+                    session.server_closing(
+                        CloseCode.LAGGING,
+                        "endpoint cannot keep up: its queue overflowed for "
+                        f"{(now - (lag_since or now)) // 1000} ms",
+                    )
+                pump()
+
+        sending_since_us: int | None = None
+
+        async def writer() -> None:
+            nonlocal sending_since_us
+            try:
+                while not peer_gone:
+                    item = outbox.pop(clock.monotonic_us())
+                    if item is None:
+                        if session.close is not None:
+                            return
+                        wake.clear()
+                        await wake.wait()
+                        continue
+                    if session.close is not None and isinstance(item, bytes):
+                        continue  # closing: only the remaining control messages (the error) go
+                    sending_since_us = clock.monotonic_us()
+                    await ws.send(item)
+                    sending_since_us = None
+            except ConnectionClosed:
+                pass
+
+        reader_task = asyncio.create_task(reader(), name=f"ws-read-{session_id}")
+        writer_task = asyncio.create_task(writer(), name=f"ws-write-{session_id}")
+
+        def stuck_writer(now_us: int) -> bool:
+            """A send blocked past the lag limit: the socket is not draining at all."""
+            if sending_since_us is not None and now_us - sending_since_us >= self._lag_limit_us:
+                session.server_closing(
+                    CloseCode.LAGGING,
+                    "endpoint not reading: a send blocked for "
+                    f"{(now_us - sending_since_us) // 1000} ms",
+                )
+                writer_task.cancel()
+                return True
+            return False
+
+        timer_task = asyncio.create_task(timer(stuck_writer), name=f"ws-timer-{session_id}")
+        try:
+            await asyncio.wait({writer_task})
+        finally:
+            for task in (reader_task, timer_task, writer_task):
+                task.cancel()
+            for task in (reader_task, timer_task, writer_task):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if link is not None:
+                self._hub.unregister(link)
+            close = session.close
+            if close is not None:
+                if close.code not in (CloseCode.NORMAL,):
+                    log.warning(
+                        "endpoint %s (%s) closed: %d %s",
+                        session.endpoint_id or "?",
+                        remote,
+                        close.code,
+                        close.reason,
+                    )
+                await ws.close(close.code, close.reason)
+            else:
+                log.info("endpoint %s (%s) disconnected", session.endpoint_id or "?", remote)

@@ -1,0 +1,208 @@
+"""The playout loop under a FakeClock with a fake engine: exact deadlines, no sockets, no sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor, Future
+from typing import Any
+
+import numpy as np
+import pytest
+
+from broadcaster.announcements import Registry
+from broadcaster.announcer import Announcer, PlayoutSettings
+from broadcaster.clock import FakeClock
+from broadcaster.model import AnnouncementSpec, PcmBlock, SpeechRequest, StreamFormat
+from broadcaster.speech.engine import SpeechError
+from broadcaster.streaming import wire
+from broadcaster.streaming.hub import EndpointLink, Hub, Outbox
+
+RATE = 16000
+LEAD_US = 300_000
+
+
+class InlineExecutor(Executor):
+    """Runs the transcoder at once, so fake time never races a real thread."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        fut: Future[Any] = Future()
+        fut.set_result(fn(*args, **kwargs))
+        return fut
+
+
+class FakeEngine:
+    """Canned PCM: ``seconds`` of a tone in 100 ms blocks, optionally stalling or failing."""
+
+    name = "fake"
+    max_text_chars = 1000
+
+    def __init__(
+        self,
+        clock: FakeClock,
+        seconds: float,
+        *,
+        stall_at_s: float | None = None,
+        stall_us: int = 0,
+        fail_at_s: float | None = None,
+    ) -> None:
+        self.clock = clock
+        self.seconds = seconds
+        self.stall_at_s = stall_at_s
+        self.stall_us = stall_us
+        self.fail_at_s = fail_at_s
+        self.requests: list[SpeechRequest] = []
+
+    async def synthesize(self, request: SpeechRequest) -> AsyncIterator[PcmBlock]:
+        self.requests.append(request)
+        block = int(RATE * 0.1)
+        t = np.arange(block) / RATE
+        pcm = (np.sin(2 * np.pi * 440 * t) * 8000).astype("<i2").tobytes()
+        for i in range(round(self.seconds * 10)):
+            if self.stall_at_s is not None and i == round(self.stall_at_s * 10):
+                await self.clock.sleep_us(self.stall_us)
+            if self.fail_at_s is not None and i == round(self.fail_at_s * 10):
+                raise SpeechError("engine fell over")
+            yield PcmBlock(pcm, RATE)
+
+    async def aclose(self) -> None:
+        pass
+
+
+class RecordingOutbox(Outbox):
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(max_audio_us=10_000_000)
+        self.clock = clock
+        self.audio: list[tuple[int, wire.AudioHeader]] = []  # (time queued, header)
+        self.control: list[dict[str, Any]] = []
+
+    def put_audio(self, frame: bytes, **kw: Any) -> None:
+        header, _ = wire.unpack_audio_frame(frame)
+        self.audio.append((self.clock.monotonic_us(), header))
+        super().put_audio(frame, **kw)
+
+    def put_control(self, text: str) -> None:
+        self.control.append(wire.parse_server_message(text).model_dump())
+        super().put_control(text)
+
+
+def setup(engine_factory, fmt="pcm_s16le/16000"):
+    clock = FakeClock()
+    engine = engine_factory(clock)
+    hub = Hub()
+    box = RecordingOutbox(clock)
+    hub.register(EndpointLink("ep", "s", ("z",), StreamFormat.parse(fmt), box, 0))
+    announcer = Announcer(
+        engine=engine,
+        hub=hub,
+        clock=clock,
+        registry=Registry(100),
+        settings=PlayoutSettings(
+            lead_us=LEAD_US, opus_bitrate_bps=32000, first_segment_max_chars=100, queue_limit=10
+        ),
+        transcode_executor=InlineExecutor(),
+    )
+    return clock, announcer, box
+
+
+def spec(text="Hello there.", zones=("z",)):
+    return AnnouncementSpec(text=text, zones=zones, voice="ryan", language="English", speed=1.0)
+
+
+async def play(clock, announcer, *specs):
+    task = asyncio.create_task(announcer.run())
+    anns = [announcer.submit(s) for s in specs]
+    await clock.run_until_idle(limit_us=4 * 3600 * 1_000_000)
+    await clock.advance_us(1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return anns
+
+
+async def test_ten_minutes_are_paced_exactly_with_no_drift():
+    clock, announcer, box = setup(lambda c: FakeEngine(c, seconds=600))
+    t0 = clock.monotonic_us()
+    [ann] = await play(clock, announcer, spec())
+    assert ann.state.value == "finished", ann.reason
+    n = 600 * 1000 // 20
+    assert len(box.audio) == n
+    start = ann.start_at_us
+    assert start == t0 + LEAD_US
+    for i, (queued_at, h) in enumerate(box.audio):
+        assert h.seq == i
+        assert h.play_at_us == start + i * 20_000  # from offsets, not a running sum
+        assert queued_at == h.play_at_us - LEAD_US  # sent exactly one lead ahead
+    last = box.audio[-1][1]
+    assert last.play_at_us + last.duration_us - start == 600_000_000
+    assert ann.duration_ms == 600_000 and ann.underruns == 0
+    assert ann.finished_at is not None
+    kinds = [m["type"] for m in box.control]
+    assert kinds == ["announcement_started", "announcement_ended"]
+    assert box.control[1]["end_at_us"] == start + 600_000_000
+
+
+async def test_a_stall_shifts_the_timeline_without_a_burst():
+    clock, announcer, box = setup(
+        lambda c: FakeEngine(c, seconds=5, stall_at_s=1.0, stall_us=3_000_000)
+    )
+    [ann] = await play(clock, announcer, spec())
+    assert ann.state.value == "finished"
+    assert ann.underruns == 1
+    flagged = [h for _, h in box.audio if h.flags & wire.FLAG_DISCONTINUITY]
+    assert len(flagged) == 1
+    # at no moment is more than one lead of audio sent ahead of its play time
+    for queued_at, h in box.audio:
+        assert h.play_at_us - queued_at <= LEAD_US
+    plays = [h.play_at_us for _, h in box.audio]
+    assert all(b - a >= 20_000 for a, b in zip(plays, plays[1:], strict=False))
+
+
+async def test_back_to_back_announcements_in_one_zone_do_not_overlap():
+    clock, announcer, box = setup(lambda c: FakeEngine(c, seconds=1))
+    a, b = await play(clock, announcer, spec("One."), spec("Two."))
+    by_stream: dict[int, list[wire.AudioHeader]] = {}
+    for _, h in box.audio:
+        by_stream.setdefault(h.stream, []).append(h)
+    first, second = by_stream[a.number], by_stream[b.number]
+    assert second[0].play_at_us == first[-1].play_at_us + first[-1].duration_us  # seamless
+
+
+async def test_engine_failure_is_recorded_and_endpoints_told():
+    clock, announcer, box = setup(lambda c: FakeEngine(c, seconds=3, fail_at_s=1.0))
+    [ann] = await play(clock, announcer, spec())
+    assert ann.state.value == "failed"
+    assert ann.reason == "speech engine failed: engine fell over"
+    assert box.control[-1]["type"] == "announcement_cancelled"
+    assert box.control[-1]["reason"] == ann.reason
+
+
+async def test_long_text_is_split_into_engine_sized_requests():
+    clock, announcer, box = setup(lambda c: FakeEngine(c, seconds=0.2))
+    text = " ".join(["This sentence is about forty characters long."] * 60)
+    [ann] = await play(clock, announcer, spec(text))
+    engine = announcer.engine
+    assert ann.segments == len(engine.requests) > 2
+    assert all(len(r.text) <= engine.max_text_chars for r in engine.requests)
+    assert len(engine.requests[0].text) <= 100  # short first segment
+    assert " ".join(r.text for r in engine.requests).split() == text.split()
+
+
+async def test_cancel_while_queued_and_queue_limit():
+    clock, announcer, box = setup(lambda c: FakeEngine(c, seconds=1))
+    task = asyncio.create_task(announcer.run())
+    first = announcer.submit(spec())
+    second = announcer.submit(spec())
+    await clock.advance_us(1000)
+    announcer.cancel(second.id)
+    assert second.state.value == "cancelled" and second.reason == "cancelled by operator"
+    for _ in range(10):  # queue_limit waiting (the first one is playing, not waiting)
+        announcer.submit(spec())
+    from broadcaster.announcer import QueueFull
+
+    with pytest.raises(QueueFull):
+        announcer.submit(spec())
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert first.state.value == "failed" and first.reason == "server shutting down"
