@@ -134,7 +134,7 @@ async def test_listen_and_announce_wait(server, tmp_path):
 
 
 async def test_announce_reports_field_errors(server):
-    rc, out, err = await run("announce", "Hello", "--zone", "moon", "--api", server.http)
+    rc, _out, err = await run("announce", "Hello", "--zone", "moon", "--api", server.http)
     assert rc == 1
     assert "422" in err and "zones: unknown zone(s): moon" in err
     assert "Traceback" not in err

@@ -71,7 +71,7 @@ async def test_misbehaving_endpoints_are_closed_with_a_reason_while_another_play
     results = await asyncio.gather(
         *(exchange(harness.ws_url, *frames) for frames, _, _ in MISBEHAVIOURS)
     )
-    for (frames, code, error), (messages, close_code, reason) in zip(
+    for (_frames, code, error), (messages, close_code, reason) in zip(
         MISBEHAVIOURS, results, strict=True
     ):
         assert close_code == code, (error, close_code, reason)

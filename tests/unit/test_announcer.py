@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor, Future
 from typing import Any
@@ -155,7 +156,7 @@ async def test_a_stall_shifts_the_timeline_without_a_burst():
     for queued_at, h in box.audio:
         assert h.play_at_us - queued_at <= LEAD_US
     plays = [h.play_at_us for _, h in box.audio]
-    assert all(b - a >= 20_000 for a, b in zip(plays, plays[1:], strict=False))
+    assert all(b - a >= 20_000 for a, b in itertools.pairwise(plays))
 
 
 async def test_back_to_back_announcements_in_one_zone_do_not_overlap():
@@ -178,7 +179,7 @@ async def test_engine_failure_is_recorded_and_endpoints_told():
 
 
 async def test_long_text_is_split_into_engine_sized_requests():
-    clock, announcer, box = setup(lambda c: FakeEngine(c, seconds=0.2))
+    clock, announcer, _box = setup(lambda c: FakeEngine(c, seconds=0.2))
     text = " ".join(["This sentence is about forty characters long."] * 60)
     [ann] = await play(clock, announcer, spec(text))
     engine = announcer.engine
@@ -189,7 +190,7 @@ async def test_long_text_is_split_into_engine_sized_requests():
 
 
 async def test_cancel_while_queued_and_queue_limit():
-    clock, announcer, box = setup(lambda c: FakeEngine(c, seconds=1))
+    clock, announcer, _box = setup(lambda c: FakeEngine(c, seconds=1))
     task = asyncio.create_task(announcer.run())
     first = announcer.submit(spec())
     second = announcer.submit(spec())
