@@ -15,18 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from broadcaster.app import Service  # noqa: E402
-from broadcaster.config import hash_token, parse_config  # noqa: E402
-from broadcaster.endpoint import ReferenceEndpoint  # noqa: E402
+from broadcaster.app import Service
+from broadcaster.config import hash_token, parse_config
+from broadcaster.endpoint import ReferenceEndpoint
 
 FORMATS = ["opus/48000", "pcm_s16le/16000", "pcm_mulaw/8000"]
 
@@ -64,9 +61,7 @@ async def main(runs: int, chars: int, speed: float) -> None:
         {
             "server": {"http_port": 0, "ws_port": 0},
             "zones": [{"id": "z"}],
-            "endpoints": [
-                {"id": e, "token_hash": hash_token("t"), "zones": ["z"]} for e in ids
-            ],
+            "endpoints": [{"id": e, "token_hash": hash_token("t"), "zones": ["z"]} for e in ids],
         }
     )
     text = text_of(chars)
@@ -113,9 +108,7 @@ async def main(runs: int, chars: int, speed: float) -> None:
     print(f"{'format':<18}{'median ms':>10}{'min ms':>9}{'max ms':>9}")
     for f, xs in results.items():
         print(f"{f:<18}{statistics.median(xs):>10.1f}{min(xs):>9.1f}{max(xs):>9.1f}")
-    print(
-        f"{'server: accept→1st chunk queued':<32} median {statistics.median(server_side):.1f} ms"
-    )
+    print(f"{'server: accept→1st chunk queued':<32} median {statistics.median(server_side):.1f} ms")
 
 
 if __name__ == "__main__":
