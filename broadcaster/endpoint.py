@@ -228,11 +228,11 @@ class ReferenceEndpoint:
                     pinger = asyncio.create_task(self._ping_loop(ws, interval_us))
                     timeout_us = msg.settings.heartbeat_timeout_ms * 1000
                     watchdog = asyncio.create_task(self._watchdog(ws, timeout_us))
-                elif isinstance(msg, wire.Ping):
+                elif isinstance(msg, wire.ServerPing):
                     await ws.send(
                         wire.dump(wire.Pong(id=msg.id, echo_us=msg.sent_us, time_us=self._now()))
                     )
-                elif isinstance(msg, wire.Pong):
+                elif isinstance(msg, wire.ServerPong):
                     sent = self._pings.pop(msg.id, None)
                     if sent is not None:
                         self.clock_estimate.update(sent, msg.time_us, self._now())

@@ -192,13 +192,15 @@ class EndpointServer:
                 if stuck_writer(now):
                     return
                 lag_since = outbox.lagging_since_us
-                if outbox.overflowed or (
-                    lag_since is not None and now - lag_since >= self._lag_limit_us
-                ):
+                if outbox.overflowed:
+                    session.server_closing(
+                        CloseCode.LAGGING, "endpoint cannot keep up: too many control messages"
+                    )
+                elif lag_since is not None and now - lag_since >= self._lag_limit_us:
                     session.server_closing(
                         CloseCode.LAGGING,
-                        "endpoint cannot keep up: its queue overflowed for "
-                        f"{(now - (lag_since or now)) // 1000} ms",
+                        "endpoint cannot keep up: audio dropped for "
+                        f"{(now - lag_since) // 1000} ms",
                     )
                 pump()
 

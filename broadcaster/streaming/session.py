@@ -74,8 +74,8 @@ class RoundTrip:
 SessionEvent = Joined | ReceiptReceived | RoundTrip
 
 
-def format_spec(fmt: StreamFormat) -> wire.FormatSpec:
-    return wire.FormatSpec(
+def format_spec(fmt: StreamFormat) -> wire.ServerFormatSpec:
+    return wire.ServerFormatSpec(
         codec=fmt.codec.value,
         sample_rate_hz=fmt.sample_rate_hz,
         channels=fmt.channels,

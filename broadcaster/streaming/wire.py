@@ -154,6 +154,20 @@ class Receipt(_Msg):
     gaps: int = Field(default=0, ge=0)
 
 
+class ServerFormatSpec(FormatSpec):
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=False)
+
+
+class ServerPing(Ping):
+    """A ping as a client parses it: unknown fields ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=False)
+
+
+class ServerPong(Pong):
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=False)
+
+
 class Bye(_Msg):
     type: Literal["bye"] = "bye"
     reason: str | None = None
@@ -175,7 +189,7 @@ class Welcome(_ServerMsg):
     session_id: str
     endpoint_id: str
     zones: list[str]
-    format: FormatSpec
+    format: ServerFormatSpec
     server_time_us: int
     settings: Settings
 
@@ -187,7 +201,7 @@ class AnnouncementStarted(_ServerMsg):
     text: str
     priority: int
     zones: list[str]
-    format: FormatSpec
+    format: ServerFormatSpec
     start_at_us: int
     expected_duration_ms: int  # an estimate made before the audio exists
 
@@ -218,7 +232,13 @@ class Error(_ServerMsg):
 
 EndpointMessage = Annotated[Hello | Ping | Pong | Receipt | Bye, Field(discriminator="type")]
 ServerMessage = Annotated[
-    Welcome | Ping | Pong | AnnouncementStarted | AnnouncementEnded | AnnouncementCancelled | Error,
+    Welcome
+    | ServerPing
+    | ServerPong
+    | AnnouncementStarted
+    | AnnouncementEnded
+    | AnnouncementCancelled
+    | Error,
     Field(discriminator="type"),
 ]
 
@@ -260,12 +280,12 @@ def _parse(text: str | bytes, adapter: TypeAdapter[Any], known: frozenset[str]) 
         raise MessageError("invalid_message", "message has no string 'type'", "type")
     if kind not in known:
         raise MessageError("unknown_type", f"unknown message type {kind!r}", "type")
-    if kind == "hello" and raw.get("protocol") != PROTOCOL_VERSION:
+    version = raw.get("protocol")
+    if kind == "hello" and (type(version) is not int or version != PROTOCOL_VERSION):
         # Checked before the schema: a newer client's hello may carry fields v1 does not know.
         raise MessageError(
             "unsupported_protocol",
-            f"protocol {raw.get('protocol')!r} is not supported; this server speaks "
-            f"{PROTOCOL_VERSION}",
+            f"protocol {version!r} is not supported; this server speaks {PROTOCOL_VERSION}",
             "protocol",
         )
     try:

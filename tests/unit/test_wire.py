@@ -92,3 +92,39 @@ def test_bad_messages_name_the_problem(text, code, field):
 def test_server_messages_round_trip():
     msg = wire.AnnouncementCancelled(announcement_id="a", stream=3, reason="operator")
     assert wire.parse_server_message(wire.dump(msg)) == msg
+
+
+def test_clients_ignore_unknown_fields_from_newer_servers():
+    msg = wire.parse_server_message('{"type": "ping", "id": 1, "sent_us": 2, "new": true}')
+    assert isinstance(msg, wire.Ping) and msg.id == 1
+    welcome = wire.Welcome(
+        session_id="s",
+        endpoint_id="e",
+        zones=["z"],
+        format=wire.ServerFormatSpec(codec="opus", sample_rate_hz=48000, frame_ms=20),
+        server_time_us=1,
+        settings=wire.Settings(
+            heartbeat_interval_ms=1, heartbeat_timeout_ms=2, playout_delay_ms=3, max_message_bytes=4
+        ),
+    ).model_dump()
+    welcome["format"]["bitrate"] = 32000
+    welcome["extra"] = "x"
+    import json as _json
+
+    assert wire.parse_server_message(_json.dumps(welcome)).format.codec == "opus"
+
+
+@pytest.mark.parametrize("version", [True, 1.0, "1", None, 2])
+def test_only_integer_one_is_protocol_one(version):
+    hello = {
+        "type": "hello",
+        "endpoint_id": "e",
+        "token": "t",
+        "zones": ["z"],
+        "formats": [{"codec": "opus", "sample_rate_hz": 48000}],
+    }
+    if version is not None:
+        hello["protocol"] = version
+    with pytest.raises(wire.MessageError) as err:
+        wire.parse_endpoint_message(json.dumps(hello))
+    assert err.value.code == "unsupported_protocol"
