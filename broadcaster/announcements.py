@@ -40,6 +40,9 @@ class Announcement:
     formats: list[str] = field(default_factory=list)
     deliveries: dict[str, DeliveryStats] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    cost: float | None = None  # USD, when the speech engine reports it
+    speech_requests: int = 0
+    cache_hits: int = 0
 
     def as_dict(self) -> dict[str, object]:
         s = self.spec
@@ -71,6 +74,9 @@ class Announcement:
             "underruns": self.underruns,
             "formats": self.formats,
             "warnings": self.warnings,
+            "cost_usd": self.cost,
+            "speech_requests": self.speech_requests,
+            "cache_hits": self.cache_hits,
             "endpoints": {k: v.as_dict() for k, v in self.deliveries.items()},
         }
 

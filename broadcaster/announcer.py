@@ -27,6 +27,7 @@ from broadcaster.model import (
     SpeechRequest,
     StreamFormat,
 )
+from broadcaster.speech.chain import EngineChain, FallbackPolicy, SpeechOutcome
 from broadcaster.speech.engine import SpeechEngine, SpeechError
 from broadcaster.speech.segmenter import split_text
 from broadcaster.streaming import wire
@@ -68,6 +69,8 @@ class Announcer:
         self,
         *,
         engine: SpeechEngine,
+        fallback: SpeechEngine | None = None,
+        fallback_policy: FallbackPolicy | None = None,
         hub: Hub,
         clock: Clock,
         settings: PlayoutSettings,
@@ -75,6 +78,7 @@ class Announcer:
         transcode_executor: Executor | None = None,
     ) -> None:
         self.engine = engine
+        self.speech = EngineChain(engine, fallback, clock=clock, policy=fallback_policy)
         self.hub = hub
         self.clock = clock
         self.settings = settings
@@ -339,35 +343,43 @@ class Announcer:
                 await queue.put(batch)
             return max((o + f.duration_us for o, _, f in batch), default=base_us)
 
-        for text in segments:
-            request = SpeechRequest(
+        requests = [
+            SpeechRequest(
                 text=text,
                 voice=spec.voice,
                 language=spec.language,
                 speed=spec.speed,
                 style=spec.style,
             )
-            stream = self.engine.synthesize(request)
-            try:
-                async for block in stream:
-                    if multi is None or block.sample_rate_hz != rate:
-                        if multi is not None:
-                            base_us = await flush()
-                        rate = block.sample_rate_hz
-                        multi = MultiTranscoder(
-                            formats,
-                            source_rate_hz=rate,
-                            opus_bitrate_bps=self.settings.opus_bitrate_bps,
-                        )
-                    out = await loop.run_in_executor(self._executor, multi.push, block.samples)
-                    batch = tag(out)
-                    if batch:
-                        await queue.put(batch)
-            finally:
-                # Stop synthesis at once if we leave early (cancel, shutdown, error).
-                aclose = getattr(stream, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+            for text in segments
+        ]
+        outcome = SpeechOutcome(engine=self.engine.name)
+        try:
+            async for block in self.speech.speak(requests, priority=spec.priority, outcome=outcome):
+                if ann.engine != outcome.engine:
+                    ann.engine = outcome.engine
+                    if outcome.fallback_reason:
+                        ann.warnings.append(outcome.fallback_reason)
+                if multi is None or block.sample_rate_hz != rate:
+                    if multi is not None:
+                        base_us = await flush()
+                    rate = block.sample_rate_hz
+                    multi = MultiTranscoder(
+                        formats,
+                        source_rate_hz=rate,
+                        opus_bitrate_bps=self.settings.opus_bitrate_bps,
+                    )
+                out = await loop.run_in_executor(self._executor, multi.push, block.samples)
+                batch = tag(out)
+                if batch:
+                    await queue.put(batch)
+        finally:
+            ann.engine = outcome.engine
+            if outcome.fallback_reason and outcome.fallback_reason not in ann.warnings:
+                ann.warnings.append(outcome.fallback_reason)
+            ann.cost = outcome.meta.cost
+            ann.speech_requests = outcome.meta.requests
+            ann.cache_hits = outcome.meta.cache_hits
         if multi is not None:
             await flush()
         await queue.put(None)

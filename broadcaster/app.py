@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
 from types import TracebackType
 
 from aiohttp import web
@@ -21,6 +24,7 @@ from broadcaster.announcer import Announcer, PlayoutSettings
 from broadcaster.api.routes import build_app
 from broadcaster.clock import Clock, SystemClock
 from broadcaster.config import Config
+from broadcaster.speech.chain import FallbackPolicy
 from broadcaster.speech.engine import SpeechEngine
 from broadcaster.streaming.hub import Hub
 from broadcaster.streaming.server import ENDPOINT_PATH, EndpointServer
@@ -28,22 +32,88 @@ from broadcaster.streaming.server import ENDPOINT_PATH, EndpointServer
 log = logging.getLogger(__name__)
 
 
-def make_engine(config: Config) -> SpeechEngine:
-    """The speech engine the config asks for (only the embedded one in this release)."""
+class EngineSetupError(Exception):
+    """The configured speech engine cannot be used; the message is for the operator."""
+
+
+async def make_engines(
+    config: Config, clock: Clock, environ: Mapping[str, str]
+) -> tuple[SpeechEngine, SpeechEngine | None, str]:
+    """(primary, fallback, why) for the config: Runware when it has a key, else espeak-ng."""
     from broadcaster.speech.espeak import EspeakEngine
 
-    return EspeakEngine()
+    sp = config.speech
+    key = sp.runware_api_key(environ)
+    if sp.engine == "espeak" or (sp.engine == "auto" and not key):
+        why = "embedded, no API key needed" if not key else "speech.engine = espeak"
+        return EspeakEngine(), None, why
+    if not key:
+        raise EngineSetupError(
+            "speech.engine = runware needs an API key: set RUNWARE_API_KEY "
+            "or speech.runware.api_key"
+        )
+    from broadcaster.speech.runware.cache import SegmentCache
+    from broadcaster.speech.runware.client import ClientSettings, RunwareClient
+    from broadcaster.speech.runware.engine import RequestProfile, RunwareEngine
+    from broadcaster.speech.runware.schema import DeliveryMethod, OutputFormat, OutputType
+
+    rw = sp.runware
+    client = RunwareClient(
+        ClientSettings(
+            api_key=key,
+            ws_url=rw.ws_url,
+            rest_url=rw.rest_url,
+            connect_timeout_s=rw.connect_timeout_s,
+            max_in_flight=rw.max_in_flight,
+            task_timeout_s=rw.task_timeout_s,
+            max_attempts=rw.max_attempts,
+        ),
+        clock=clock,
+    )
+    await client.start()
+    cache = (
+        SegmentCache(Path(rw.cache_dir), rw.cache_max_mb * 1024 * 1024)
+        if rw.cache_max_mb > 0
+        else None
+    )
+    primary = RunwareEngine(
+        client,
+        clock=clock,
+        cache=cache,
+        profile=RequestProfile(
+            output_type=OutputType(rw.output_type),
+            output_format=OutputFormat(rw.output_format),
+            delivery=DeliveryMethod(rw.delivery),
+            include_cost=rw.include_cost,
+            webhook_url=rw.webhook_url,
+            upload_endpoint=rw.upload_endpoint,
+            ttl_s=rw.ttl_s,
+        ),
+        segment_max_chars=rw.segment_max_chars,
+        concurrency=rw.concurrency,
+    )
+    fallback = EspeakEngine() if sp.fallback else None
+    why = "Qwen3-TTS via Runware" + (", espeak-ng as fallback" if fallback else ", no fallback")
+    return primary, fallback, why
 
 
 class Service:
     """The whole broadcaster in one process. Use as ``async with Service(cfg) as svc``."""
 
     def __init__(
-        self, config: Config, *, clock: Clock | None = None, engine: SpeechEngine | None = None
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        engine: SpeechEngine | None = None,
+        fallback: SpeechEngine | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self._engine = engine
+        self._fallback = fallback
+        self._environ = os.environ if environ is None else environ
         self.hub = Hub()
         self.announcer: Announcer | None = None
         self.endpoint_server: EndpointServer | None = None
@@ -60,11 +130,18 @@ class Service:
 
     async def start(self) -> None:
         cfg = self.config
+        why = "given"
         if self._engine is None:
-            self._engine = make_engine(cfg)
-        log.info("speech engine: %s (embedded, no API key needed)", self.engine.name)
+            self._engine, self._fallback, why = await make_engines(cfg, self.clock, self._environ)
+        log.info("speech engine: %s (%s)", self.engine.name, why)
         self.announcer = Announcer(
             engine=self.engine,
+            fallback=self._fallback,
+            fallback_policy=FallbackPolicy(
+                first_audio_deadline_s=cfg.speech.first_audio_deadline_s,
+                emergency_first_audio_deadline_s=cfg.speech.emergency_first_audio_deadline_s,
+                emergency_priority=cfg.announcements.emergency_priority,
+            ),
             hub=self.hub,
             clock=self.clock,
             registry=Registry(cfg.announcements.history_limit),
@@ -115,6 +192,8 @@ class Service:
             self.endpoint_server = None
         if self._engine is not None:
             await self._engine.aclose()
+        if self._fallback is not None:
+            await self._fallback.aclose()
         log.info("stopped")
 
     async def _drain(self, timeout_s: float) -> None:

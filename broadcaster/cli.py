@@ -59,9 +59,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await serve_forever(config, stop)
 
+    from broadcaster.app import EngineSetupError
+
     try:
         asyncio.run(main())
     except OSError as exc:
+        return _fail(f"cannot start: {exc}")
+    except EngineSetupError as exc:
         return _fail(f"cannot start: {exc}")
     return 0
 

@@ -13,6 +13,7 @@ import hmac
 import re
 import secrets
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -41,14 +42,54 @@ class ServerConfig(_Section):
     shutdown_timeout_s: float = Field(default=5.0, ge=0, le=120)
 
 
+class RunwareConfig(_Section):
+    """Qwen3-TTS 1.7B CustomVoice through Runware (used when an API key is set)."""
+
+    #: The API key. RUNWARE_API_KEY in the environment takes precedence; prefer it.
+    api_key: str | None = None
+    ws_url: str = "wss://ws-api.runware.ai/v1"
+    rest_url: str = "https://api.runware.ai/v1"
+    #: The low-latency profile: WAV as base64 in a sync answer over the open WebSocket.
+    output_type: Literal["base64Data", "dataURI", "URL"] = "base64Data"
+    output_format: Literal["WAV", "FLAC", "MP3", "OGG"] = "WAV"
+    delivery: Literal["sync", "async"] = "sync"
+    include_cost: bool = True
+    #: Passed through to Runware for users who want them (empty: not sent).
+    webhook_url: str | None = None
+    upload_endpoint: str | None = None
+    ttl_s: int | None = Field(default=None, ge=60)
+    #: Longest segment requested in one task (Runware accepts up to 2000 characters).
+    segment_max_chars: int = Field(default=300, ge=40, le=2000)
+    #: Segments of one announcement requested at once (played strictly in order).
+    concurrency: int = Field(default=4, ge=1, le=32)
+    #: Tasks in flight over the whole client.
+    max_in_flight: int = Field(default=8, ge=1, le=256)
+    task_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    #: On-disk cache of synthesized segments (survives restarts); 0 MB disables it.
+    cache_dir: str = "var/speech-cache"
+    cache_max_mb: int = Field(default=512, ge=0, le=1_000_000)
+
+
 class SpeechConfig(_Section):
-    #: "auto" uses the embedded espeak-ng engine (the only engine in this release).
-    engine: Literal["auto", "espeak"] = "auto"
+    #: "auto": Runware when an API key is configured, else the embedded espeak-ng.
+    engine: Literal["auto", "espeak", "runware"] = "auto"
+    #: Speak with espeak-ng when Runware fails or is too slow to start (recommended).
+    fallback: bool = True
+    #: How long Runware may take to produce the first audio before the fallback speaks.
+    first_audio_deadline_s: float = Field(default=6.0, gt=0, le=120)
+    #: The same for emergency priority (announcements.emergency_priority and above).
+    emergency_first_audio_deadline_s: float = Field(default=2.0, gt=0, le=120)
     default_voice: str = "ryan"
     default_language: str = "English"
     default_speed: float = Field(default=1.0, ge=SPEED_MIN, le=SPEED_MAX)
     #: First segment of a long text is kept at most this long so audio starts early.
     first_segment_max_chars: int = Field(default=160, ge=20, le=2000)
+    runware: RunwareConfig = RunwareConfig()
+
+    def runware_api_key(self, environ: Mapping[str, str]) -> str | None:
+        return environ.get("RUNWARE_API_KEY") or self.runware.api_key or None
 
     @field_validator("default_voice")
     @classmethod
@@ -113,12 +154,14 @@ class StreamingConfig(_Section):
 
 class AnnouncementsConfig(_Section):
     #: Longest text the API accepts (it is split into engine-sized segments).
-    max_text_chars: int = Field(default=20000, ge=100, le=1_000_000)
+    max_text_chars: int = Field(default=20000, ge=100, le=100_000)
     #: Finished announcements kept in memory for GET /v1/announcements/{id}; oldest go first.
     history_limit: int = Field(default=1000, ge=10, le=1_000_000)
     #: Announcements waiting for a busy zone; beyond this the API answers 503.
     queue_limit: int = Field(default=1000, ge=1, le=1_000_000)
     default_priority: int = Field(default=100, ge=0, le=255)
+    #: Priorities from here up are emergencies (EN 54-16 practice: 224-255).
+    emergency_priority: int = Field(default=224, ge=1, le=255)
 
 
 class ZoneConfig(_Section):

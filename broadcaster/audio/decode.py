@@ -93,3 +93,40 @@ def write_wav(path: str | os.PathLike[str], pcm: bytes, sample_rate_hz: int) -> 
         wav.setsampwidth(2)
         wav.setframerate(sample_rate_hz)
         wav.writeframes(pcm)
+
+
+class AudioFileError(ValueError):
+    """Bytes that PyAV cannot read as an audio file."""
+
+
+def decode_audio_file(data: bytes) -> tuple[bytes, int]:
+    """Decode a whole audio file (WAV, FLAC, MP3, Ogg...) to mono s16le PCM.
+
+    Returns ``(pcm, sample_rate_hz)`` at the file's own rate; stereo is mixed
+    down. Synchronous and CPU-bound: call it from a worker thread.
+    """
+    import io
+
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.audio:
+                raise AudioFileError("no audio stream in the file")
+            stream = container.streams.audio[0]
+            rate = stream.rate or stream.codec_context.sample_rate
+            if not rate:
+                raise AudioFileError("the audio stream has no sample rate")
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+            out = bytearray()
+            for frame in container.decode(stream):
+                for converted in resampler.resample(frame):
+                    out += _plane_bytes(converted)
+            for converted in resampler.resample(None):
+                out += _plane_bytes(converted)
+    except av.error.FFmpegError as exc:
+        raise AudioFileError(f"cannot decode audio: {exc}") from None
+    return bytes(out), int(rate)
+
+
+def _plane_bytes(frame: AudioFrame) -> bytes:
+    # Packed mono s16: one plane, possibly padded past the last sample.
+    return bytes(frame.planes[0])[: frame.samples * 2]

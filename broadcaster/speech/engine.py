@@ -9,6 +9,7 @@ synthesis runs in a worker thread owned by the engine.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from broadcaster.model import PcmBlock, SpeechRequest
@@ -22,14 +23,38 @@ class SpeechError(Exception):
         self.retryable = retryable
 
 
+@dataclass
+class SynthesisMeta:
+    """What one synthesis cost and how it was made; engines fill in what they know.
+
+    Passed in by the caller (one per announcement) and added to, so a single
+    object totals the cost and the requests of every segment.
+    """
+
+    requests: int = 0  # requests sent to a remote engine
+    cache_hits: int = 0
+    retries: int = 0
+    cost: float | None = None  # USD, when the engine reports it
+    notes: list[str] = field(default_factory=list)
+
+    def add_cost(self, cost: float | None) -> None:
+        if cost is not None:
+            self.cost = (self.cost or 0.0) + cost
+
+
 @runtime_checkable
 class SpeechEngine(Protocol):
     #: Short name shown in logs and announcement records ("espeak-ng", "runware").
     name: str
     #: Longest text one request may carry; longer texts are split before they get here.
     max_text_chars: int
+    #: How many segments it is worth requesting at once (1 for a local engine that
+    #: works serially; more for a remote engine whose latency is per request).
+    concurrency: int
 
-    def synthesize(self, request: SpeechRequest) -> AsyncIterator[PcmBlock]:
+    def synthesize(
+        self, request: SpeechRequest, meta: SynthesisMeta | None = None
+    ) -> AsyncIterator[PcmBlock]:
         """Yield PCM for ``request`` as it is produced.
 
         Closing the iterator early (``aclose()``, or cancelling the consumer)

@@ -43,7 +43,7 @@ import numpy as np
 from av.audio.frame import AudioFrame
 
 from broadcaster.model import LANGUAGES, SPEED_MAX, SPEED_MIN, VOICES, PcmBlock, SpeechRequest
-from broadcaster.speech.engine import SpeechError
+from broadcaster.speech.engine import SpeechError, SynthesisMeta
 
 log = logging.getLogger(__name__)
 
@@ -628,6 +628,9 @@ class EspeakEngine:
     """
 
     name = "espeak-ng"
+    #: One worker thread does all synthesis, so asking for several segments at once
+    #: gains nothing.
+    concurrency = 1
 
     def __init__(self, *, max_text_chars: int = 1000) -> None:
         self.max_text_chars = max_text_chars
@@ -644,7 +647,9 @@ class EspeakEngine:
     def closed(self) -> bool:
         return self._closed
 
-    async def synthesize(self, request: SpeechRequest) -> AsyncGenerator[PcmBlock, None]:
+    async def synthesize(
+        self, request: SpeechRequest, meta: SynthesisMeta | None = None
+    ) -> AsyncGenerator[PcmBlock, None]:
         """Stream PCM for ``request`` at :attr:`sample_rate_hz` while espeak works.
 
         Blocks travel from the worker thread through a per-request

@@ -37,6 +37,7 @@ class FakeEngine:
 
     name = "fake"
     max_text_chars = 1000
+    concurrency = 1
 
     def __init__(
         self,
@@ -54,7 +55,7 @@ class FakeEngine:
         self.fail_at_s = fail_at_s
         self.requests: list[SpeechRequest] = []
 
-    async def synthesize(self, request: SpeechRequest) -> AsyncIterator[PcmBlock]:
+    async def synthesize(self, request: SpeechRequest, meta=None) -> AsyncIterator[PcmBlock]:
         self.requests.append(request)
         block = int(RATE * 0.1)
         t = np.arange(block) / RATE

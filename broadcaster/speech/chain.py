@@ -1,0 +1,159 @@
+"""Primary engine, local fallback: an announcement is always spoken, and says by whom.
+
+The chain asks the primary engine (Runware) for the announcement's segments,
+several at once, and plays them in order. If the primary has produced no
+audio by the first-audio deadline (shorter for emergencies), or fails on a
+segment after its own retries, the rest of the announcement — from the first
+segment not yet heard — is spoken by the fallback engine (embedded espeak-ng),
+and :class:`SpeechOutcome` records why, for the announcement's state and the
+operator's log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from broadcaster.clock import Clock
+from broadcaster.model import PcmBlock, SpeechRequest
+from broadcaster.speech.engine import SpeechEngine, SynthesisMeta
+from broadcaster.speech.segmenter import split_text
+from broadcaster.speech.sequencer import SegmentFailed, synthesize_in_order
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SpeechOutcome:
+    """Filled in while an announcement is spoken."""
+
+    engine: str
+    fallback_reason: str | None = None
+    fallback_from_segment: int | None = None
+    meta: SynthesisMeta = field(default_factory=SynthesisMeta)
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackPolicy:
+    #: Seconds the primary may take to produce the first audio (None: no limit).
+    first_audio_deadline_s: float | None = 6.0
+    #: The same for announcements of emergency priority.
+    emergency_first_audio_deadline_s: float = 2.0
+    emergency_priority: int = 224
+
+    def deadline_s(self, priority: int) -> float | None:
+        if priority >= self.emergency_priority:
+            return self.emergency_first_audio_deadline_s
+        return self.first_audio_deadline_s
+
+
+class EngineChain:
+    def __init__(
+        self,
+        primary: SpeechEngine,
+        fallback: SpeechEngine | None = None,
+        *,
+        clock: Clock,
+        policy: FallbackPolicy | None = None,
+    ) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.clock = clock
+        self.policy = policy or FallbackPolicy()
+
+    @property
+    def max_text_chars(self) -> int:
+        return self.primary.max_text_chars
+
+    async def aclose(self) -> None:
+        await self.primary.aclose()
+        if self.fallback is not None:
+            await self.fallback.aclose()
+
+    async def speak(
+        self, requests: Sequence[SpeechRequest], *, priority: int, outcome: SpeechOutcome
+    ) -> AsyncIterator[PcmBlock]:
+        """Yield the PCM of every request in order, falling back when the primary cannot."""
+        primary = self.primary
+        outcome.engine = primary.name
+        if self.fallback is None:
+            async for _, block in synthesize_in_order(
+                primary, requests, ahead=primary.concurrency, meta=outcome.meta
+            ):
+                yield block
+            return
+
+        stream = synthesize_in_order(
+            primary, requests, ahead=primary.concurrency, meta=outcome.meta
+        )
+        resume_at = 0  # first segment not yet heard whole
+        deadline_s = self.policy.deadline_s(priority)
+        try:
+            first = await self._first(stream, deadline_s)
+            if first is None:
+                return  # nothing to say
+            yield first[1]
+            async for _, block in stream:
+                yield block
+            return
+        except _NoAudioInTime:
+            reason = f"{primary.name} produced no audio within {deadline_s:g} s"
+        except SegmentFailed as exc:
+            resume_at = exc.index
+            reason = f"{primary.name} failed: {exc}"
+        finally:
+            with contextlib.suppress(BaseException):
+                await stream.aclose()
+        # Only reached on a switch. A segment that failed part-way restarts from its
+        # beginning: repeating a few words beats losing the rest of a sentence.
+        outcome.fallback_reason = reason
+        outcome.fallback_from_segment = resume_at
+        outcome.engine = f"{self.fallback.name} (fallback from {primary.name})"
+        log.warning(
+            "speech falls back to %s from segment %d: %s", self.fallback.name, resume_at, reason
+        )
+        rest = [
+            SpeechRequest(
+                text=piece, voice=r.voice, language=r.language, speed=r.speed, style=r.style
+            )
+            for r in requests[resume_at:]
+            for piece in split_text(r.text, self.fallback.max_text_chars)
+        ]
+        async for _, block in synthesize_in_order(
+            self.fallback, rest, ahead=self.fallback.concurrency, meta=outcome.meta
+        ):
+            yield block
+
+    async def _first(
+        self, stream: AsyncGenerator[tuple[int, PcmBlock], None], deadline_s: float | None
+    ) -> tuple[int, PcmBlock] | None:
+        """The first item of ``stream`` (None if it is empty); _NoAudioInTime after the deadline."""
+        nxt: asyncio.Future[tuple[int, PcmBlock]] = asyncio.ensure_future(anext(stream))
+        try:
+            if deadline_s is not None:
+                timer: asyncio.Future[None] = asyncio.ensure_future(
+                    self.clock.sleep_until_us(self.clock.monotonic_us() + int(deadline_s * 1e6))
+                )
+                try:
+                    racers: set[asyncio.Future[Any]] = {nxt, timer}
+                    await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    timer.cancel()
+                if not nxt.done():
+                    raise _NoAudioInTime
+            return await nxt
+        except StopAsyncIteration:
+            return None
+        finally:
+            if not nxt.done():
+                nxt.cancel()
+                with contextlib.suppress(BaseException):
+                    await nxt
+
+
+class _NoAudioInTime(Exception):
+    pass
