@@ -17,14 +17,18 @@ def test_example_lists_every_option_with_its_default():
     """example.toml must document every key, and show its default value."""
     import tomllib
 
-    from broadcaster.config import Config
-
     from pydantic import BaseModel
+
+    from broadcaster.config import Config
 
     data = tomllib.loads((ROOT / "configs" / "example.toml").read_text())
     # Keys left commented out on purpose: secrets and optional pass-through URLs.
-    commented = {"speech.runware.api_key", "speech.runware.webhook_url",
-                 "speech.runware.upload_endpoint", "speech.runware.ttl_s"}
+    commented = {
+        "speech.runware.api_key",
+        "speech.runware.webhook_url",
+        "speech.runware.upload_endpoint",
+        "speech.runware.ttl_s",
+    }
 
     def check(model: BaseModel, table: dict, path: str) -> None:
         for key in type(model).model_fields:
