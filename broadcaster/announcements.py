@@ -63,6 +63,7 @@ class Announcement:
             "speed": s.speed,
             "style": s.style,
             "priority": s.priority,
+            "template": s.template,
             "engine": self.engine,
             "segments": self.segments,
             "created_at": self.created_at.isoformat(),

@@ -213,9 +213,13 @@ class Announcer:
         ann.formats = sorted(formats)
         self._audiences[ann.id] = audience
 
-        segments = split_text(
-            spec.text, self.engine.max_text_chars, self.settings.first_segment_max_chars
-        )
+        whole_limit = getattr(self.engine, "max_request_chars", self.engine.max_text_chars)
+        if not spec.split and len(spec.text) <= whole_limit:
+            segments = [spec.text]  # one take, as asked
+        else:
+            segments = split_text(
+                spec.text, self.engine.max_text_chars, self.settings.first_segment_max_chars
+            )
         ann.segments = len(segments)
         now = clock.monotonic_us()
         pacer = Pacer(start_us=now + self.settings.lead_us, lead_us=self.settings.lead_us)
@@ -350,6 +354,7 @@ class Announcer:
                 language=spec.language,
                 speed=spec.speed,
                 style=spec.style,
+                max_new_tokens=spec.max_new_tokens,
             )
             for text in segments
         ]

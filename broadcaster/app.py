@@ -91,6 +91,7 @@ async def make_engines(
         ),
         segment_max_chars=rw.segment_max_chars,
         concurrency=rw.concurrency,
+        segment_pause_ms=rw.segment_pause_ms,
     )
     fallback = EspeakEngine() if sp.fallback else None
     why = "Qwen3-TTS via Runware" + (", espeak-ng as fallback" if fallback else ", no fallback")

@@ -114,8 +114,14 @@ def cmd_listen(args: argparse.Namespace) -> int:
 def cmd_announce(args: argparse.Namespace) -> int:
     from broadcaster.api.client import ApiError, announce_and_wait
 
-    body: dict[str, Any] = {"text": args.text, "zones": args.zone}
-    for name in ("voice", "language", "speed", "style", "priority"):
+    if args.text is None and args.template is None:
+        return _fail("give the text to speak, or --template NAME")
+    body: dict[str, Any] = {}
+    if args.text is not None:
+        body["text"] = args.text
+    if args.zone:
+        body["zones"] = args.zone
+    for name in ("template", "voice", "language", "speed", "style", "priority"):
         value = getattr(args, name)
         if value is not None:
             body[name] = value
@@ -130,6 +136,11 @@ def cmd_announce(args: argparse.Namespace) -> int:
     if final is None:
         return 0
     print(f"state: {final['state']}" + (f" ({final['reason']})" if final.get("reason") else ""))
+    print(f"spoken by: {final.get('engine')}")
+    for warning in final.get("warnings") or []:
+        print(f"warning: {warning}")
+    if final.get("cost_usd") is not None:
+        print(f"cost: ${final['cost_usd']:.6f}")
     if final.get("first_audio_ms") is not None:
         print(f"first audio after {final['first_audio_ms']} ms; duration {final['duration_ms']} ms")
     endpoints = final.get("endpoints") or {}
@@ -210,8 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     li.set_defaults(func=cmd_listen)
 
     a = sub.add_parser("announce", help="send an announcement through the HTTP API")
-    a.add_argument("text")
-    a.add_argument("--zone", action="append", required=True, help="target zone (repeatable)")
+    a.add_argument("text", nargs="?", help="what to say (optional with --template)")
+    a.add_argument("--template", help="a template from the config (text, voice... defaults)")
+    a.add_argument(
+        "--zone", action="append", help="target zone (repeatable; a template may give them)"
+    )
     a.add_argument("--voice", choices=[*VOICES, "auto"])
     a.add_argument("--language", choices=LANGUAGES)
     a.add_argument("--speed", type=float, help=f"{SPEED_MIN}–{SPEED_MAX}")

@@ -62,6 +62,8 @@ class RunwareConfig(_Section):
     segment_max_chars: int = Field(default=300, ge=40, le=2000)
     #: Segments of one announcement requested at once (played strictly in order).
     concurrency: int = Field(default=4, ge=1, le=32)
+    #: Silence after each segment (segments are joined back to back).
+    segment_pause_ms: int = Field(default=250, ge=0, le=5000)
     #: Tasks in flight over the whole client.
     max_in_flight: int = Field(default=8, ge=1, le=256)
     task_timeout_s: float = Field(default=30.0, gt=0, le=600)
@@ -85,7 +87,7 @@ class SpeechConfig(_Section):
     default_language: str = "English"
     default_speed: float = Field(default=1.0, ge=SPEED_MIN, le=SPEED_MAX)
     #: First segment of a long text is kept at most this long so audio starts early.
-    first_segment_max_chars: int = Field(default=160, ge=20, le=2000)
+    first_segment_max_chars: int = Field(default=100, ge=20, le=2000)
     runware: RunwareConfig = RunwareConfig()
 
     def runware_api_key(self, environ: Mapping[str, str]) -> str | None:
@@ -94,15 +96,13 @@ class SpeechConfig(_Section):
     @field_validator("default_voice")
     @classmethod
     def _voice(cls, v: str) -> str:
-        if v not in (*VOICES, "auto"):
-            raise ValueError(f"unknown voice {v!r}; choose one of {', '.join(VOICES)} or auto")
+        _check_voice(v)
         return v
 
     @field_validator("default_language")
     @classmethod
     def _language(cls, v: str) -> str:
-        if v not in LANGUAGES:
-            raise ValueError(f"unknown language {v!r}; choose one of {', '.join(LANGUAGES)}")
+        _check_language(v)
         return v
 
 
@@ -190,6 +190,48 @@ class EndpointConfig(_Section):
         return hmac.compare_digest(self.token_hash, hash_token(token))
 
 
+class TemplateConfig(_Section):
+    """A named announcement with its defaults; a request may override any of them."""
+
+    name: _ID
+    text: str = Field(min_length=1, max_length=100_000)
+    voice: str | None = None
+    language: str | None = None
+    speed: float | None = Field(default=None, ge=SPEED_MIN, le=SPEED_MAX)
+    #: Style prompt (Runware's positivePrompt).
+    style: str | None = Field(default=None, max_length=2000)
+    priority: int | None = Field(default=None, ge=0, le=255)
+    #: Zones used when the request names none.
+    zones: list[_ID] = Field(default_factory=list)
+    #: Cap on generated audio tokens per request (None: sized to each segment).
+    max_new_tokens: int | None = Field(default=None, ge=1, le=262_144)
+    #: False: one request for the whole text (up to the engine's limit) — one take,
+    #: so a style prompt that describes an arc over the text applies to all of it.
+    split: bool = True
+
+    @field_validator("voice")
+    @classmethod
+    def _voice(cls, v: str | None) -> str | None:
+        return _check_voice(v)
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, v: str | None) -> str | None:
+        return _check_language(v)
+
+
+def _check_voice(v: str | None) -> str | None:
+    if v is not None and v not in (*VOICES, "auto"):
+        raise ValueError(f"unknown voice {v!r}; choose one of {', '.join(VOICES)} or auto")
+    return v
+
+
+def _check_language(v: str | None) -> str | None:
+    if v is not None and v not in LANGUAGES:
+        raise ValueError(f"unknown language {v!r}; choose one of {', '.join(LANGUAGES)}")
+    return v
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -202,6 +244,7 @@ class Config(_Section):
     logging: LoggingConfig = LoggingConfig()
     zones: list[ZoneConfig] = Field(default_factory=list)
     endpoints: list[EndpointConfig] = Field(default_factory=list)
+    templates: list[TemplateConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -213,7 +256,17 @@ class Config(_Section):
         dup = {e for e in ep_ids if ep_ids.count(e) > 1}
         if dup:
             raise ValueError(f"endpoint ids listed twice: {', '.join(sorted(dup))}")
+        names = [t.name for t in self.templates]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"template names listed twice: {', '.join(sorted(dup))}")
         known = set(zone_ids)
+        for i, tpl in enumerate(self.templates):
+            unknown = [z for z in tpl.zones if z not in known]
+            if unknown:
+                raise ValueError(
+                    f"templates[{i}] ({tpl.name}): zones {unknown} are not defined under [[zones]]"
+                )
         for i, ep in enumerate(self.endpoints):
             unknown = [z for z in ep.zones if z not in known]
             if unknown:
@@ -226,6 +279,12 @@ class Config(_Section):
         for ep in self.endpoints:
             if ep.id == endpoint_id:
                 return ep
+        return None
+
+    def template(self, name: str) -> TemplateConfig | None:
+        for tpl in self.templates:
+            if tpl.name == name:
+                return tpl
         return None
 
     @property

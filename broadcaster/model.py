@@ -119,6 +119,8 @@ class SpeechRequest:
     language: str = "English"
     speed: float = 1.0
     style: str | None = None  # positivePrompt for engines that take one
+    #: Cap on generated audio tokens for engines that take one (None: sized to the text).
+    max_new_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,4 +179,9 @@ class AnnouncementSpec:
     speed: float
     style: str | None = None
     priority: int = 100
+    #: False: speak the text as one engine request (as far as the engine allows),
+    #: trading first-audio latency for one uninterrupted take.
+    split: bool = True
+    max_new_tokens: int | None = None
+    template: str | None = None
     extra: dict[str, str] = field(default_factory=dict)

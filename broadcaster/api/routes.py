@@ -70,29 +70,50 @@ async def create_announcement(request: web.Request) -> web.Response:
         req = AnnouncementRequest.model_validate(body)
     except ValidationError as exc:
         return _error(422, "validation_failed", "invalid fields", fields=field_errors(exc))
-    problems = []
-    if len(req.text) > cfg.announcements.max_text_chars:
+    problems: list[dict[str, str]] = []
+    tpl = None
+    if req.template is not None:
+        tpl = cfg.template(req.template)
+        if tpl is None:
+            known = ", ".join(t.name for t in cfg.templates) or "none configured"
+            problems.append({"field": "template", "message": f"unknown template (known: {known})"})
+    text = req.text if req.text is not None else (tpl.text if tpl else None)
+    zones = req.zones if req.zones is not None else (tpl.zones if tpl and tpl.zones else None)
+    if text is None and not problems:
+        problems.append({"field": "text", "message": "required (or give a template)"})
+    if zones is None and not problems:
+        problems.append({"field": "zones", "message": "required"})
+    if text is not None and len(text) > cfg.announcements.max_text_chars:
         problems.append(
             {
                 "field": "text",
-                "message": f"{len(req.text)} characters; at most "
+                "message": f"{len(text)} characters; at most "
                 f"{cfg.announcements.max_text_chars} are accepted",
             }
         )
-    unknown = [z for z in req.zones if z not in cfg.zone_ids]
+    unknown = [z for z in zones or [] if z not in cfg.zone_ids]
     if unknown:
         problems.append({"field": "zones", "message": f"unknown zone(s): {', '.join(unknown)}"})
-    if problems:
+    if problems or text is None or zones is None:
         return _error(422, "validation_failed", "invalid fields", fields=problems)
+
+    def pick(value: Any, from_template: Any, default: Any) -> Any:
+        if value is not None:
+            return value
+        return from_template if from_template is not None else default
+
     sp = cfg.speech
     spec = AnnouncementSpec(
-        text=req.text,
-        zones=tuple(req.zones),
-        voice=req.voice or sp.default_voice,
-        language=req.language or sp.default_language,
-        speed=req.speed if req.speed is not None else sp.default_speed,
-        style=req.style,
-        priority=req.priority if req.priority is not None else cfg.announcements.default_priority,
+        text=text,
+        zones=tuple(zones),
+        voice=pick(req.voice, tpl and tpl.voice, sp.default_voice),
+        language=pick(req.language, tpl and tpl.language, sp.default_language),
+        speed=pick(req.speed, tpl and tpl.speed, sp.default_speed),
+        style=pick(req.style, tpl and tpl.style, None),
+        priority=pick(req.priority, tpl and tpl.priority, cfg.announcements.default_priority),
+        split=tpl.split if tpl else True,
+        max_new_tokens=tpl.max_new_tokens if tpl else None,
+        template=tpl.name if tpl else None,
     )
     try:
         ann = request.app[ANNOUNCER].submit(spec)

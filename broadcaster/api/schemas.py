@@ -12,8 +12,10 @@ from broadcaster.model import LANGUAGES, SPEED_MAX, SPEED_MIN, VOICES
 class AnnouncementRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str
-    zones: list[str] = Field(min_length=1, max_length=256)
+    #: The text, or the name of a configured template (or both: the text overrides).
+    text: str | None = None
+    template: str | None = Field(default=None, max_length=64)
+    zones: list[str] | None = Field(default=None, min_length=1, max_length=256)
     voice: str | None = None
     language: str | None = None
     speed: float | None = Field(default=None, ge=SPEED_MIN, le=SPEED_MAX)
@@ -22,7 +24,9 @@ class AnnouncementRequest(BaseModel):
 
     @field_validator("text")
     @classmethod
-    def _text(cls, v: str) -> str:
+    def _text(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         v = v.strip()
         if not v:
             raise ValueError("text is empty")
@@ -44,8 +48,8 @@ class AnnouncementRequest(BaseModel):
 
     @field_validator("zones")
     @classmethod
-    def _zones(cls, v: list[str]) -> list[str]:
-        return list(dict.fromkeys(v))
+    def _zones(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else list(dict.fromkeys(v))
 
 
 def field_errors(exc: ValidationError) -> list[dict[str, Any]]:

@@ -67,6 +67,7 @@ class RunwareEngine:
         profile: RequestProfile | None = None,
         segment_max_chars: int = 300,
         concurrency: int = 4,
+        segment_pause_ms: int = 250,
     ) -> None:
         self.client = client
         self.clock = clock
@@ -74,7 +75,12 @@ class RunwareEngine:
         self.profile = profile or RequestProfile()
         #: Segments are short so the first can be requested (and heard) early.
         self.max_text_chars = min(segment_max_chars, self.API_MAX_TEXT_CHARS)
+        #: The most one request may carry, for texts spoken whole (split = false).
+        self.max_request_chars = self.API_MAX_TEXT_CHARS
         self.concurrency = concurrency
+        #: Silence after each segment: the model ends a take without the pause a
+        #: reader makes between sentences, and segments are joined back to back.
+        self.segment_pause_ms = segment_pause_ms
 
     def task_fields(self, request: SpeechRequest) -> dict[str, object]:
         """The wire fields of the task for ``request`` (before validation)."""
@@ -89,7 +95,11 @@ class RunwareEngine:
                 "language": request.language,
                 "speed": round(request.speed, 2),
             },
-            "settings": {"maxNewTokens": max_new_tokens_for(request.text, request.speed)},
+            "settings": {
+                # (speed clamped only for the estimate; the task check refuses it)
+                "maxNewTokens": request.max_new_tokens
+                or max_new_tokens_for(request.text, min(max(request.speed, 0.25), 4.0))
+            },
             "outputType": p.output_type.value,
             "outputFormat": p.output_format.value,
             "deliveryMethod": p.delivery.value,
@@ -113,6 +123,7 @@ class RunwareEngine:
             language=request.language,
             speed=round(request.speed, 2),
             prompt=request.style or "",
+            max_new_tokens=request.max_new_tokens or 0,
             output_format=self.profile.output_format.value,
         )
 
@@ -145,6 +156,7 @@ class RunwareEngine:
             pcm, rate = await asyncio.to_thread(decode_audio_file, data)
         except AudioFileError as exc:
             raise SpeechError(f"runware audio unreadable: {exc}", retryable=True) from None
+        pcm += bytes(2 * (rate * self.segment_pause_ms // 1000))
         step = rate * _BLOCK_MS // 1000 * 2
         for start in range(0, len(pcm), step):
             yield PcmBlock(pcm[start : start + step], rate)
