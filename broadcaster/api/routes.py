@@ -189,10 +189,14 @@ async def list_zones(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     announcer = request.app[ANNOUNCER]
+    fallback = announcer.speech.fallback
+    client = getattr(announcer.engine, "client", None)
     return web.json_response(
         {
             "status": "ok",
             "engine": announcer.engine.name,
+            "fallback_engine": fallback.name if fallback is not None else None,
+            "engine_connected": getattr(client, "connected", None),
             "endpoints_connected": len(request.app[HUB].links()),
             "announcements_waiting": len(announcer.arbiter),
         }
