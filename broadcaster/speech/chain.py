@@ -81,27 +81,51 @@ class EngineChain:
         primary = self.primary
         outcome.engine = primary.name
         if self.fallback is None:
-            async for _, block in synthesize_in_order(
+            async for _, only in synthesize_in_order(
                 primary, requests, ahead=primary.concurrency, meta=outcome.meta
             ):
-                yield block
+                assert only is not None
+                yield only
             return
 
         stream = synthesize_in_order(
-            primary, requests, ahead=primary.concurrency, meta=outcome.meta
+            primary, requests, ahead=primary.concurrency, meta=outcome.meta, mark_ends=True
         )
-        resume_at = 0  # first segment not yet heard whole
+        resume_at = 0  # first segment not yet delivered whole
+        heard = False
         deadline_s = self.policy.deadline_s(priority)
+        grace_us = None if deadline_s is None else int(deadline_s * 1e6)
         try:
-            first = await self._first(stream, deadline_s)
-            if first is None:
-                return  # nothing to say
-            yield first[1]
-            async for _, block in stream:
+            # Audio handed out plays in real time from the first block on; each next
+            # block may be late by the grace at most past the moment the audio handed
+            # out so far runs dry, or the rest is spoken by the fallback.
+            started_us = self.clock.monotonic_us()
+            handed_us = 0
+            deadline_us = self._after(grace_us)
+            while True:
+                item = await self._next(stream, deadline_us)
+                if item is None:
+                    return
+                index, block = item
+                if block is None:
+                    resume_at = index + 1  # segment `index` was delivered whole
+                    continue
+                if not heard:
+                    heard = True
+                    started_us = self.clock.monotonic_us()
+                handed_us += block.duration_us
                 yield block
-            return
+                if grace_us is not None:
+                    dry_us = max(self.clock.monotonic_us(), started_us + handed_us)
+                    deadline_us = dry_us + grace_us
         except _NoAudioInTime:
-            reason = f"{primary.name} produced no audio within {deadline_s:g} s"
+            if not heard:
+                reason = f"{primary.name} produced no audio within {deadline_s:g} s"
+            else:
+                reason = (
+                    f"{primary.name} fell behind: segment {resume_at + 1} was not ready "
+                    f"{deadline_s:g} s after the audio before it ran out"
+                )
         except SegmentFailed as exc:
             resume_at = exc.index
             reason = f"{primary.name} failed: {exc}"
@@ -123,20 +147,24 @@ class EngineChain:
             for r in requests[resume_at:]
             for piece in split_text(r.text, self.fallback.max_text_chars)
         ]
-        async for _, block in synthesize_in_order(
+        async for _, fallback_block in synthesize_in_order(
             self.fallback, rest, ahead=self.fallback.concurrency, meta=outcome.meta
         ):
-            yield block
+            assert fallback_block is not None
+            yield fallback_block
 
-    async def _first(
-        self, stream: AsyncGenerator[tuple[int, PcmBlock], None], deadline_s: float | None
-    ) -> tuple[int, PcmBlock] | None:
-        """The first item of ``stream`` (None if it is empty); _NoAudioInTime after the deadline."""
-        nxt: asyncio.Future[tuple[int, PcmBlock]] = asyncio.ensure_future(anext(stream))
+    def _after(self, grace_us: int | None) -> int | None:
+        return None if grace_us is None else self.clock.monotonic_us() + grace_us
+
+    async def _next(
+        self, stream: AsyncGenerator[tuple[int, PcmBlock | None], None], deadline_us: int | None
+    ) -> tuple[int, PcmBlock | None] | None:
+        """The next item of ``stream`` (None at its end); _NoAudioInTime after the deadline."""
+        nxt: asyncio.Future[tuple[int, PcmBlock | None]] = asyncio.ensure_future(anext(stream))
         try:
-            if deadline_s is not None:
+            if deadline_us is not None and not nxt.done():
                 timer: asyncio.Future[None] = asyncio.ensure_future(
-                    self.clock.sleep_until_us(self.clock.monotonic_us() + int(deadline_s * 1e6))
+                    self.clock.sleep_until_us(deadline_us)
                 )
                 try:
                     racers: set[asyncio.Future[Any]] = {nxt, timer}

@@ -41,8 +41,12 @@ async def synthesize_in_order(
     *,
     ahead: int,
     meta: SynthesisMeta | None = None,
-) -> AsyncGenerator[tuple[int, PcmBlock], None]:
+    mark_ends: bool = False,
+) -> AsyncGenerator[tuple[int, PcmBlock | None], None]:
     """Yield ``(segment index, block)`` for every request, in request order.
+
+    With ``mark_ends``, ``(index, None)`` follows the last block of each segment,
+    so the caller knows which segments were delivered whole.
 
     Memory is bounded: a segment's slot is freed only once the consumer has
     taken all of its audio, so at most ``ahead`` segments are being synthesized
@@ -87,6 +91,8 @@ async def synthesize_in_order(
             while True:
                 item = await q.get()
                 if isinstance(item, _End):
+                    if mark_ends:
+                        yield index, None
                     break
                 if isinstance(item, SpeechError):
                     raise SegmentFailed(index, item) from item

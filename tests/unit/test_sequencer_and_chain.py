@@ -35,10 +35,12 @@ class ScriptedEngine:
         self.active = 0
         self.max_active = 0
         self.started: list[str] = []
+        self.start_times: list[int] = []
         self.cancelled: list[str] = []
 
     async def synthesize(self, request: SpeechRequest, meta: SynthesisMeta | None = None):
         self.started.append(request.text)
+        self.start_times.append(self.clock.monotonic_us())
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
@@ -220,3 +222,31 @@ async def test_without_fallback_the_error_is_the_outcome():
                 )
             ),
         )
+
+
+async def test_a_segment_stalling_mid_announcement_is_spoken_by_the_fallback():
+    clock = FakeClock()
+    primary = ScriptedEngine(clock, delay_us=lambda t: 10_000_000 if t == "c" else 0)
+    fallback = ScriptedEngine(clock, "local")
+    outcome = SpeechOutcome(engine="?")
+    c = chain(clock, primary, fallback, first_audio_deadline_s=2.0)
+    t0 = clock.monotonic_us()
+    blocks = await run_with_clock(
+        clock, collect(c.speak(reqs("a", "b", "c", "d"), priority=100, outcome=outcome))
+    )
+    assert [b.samples for b in blocks] == [
+        b"primary:a:A",
+        b"primary:a:B",
+        b"primary:b:A",
+        b"primary:b:B",
+        b"local:c:A",
+        b"local:c:B",
+        b"local:d:A",
+        b"local:d:B",
+    ]
+    assert outcome.fallback_from_segment == 2
+    assert outcome.fallback_reason == (
+        "primary fell behind: segment 3 was not ready 2 s after the audio before it ran out"
+    )
+    # the fallback took over at the grace, not after the stalled request
+    assert 2_000_000 <= fallback.start_times[0] - t0 < 2_010_000
