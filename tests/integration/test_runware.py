@@ -234,3 +234,44 @@ async def test_async_and_url_profile_end_to_end(client, fake):
     eng = engine(client, output_type=OutputType.URL, delivery=DeliveryMethod.ASYNC)
     pcm, _ = await pcm_of(eng, SpeechRequest(text="Doors closing."))
     assert pcm and fake.polls >= 1
+
+
+async def test_webhook_and_upload_endpoint_are_passed_through(client, fake):
+    from aiohttp import web
+
+    received: dict[str, list] = {"webhook": [], "upload": []}
+
+    async def hook(request):
+        received["webhook"].append(await request.json())
+        return web.Response(status=204)
+
+    async def put(request):
+        received["upload"].append(await request.read())
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    app.router.add_put("/upload/clip.wav", put)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        eng = engine(
+            client,
+            webhook_url=f"http://127.0.0.1:{port}/hook",
+            upload_endpoint=f"http://127.0.0.1:{port}/upload/clip.wav",
+        )
+        pcm, _ = await pcm_of(eng, SpeechRequest(text="Last call."))
+        assert pcm
+        sent = fake.tasks_received[-1]
+        assert sent["webhookURL"].endswith("/hook") and sent["uploadEndpoint"].endswith("clip.wav")
+        for _ in range(200):
+            if received["webhook"] and received["upload"]:
+                break
+            await asyncio.sleep(0.01)
+        assert received["webhook"][0]["taskUUID"] == sent["taskUUID"]
+        assert received["upload"][0][:4] == b"RIFF"
+    finally:
+        await runner.cleanup()
