@@ -40,6 +40,12 @@ class Announcement:
     formats: list[str] = field(default_factory=list)
     deliveries: dict[str, DeliveryStats] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: When it should start (wall clock, UTC); None: as soon as its zones are free.
+    due_at: datetime | None = None
+    #: After this it never starts (a queued one is dropped, state "expired").
+    expires_at: datetime | None = None
+    schedule_id: str | None = None
+    fire_at: datetime | None = None
     cost: float | None = None  # USD, when the speech engine reports it
     speech_requests: int = 0
     cache_hits: int = 0
@@ -67,6 +73,10 @@ class Announcement:
             "engine": self.engine,
             "segments": self.segments,
             "created_at": self.created_at.isoformat(),
+            "due_at": self.due_at.isoformat() if self.due_at else None,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "schedule_id": self.schedule_id,
+            "fire_at": self.fire_at.isoformat() if self.fire_at else None,
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "first_audio_ms": first_audio_ms,
@@ -90,23 +100,42 @@ class Registry:
     (the arbiter's queue limit bounds them).
     """
 
-    def __init__(self, history_limit: int) -> None:
+    def __init__(self, history_limit: int, *, first_number: int = 1) -> None:
         self._items: OrderedDict[str, Announcement] = OrderedDict()
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._history_limit = history_limit
-        self._next_number = 1
+        self._next_number = max(1, first_number % 0xFFFFFFFF)
 
-    def create(self, spec: AnnouncementSpec, *, now: datetime, now_us: int) -> Announcement:
-        number = self._next_number
-        self._next_number = self._next_number % 0xFFFFFFFF + 1  # u32, never 0
+    def create(
+        self,
+        spec: AnnouncementSpec,
+        *,
+        now: datetime,
+        now_us: int,
+        ann_id: str | None = None,
+        number: int | None = None,
+    ) -> Announcement:
+        if number is None:
+            number = self._next_number
+            self._next_number = self._next_number % 0xFFFFFFFF + 1  # u32, never 0
         ann = Announcement(
-            id=str(uuid.uuid4()), number=number, spec=spec, created_at=now, accepted_us=now_us
+            id=ann_id or str(uuid.uuid4()),
+            number=number,
+            spec=spec,
+            created_at=now,
+            accepted_us=now_us,
         )
         self._items[ann.id] = ann
         return ann
 
     def get(self, ann_id: str) -> Announcement | None:
         return self._items.get(ann_id)
+
+    def adopt(self, ann: Announcement) -> None:
+        """Take in a record made elsewhere (restored after a restart)."""
+        self._items[ann.id] = ann
+        if ann.number >= self._next_number:
+            self._next_number = ann.number % 0xFFFFFFFF + 1
 
     def recent(self, limit: int) -> list[Announcement]:
         return list(reversed(self._items.values()))[:limit]
@@ -156,3 +185,7 @@ class ZoneArbiter:
 
     def holder(self, zone: str) -> str | None:
         return self._busy.get(zone)
+
+    def queued(self) -> list[str]:
+        """Ids waiting for their zones, in order."""
+        return list(self._queue)

@@ -15,6 +15,8 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
 
 from broadcaster.announcements import Announcement, Registry, ZoneArbiter
 from broadcaster.audio.pacer import Pacer
@@ -29,6 +31,7 @@ from broadcaster.model import (
 )
 from broadcaster.speech.chain import EngineChain, FallbackPolicy, SpeechOutcome
 from broadcaster.speech.engine import SpeechEngine, SpeechError
+from broadcaster.speech.prepared import PreparedSpeech
 from broadcaster.speech.segmenter import split_text
 from broadcaster.streaming import wire
 from broadcaster.streaming.hub import DeliveryStats, EndpointLink, Hub
@@ -56,6 +59,18 @@ class QueueFull(Exception):
     """Too many announcements are waiting; the API answers 503."""
 
 
+class Journal(Protocol):
+    """Where announcement records are kept durably (the store); optional."""
+
+    async def record_new(self, ann: Announcement) -> None:
+        """Persist a new record; must be durable when it returns (before the API answers)."""
+        ...
+
+    async def record(self, ann: Announcement) -> None:
+        """Persist the current state of a record."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class PlayoutSettings:
     lead_us: int
@@ -76,6 +91,7 @@ class Announcer:
         settings: PlayoutSettings,
         registry: Registry,
         transcode_executor: Executor | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.engine = engine
         self.speech = EngineChain(engine, fallback, clock=clock, policy=fallback_policy)
@@ -97,30 +113,143 @@ class Announcer:
         #: Announcements whose announcement_ended was sent (audio all queued).
         self._ended: set[str] = set()
         self._listeners: list[Callable[[Announcement], None]] = []
+        self.journal = journal
+        #: Announcements waiting for their due time: id -> when to hand them to the
+        #: arbiter (server clock: one lead time before they are due).
+        self._timers: dict[str, int] = {}
+        #: Speech being made ahead for announcements that are not playing yet.
+        self._prepared: dict[str, PreparedSpeech] = {}
+        #: Records whose state changed and is not yet in the journal.
+        self._dirty: dict[str, Announcement] = {}
+        self._dirty_event = asyncio.Event()
 
     # --- requests from the API --------------------------------------------------------------
 
-    def submit(self, spec: AnnouncementSpec) -> Announcement:
-        """Accept an announcement; it starts when its zones are free. Never blocks."""
-        if len(self.arbiter) >= self.settings.queue_limit:
-            raise QueueFull(f"{len(self.arbiter)} announcements are already waiting")
+    async def accept(
+        self,
+        spec: AnnouncementSpec,
+        *,
+        due_at: datetime | None = None,
+        expires_at: datetime | None = None,
+        schedule_id: str | None = None,
+        fire_at: datetime | None = None,
+    ) -> Announcement:
+        """Accept an announcement durably (journal first), then schedule it.
+
+        Raises :class:`QueueFull`, or the journal's error when it cannot be stored
+        (then nothing was accepted).
+        """
+        ann = self._create(spec, due_at=due_at, expires_at=expires_at)
+        ann.schedule_id, ann.fire_at = schedule_id, fire_at
+        if self.journal is not None:
+            await self.journal.record_new(ann)
+        self._schedule(ann)
+        return ann
+
+    def submit(
+        self,
+        spec: AnnouncementSpec,
+        *,
+        due_at: datetime | None = None,
+        expires_at: datetime | None = None,
+    ) -> Announcement:
+        """Accept an announcement without waiting for the journal (tests, no store)."""
+        ann = self._create(spec, due_at=due_at, expires_at=expires_at)
+        self._schedule(ann)
+        if self.journal is not None:
+            self._mark_dirty(ann)
+        return ann
+
+    def restore(self, ann: Announcement) -> None:
+        """Take back an unfinished record after a restart (it is already in the journal)."""
+        self.registry.adopt(ann)
+        self._schedule(ann)
+
+    def _create(
+        self, spec: AnnouncementSpec, *, due_at: datetime | None, expires_at: datetime | None
+    ) -> Announcement:
+        if self.waiting >= self.settings.queue_limit:
+            raise QueueFull(f"{self.waiting} announcements are already waiting")
         ann = self.registry.create(spec, now=self.clock.wall(), now_us=self.clock.monotonic_us())
-        self.arbiter.submit(ann.id, frozenset(spec.zones))
+        ann.due_at, ann.expires_at = due_at, expires_at
+        return ann
+
+    @property
+    def waiting(self) -> int:
+        """Announcements accepted and not yet playing."""
+        return len(self.arbiter) + len(self._timers)
+
+    def _schedule(self, ann: Announcement) -> None:
+        spec = ann.spec
+        now_wall = self.clock.wall()
+        if ann.expires_at is not None and ann.expires_at <= now_wall:
+            self._finish(ann, AnnouncementState.EXPIRED, "expired before it could start")
+            return
+        lead = self.settings.lead_us
+        if ann.due_at is not None and self._mono(ann.due_at) - lead > self.clock.monotonic_us():
+            # Scheduled: make the speech now, join the zone queue one lead before due.
+            self._timers[ann.id] = self._mono(ann.due_at) - lead
+            self._prepare(ann)
+            when = f"due {ann.due_at.isoformat()}"
+        else:
+            self.arbiter.submit(ann.id, frozenset(spec.zones))
+            when = "now"
         log.info(
-            "announcement %s accepted: zones=%s priority=%d chars=%d",
+            "announcement %s accepted (%s): zones=%s priority=%d chars=%d",
             ann.id,
+            when,
             ",".join(spec.zones),
             spec.priority,
             len(spec.text),
         )
         self._wake.set()
-        return ann
+
+    def _mono(self, when: datetime) -> int:
+        """A wall-clock instant on the server clock (for due times)."""
+        delta = when - self.clock.wall()
+        return self.clock.monotonic_us() + int(delta.total_seconds() * 1e6)
+
+    def _prepare(self, ann: Announcement) -> PreparedSpeech:
+        prepared = self._prepared.get(ann.id)
+        if prepared is None:
+            spec = ann.spec
+            segments = self._segments(spec)
+            ann.segments = len(segments)
+            requests = [
+                SpeechRequest(
+                    text=text,
+                    voice=spec.voice,
+                    language=spec.language,
+                    speed=spec.speed,
+                    style=spec.style,
+                    max_new_tokens=spec.max_new_tokens,
+                )
+                for text in segments
+            ]
+            prepared = PreparedSpeech(
+                self.speech,
+                requests,
+                priority=spec.priority,
+                outcome=SpeechOutcome(engine=self.engine.name),
+            )
+            prepared.start()
+            self._prepared[ann.id] = prepared
+        return prepared
+
+    def _segments(self, spec: AnnouncementSpec) -> list[str]:
+        whole_limit = getattr(self.engine, "max_request_chars", self.engine.max_text_chars)
+        if not spec.split and len(spec.text) <= whole_limit:
+            return [spec.text]  # one take, as asked
+        return split_text(
+            spec.text, self.engine.max_text_chars, self.settings.first_segment_max_chars
+        )
 
     def cancel(self, ann_id: str, reason: str = "cancelled by operator") -> Announcement | None:
         ann = self.registry.get(ann_id)
         if ann is None or ann.state.is_final:
             return ann
-        if self.arbiter.withdraw(ann_id):
+        if self.arbiter.withdraw(ann_id) or self._timers.pop(ann_id, None) is not None:
+            self._drop_prepared(ann_id)
             self._finish(ann, AnnouncementState.CANCELLED, reason)
             return ann
         task = self._tasks.get(ann_id)
@@ -143,22 +272,91 @@ class Announcer:
     # --- lifecycle --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Start announcements as their zones free up, until cancelled."""
+        """Start announcements as they fall due and their zones free up, until cancelled."""
         try:
             async with asyncio.TaskGroup() as tg:
+                if self.journal is not None:
+                    tg.create_task(self._journal_writer(), name="announcement-journal")
                 while True:
-                    await self._wake.wait()
-                    self._wake.clear()
-                    for ann_id in self.arbiter.startable():
-                        ann = self.registry.get(ann_id)
-                        if ann is None:  # pragma: no cover - registry keeps unfinished ones
-                            self.arbiter.release(ann_id)
-                            continue
-                        self._tasks[ann_id] = tg.create_task(
-                            self._play(ann), name=f"playout-{ann_id}"
-                        )
+                    self._tick(tg)
+                    await self._sleep_until_wake(self._next_deadline_us())
         finally:
+            for prepared in self._prepared.values():
+                await prepared.close()
+            self._prepared.clear()
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _tick(self, tg: asyncio.TaskGroup) -> None:
+        now = self.clock.monotonic_us()
+        for ann_id, at in sorted(self._timers.items(), key=lambda kv: kv[1]):
+            if at <= now:
+                del self._timers[ann_id]
+                ann = self.registry.get(ann_id)
+                if ann is not None:
+                    self.arbiter.submit(ann_id, frozenset(ann.spec.zones))
+        self._expire_waiting()
+        for ann_id in self.arbiter.startable():
+            ann = self.registry.get(ann_id)
+            if ann is None:  # pragma: no cover - registry keeps unfinished ones
+                self.arbiter.release(ann_id)
+                continue
+            self._tasks[ann_id] = tg.create_task(self._play(ann), name=f"playout-{ann_id}")
+
+    def _expire_waiting(self) -> None:
+        now_wall = self.clock.wall()
+        for ann_id in [*self._timers, *self.arbiter.queued()]:
+            ann = self.registry.get(ann_id)
+            if ann is not None and ann.expires_at is not None and ann.expires_at <= now_wall:
+                self._timers.pop(ann_id, None)
+                self.arbiter.withdraw(ann_id)
+                self._drop_prepared(ann_id)
+                self._finish(ann, AnnouncementState.EXPIRED, "expired while waiting to start")
+
+    def _next_deadline_us(self) -> int | None:
+        candidates = list(self._timers.values())
+        for ann_id in [*self._timers, *self.arbiter.queued()]:
+            ann = self.registry.get(ann_id)
+            if ann is not None and ann.expires_at is not None:
+                candidates.append(self._mono(ann.expires_at))
+        return min(candidates) if candidates else None
+
+    async def _sleep_until_wake(self, deadline_us: int | None) -> None:
+        """Wait for a change (submit, cancel, zone freed) or the deadline, whichever first."""
+        if deadline_us is None:
+            await self._wake.wait()
+        else:
+            waker = asyncio.ensure_future(self._wake.wait())
+            timer = asyncio.ensure_future(self.clock.sleep_until_us(deadline_us))
+            try:
+                racers: set[asyncio.Future[Any]] = {waker, timer}
+                await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waker.cancel()
+                timer.cancel()
+        self._wake.clear()
+
+    def _drop_prepared(self, ann_id: str) -> None:
+        prepared = self._prepared.pop(ann_id, None)
+        if prepared is not None:
+            prepared.cancel()
+
+    async def _journal_writer(self) -> None:
+        """Write changed records to the journal, in the order they changed."""
+        assert self.journal is not None
+        while True:
+            await self._dirty_event.wait()
+            self._dirty_event.clear()
+            while self._dirty:
+                ann_id = next(iter(self._dirty))
+                ann = self._dirty.pop(ann_id)
+                try:
+                    await self.journal.record(ann)
+                except Exception:
+                    log.exception("could not record announcement %s", ann_id)
+
+    def _mark_dirty(self, ann: Announcement) -> None:
+        self._dirty[ann.id] = ann
+        self._dirty_event.set()
 
     # --- one announcement -------------------------------------------------------------------
 
@@ -186,6 +384,9 @@ class Announcer:
                 log.error("announcement %s failed", ann.id, exc_info=cause)
                 self._abort(ann, AnnouncementState.FAILED, f"internal error: {cause!r}")
         finally:
+            prepared = self._prepared.pop(ann.id, None)
+            if prepared is not None:
+                await prepared.close()
             self._tasks.pop(ann.id, None)
             self._audiences.pop(ann.id, None)
             self._ended.discard(ann.id)
@@ -213,16 +414,13 @@ class Announcer:
         ann.formats = sorted(formats)
         self._audiences[ann.id] = audience
 
-        whole_limit = getattr(self.engine, "max_request_chars", self.engine.max_text_chars)
-        if not spec.split and len(spec.text) <= whole_limit:
-            segments = [spec.text]  # one take, as asked
-        else:
-            segments = split_text(
-                spec.text, self.engine.max_text_chars, self.settings.first_segment_max_chars
-            )
-        ann.segments = len(segments)
+        prepared = self._prepare(ann)
         now = clock.monotonic_us()
-        pacer = Pacer(start_us=now + self.settings.lead_us, lead_us=self.settings.lead_us)
+        start_us = now + self.settings.lead_us
+        if ann.due_at is not None:
+            # Scheduled: the first chunk plays at the due instant, not a lead after now.
+            start_us = max(start_us, self._mono(ann.due_at))
+        pacer = Pacer(start_us=start_us, lead_us=self.settings.lead_us)
         ann.state = AnnouncementState.PLAYING
         ann.started_at = clock.wall()
         ann.start_at_us = pacer.start_us
@@ -248,7 +446,7 @@ class Announcer:
             ann.id,
             len(audience),
             ",".join(ann.formats),
-            len(segments),
+            ann.segments,
         )
 
         queue: asyncio.Queue[list[tuple[int, str, EncodedFrame]] | None] = asyncio.Queue(
@@ -257,7 +455,7 @@ class Announcer:
         seq: dict[str, int] = dict.fromkeys(formats, 0)
         end_us: dict[str, int] = dict.fromkeys(formats, 0)  # per format: chunks are rounded up
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._produce(ann, segments, list(formats.values()), queue))
+            tg.create_task(self._produce(ann, prepared, list(formats.values()), queue))
             while (batch := await queue.get()) is not None:
                 for offset_us, key, frame in batch:
                     slot = pacer.place(offset_us, clock.monotonic_us())
@@ -323,13 +521,12 @@ class Announcer:
     async def _produce(
         self,
         ann: Announcement,
-        segments: list[str],
+        prepared: PreparedSpeech,
         formats: list[StreamFormat],
         queue: asyncio.Queue[list[tuple[int, str, EncodedFrame]] | None],
     ) -> None:
-        """Synthesize segment after segment and encode each PCM block once per format."""
+        """Take the speech as it is made and encode each PCM block once per format."""
         loop = asyncio.get_running_loop()
-        spec = ann.spec
         multi: MultiTranscoder | None = None
         rate = 0
         base_us = 0  # offset of the current transcoder's first sample (engine switch)
@@ -347,20 +544,9 @@ class Announcer:
                 await queue.put(batch)
             return max((o + f.duration_us for o, _, f in batch), default=base_us)
 
-        requests = [
-            SpeechRequest(
-                text=text,
-                voice=spec.voice,
-                language=spec.language,
-                speed=spec.speed,
-                style=spec.style,
-                max_new_tokens=spec.max_new_tokens,
-            )
-            for text in segments
-        ]
-        outcome = SpeechOutcome(engine=self.engine.name)
+        outcome = prepared.outcome
         try:
-            async for block in self.speech.speak(requests, priority=spec.priority, outcome=outcome):
+            async for block in prepared.blocks():
                 if ann.engine != outcome.engine:
                     ann.engine = outcome.engine
                     if outcome.fallback_reason:
@@ -425,5 +611,7 @@ class Announcer:
         self._notify(ann)
 
     def _notify(self, ann: Announcement) -> None:
+        if self.journal is not None:
+            self._mark_dirty(ann)
         for listener in self._listeners:
             listener(ann)

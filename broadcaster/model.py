@@ -158,14 +158,14 @@ class AnnouncementState(enum.StrEnum):
     FINISHED = "finished"
     CANCELLED = "cancelled"
     FAILED = "failed"
+    #: A scheduled firing found too late to play (past its misfire grace).
+    MISSED = "missed"
+    #: Its expiry passed before it could start.
+    EXPIRED = "expired"
 
     @property
     def is_final(self) -> bool:
-        return self in (
-            AnnouncementState.FINISHED,
-            AnnouncementState.CANCELLED,
-            AnnouncementState.FAILED,
-        )
+        return self not in (AnnouncementState.QUEUED, AnnouncementState.PLAYING)
 
 
 @dataclass(frozen=True, slots=True)

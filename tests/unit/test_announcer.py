@@ -208,3 +208,42 @@ async def test_cancel_while_queued_and_queue_limit():
     with pytest.raises(asyncio.CancelledError):
         await task
     assert first.state.value == "failed" and first.reason == "server shutting down"
+
+
+async def test_scheduled_announcement_is_made_ahead_and_starts_exactly_when_due():
+    from datetime import timedelta
+
+    clock, announcer, box = setup(lambda c: FakeEngine(c, seconds=1))
+    task = asyncio.create_task(announcer.run())
+    due = clock.wall() + timedelta(seconds=60)
+    ann = announcer.submit(spec(), due_at=due)
+    await clock.advance_us(1000)
+    assert announcer.engine.requests, "speech is made inside the pre-render window"
+    assert box.audio == [] and ann.state.value == "queued"
+    await clock.run_until_idle(limit_us=120_000_000)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ann.state.value == "finished"
+    first_queued_at, first = box.audio[0]
+    due_mono = 1_000_000_000 + 60_000_000  # FakeClock starts at 1e9 us
+    assert first.play_at_us == due_mono  # plays exactly at the due instant
+    assert first_queued_at == due_mono - LEAD_US
+
+
+async def test_expiry_drops_a_waiting_announcement_with_a_reason():
+    from datetime import timedelta
+
+    clock, announcer, box = setup(lambda c: FakeEngine(c, seconds=10))
+    task = asyncio.create_task(announcer.run())
+    long = announcer.submit(spec("Long."))
+    stale = announcer.submit(spec("Stale soon."), expires_at=clock.wall() + timedelta(seconds=3))
+    already = announcer.submit(spec("Too late."), expires_at=clock.wall() - timedelta(seconds=1))
+    assert already.state.value == "expired" and already.reason == "expired before it could start"
+    await clock.run_until_idle(limit_us=60_000_000)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert long.state.value == "finished"
+    assert stale.state.value == "expired" and stale.reason == "expired while waiting to start"
+    assert stale.number not in {h.stream for _, h in box.audio}
