@@ -60,6 +60,7 @@ async def main(runs: int, chars: int, speed: float) -> None:
     cfg = parse_config(
         {
             "server": {"http_port": 0, "ws_port": 0},
+            "store": {"path": ":memory:"},
             "zones": [{"id": "z"}],
             "endpoints": [{"id": e, "token_hash": hash_token("t"), "zones": ["z"]} for e in ids],
         }

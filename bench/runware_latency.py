@@ -54,6 +54,7 @@ def config(fake, cache: Path, pause_ms: int, text: str):
     return parse_config(
         {
             "server": {"http_port": 0, "ws_port": 0},
+            "store": {"path": ":memory:"},
             "speech": {
                 "engine": "runware",
                 "first_audio_deadline_s": 60,

@@ -131,6 +131,10 @@ class Registry:
     def get(self, ann_id: str) -> Announcement | None:
         return self._items.get(ann_id)
 
+    def forget(self, ann_id: str) -> None:
+        """Drop a record that was never accepted (its store write failed)."""
+        self._items.pop(ann_id, None)
+
     def adopt(self, ann: Announcement) -> None:
         """Take in a record made elsewhere (restored after a restart)."""
         self._items[ann.id] = ann

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,6 +57,10 @@ def _leaf(exc: BaseException) -> BaseException:
 
 class QueueFull(Exception):
     """Too many announcements are waiting; the API answers 503."""
+
+
+class AlreadyClaimed(Exception):
+    """A scheduled firing was already acted on (before a restart): not played twice."""
 
 
 class Journal(Protocol):
@@ -133,18 +137,37 @@ class Announcer:
         expires_at: datetime | None = None,
         schedule_id: str | None = None,
         fire_at: datetime | None = None,
+        persist: Callable[[Announcement], Awaitable[bool]] | None = None,
     ) -> Announcement:
         """Accept an announcement durably (journal first), then schedule it.
 
-        Raises :class:`QueueFull`, or the journal's error when it cannot be stored
+        ``persist`` replaces the journal's insert (the scheduler stores the record
+        together with its firing claim; it returns False when that firing was
+        already claimed, and then :class:`AlreadyClaimed` is raised). Raises
+        :class:`QueueFull`, or the store's error when the record cannot be stored
         (then nothing was accepted).
         """
         ann = self._create(spec, due_at=due_at, expires_at=expires_at)
         ann.schedule_id, ann.fire_at = schedule_id, fire_at
-        if self.journal is not None:
-            await self.journal.record_new(ann)
-        self._schedule(ann)
+        # Shielded: once the write has begun, the record is scheduled even if the
+        # caller goes away (an HTTP client hanging up), so stored == in memory.
+        await asyncio.shield(self._store_and_schedule(ann, persist))
         return ann
+
+    async def _store_and_schedule(
+        self, ann: Announcement, persist: Callable[[Announcement], Awaitable[bool]] | None
+    ) -> None:
+        try:
+            if persist is not None:
+                if not await persist(ann):
+                    self.registry.forget(ann.id)
+                    raise AlreadyClaimed(ann.fire_at)
+            elif self.journal is not None:
+                await self.journal.record_new(ann)
+        except BaseException:
+            self.registry.forget(ann.id)
+            raise
+        self._schedule(ann)
 
     def submit(
         self,
@@ -353,6 +376,12 @@ class Announcer:
                     await self.journal.record(ann)
                 except Exception:
                     log.exception("could not record announcement %s", ann_id)
+
+    def take_dirty(self) -> list[Announcement]:
+        """Records changed and not yet written (for a final write at shutdown)."""
+        pending = list(self._dirty.values())
+        self._dirty.clear()
+        return pending
 
     def _mark_dirty(self, ann: Announcement) -> None:
         self._dirty[ann.id] = ann

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 
@@ -24,8 +25,10 @@ from broadcaster.announcer import Announcer, PlayoutSettings
 from broadcaster.api.routes import build_app
 from broadcaster.clock import Clock, SystemClock
 from broadcaster.config import Config
+from broadcaster.journal import StoreJournal, recover
 from broadcaster.speech.chain import FallbackPolicy
 from broadcaster.speech.engine import SpeechEngine
+from broadcaster.store import AsyncStore
 from broadcaster.streaming.hub import Hub
 from broadcaster.streaming.server import ENDPOINT_PATH, EndpointServer
 
@@ -121,6 +124,8 @@ class Service:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._announcer_task: asyncio.Task[None] | None = None
+        self.store: AsyncStore | None = None
+        self.journal: StoreJournal | None = None
         self.http_port = 0
         self.ws_port = 0
 
@@ -135,8 +140,20 @@ class Service:
         if self._engine is None:
             self._engine, self._fallback, why = await make_engines(cfg, self.clock, self._environ)
         log.info("speech engine: %s (%s)", self.engine.name, why)
+        self.store = await AsyncStore.open(self._store_path(), now=self.clock.wall())
+        self.journal = StoreJournal(self.store)
+        pruned = await self.store.prune_announcements(
+            self.clock.wall() - timedelta(days=cfg.store.keep_days)
+        )
+        if pruned:
+            log.info("store: pruned %d finished announcement(s)", pruned)
+        registry = Registry(
+            cfg.announcements.history_limit,
+            first_number=await self.store.max_announcement_number() + 1,
+        )
         self.announcer = Announcer(
             engine=self.engine,
+            journal=self.journal,
             fallback=self._fallback,
             fallback_policy=FallbackPolicy(
                 first_audio_deadline_s=cfg.speech.first_audio_deadline_s,
@@ -145,7 +162,7 @@ class Service:
             ),
             hub=self.hub,
             clock=self.clock,
-            registry=Registry(cfg.announcements.history_limit),
+            registry=registry,
             settings=PlayoutSettings(
                 lead_us=cfg.streaming.playout_delay_ms * 1000,
                 opus_bitrate_bps=cfg.streaming.opus_bitrate_bps,
@@ -153,6 +170,15 @@ class Service:
                 queue_limit=cfg.announcements.queue_limit,
             ),
         )
+        restored, _ = await recover(
+            self.store,
+            registry=registry,
+            now=self.clock.wall(),
+            now_us=self.clock.monotonic_us(),
+            emergency_priority=cfg.announcements.emergency_priority,
+        )
+        for ann in restored:
+            self.announcer.restore(ann)
         self._announcer_task = asyncio.create_task(self.announcer.run(), name="announcer")
         self.endpoint_server = EndpointServer(
             config=cfg, hub=self.hub, clock=self.clock, on_receipt=self.announcer.on_receipt
@@ -191,11 +217,31 @@ class Service:
         if self.endpoint_server is not None:
             await self.endpoint_server.stop()
             self.endpoint_server = None
+        if self.store is not None:
+            # Let the journal writer catch up with the last state changes.
+            await self._drain_journal(timeout)
+            await self.store.close()
+            self.store = None
         if self._engine is not None:
             await self._engine.aclose()
         if self._fallback is not None:
             await self._fallback.aclose()
         log.info("stopped")
+
+    def _store_path(self) -> str:
+        path = self.config.store.path
+        return path if path == ":memory:" else str(Path(path).expanduser())
+
+    async def _drain_journal(self, timeout_s: float) -> None:
+        """Write the final states still pending (the writer task is stopped by now)."""
+        if self.announcer is None or self.journal is None:
+            return
+        pending = self.announcer.take_dirty()
+        for ann in pending:
+            try:
+                await self.journal.record(ann)
+            except Exception:
+                log.exception("could not record announcement %s", ann.id)
 
     async def _drain(self, timeout_s: float) -> None:
         deadline = self.clock.monotonic_us() + int(timeout_s * 1e6)

@@ -60,12 +60,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         await serve_forever(config, stop)
 
     from broadcaster.app import EngineSetupError
+    from broadcaster.store import StoreError
 
     try:
         asyncio.run(main())
-    except OSError as exc:
-        return _fail(f"cannot start: {exc}")
-    except EngineSetupError as exc:
+    except (OSError, EngineSetupError, StoreError) as exc:
         return _fail(f"cannot start: {exc}")
     return 0
 
@@ -201,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--http-port", type=int)
     s.add_argument("--ws-host")
     s.add_argument("--ws-port", type=int)
+    s.add_argument("--store", help="SQLite database path (overrides [store] path)")
     s.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     s.set_defaults(func=cmd_serve)
 

@@ -164,6 +164,23 @@ class AnnouncementsConfig(_Section):
     emergency_priority: int = Field(default=224, ge=1, le=255)
 
 
+class StoreConfig(_Section):
+    #: SQLite database of announcements, their states and receipts, and schedules.
+    #: Written before the API acknowledges, so a crash loses nothing accepted.
+    path: str = "var/broadcaster.sqlite3"
+    #: Finished announcements older than this many days are pruned at start.
+    keep_days: int = Field(default=90, ge=1, le=36500)
+
+
+class SchedulingConfig(_Section):
+    #: Scheduled announcements are synthesized this long before they are due, so
+    #: their audio starts on time whatever the engine's latency.
+    prerender_s: float = Field(default=60.0, ge=0, le=3600)
+    #: Defaults for schedules that do not say.
+    misfire_grace_s: float = Field(default=30.0, ge=0, le=86400)
+    coalesce: bool = True
+
+
 class ZoneConfig(_Section):
     id: _ID
     name: str | None = None
@@ -241,6 +258,8 @@ class Config(_Section):
     speech: SpeechConfig = SpeechConfig()
     streaming: StreamingConfig = StreamingConfig()
     announcements: AnnouncementsConfig = AnnouncementsConfig()
+    store: StoreConfig = StoreConfig()
+    scheduling: SchedulingConfig = SchedulingConfig()
     logging: LoggingConfig = LoggingConfig()
     zones: list[ZoneConfig] = Field(default_factory=list)
     endpoints: list[EndpointConfig] = Field(default_factory=list)

@@ -19,10 +19,11 @@ from broadcaster.speech.espeak import EspeakEngine
 TOKENS = {"ep-a": "token-a", "ep-b": "token-b", "ep-c": "token-c", "ep-d": "token-d"}
 
 
-def make_config(**streaming: Any) -> Config:
+def make_config(store: str = ":memory:", **streaming: Any) -> Config:
     return parse_config(
         {
             "server": {"http_port": 0, "ws_port": 0, "shutdown_timeout_s": 2},
+            "store": {"path": store},
             "streaming": {"playout_delay_ms": 200, **streaming},
             "zones": [{"id": "hall"}, {"id": "gate"}, {"id": "empty"}],
             "endpoints": [

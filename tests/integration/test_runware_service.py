@@ -24,6 +24,7 @@ def runware_config(fake, cache_dir, **speech):
     return parse_config(
         {
             "server": {"http_port": 0, "ws_port": 0, "shutdown_timeout_s": 2},
+            "store": {"path": str(cache_dir.parent / "store.sqlite3")},
             "streaming": {"playout_delay_ms": 200},
             "speech": {
                 "engine": "runware",
