@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 #: for the *estimate* in announcement_started before the audio exists.
 _CHARS_PER_SECOND = 14.0
 
+#: How often a zone without endpoints is looked at again while an announcement waits.
+_ENDPOINT_POLL_US = 50_000
+
 #: Batches of encoded frames the synthesis side may run ahead of the pacer.
 #: Full → synthesis waits (it is faster than real time, so this only bounds memory).
 _AHEAD_BATCHES = 64
@@ -81,6 +84,8 @@ class PlayoutSettings:
     opus_bitrate_bps: int
     first_segment_max_chars: int
     queue_limit: int
+    #: How long an announcement waits for an endpoint when its zones have none.
+    wait_for_endpoints_us: int = 0
 
 
 class Announcer:
@@ -427,6 +432,13 @@ class Announcer:
         clock = self.clock
         ann.engine = self.engine.name
         audience = self.hub.audience(spec.zones)
+        if not audience and self.settings.wait_for_endpoints_us > 0:
+            # Endpoints may be reconnecting (after a network blip or a restart of this
+            # server): give them a moment before giving up on the zone.
+            deadline = clock.monotonic_us() + self.settings.wait_for_endpoints_us
+            while not audience and clock.monotonic_us() < deadline:
+                await clock.sleep_us(_ENDPOINT_POLL_US)
+                audience = self.hub.audience(spec.zones)
         if not audience:
             self._finish(
                 ann,

@@ -168,6 +168,7 @@ class Service:
                 opus_bitrate_bps=cfg.streaming.opus_bitrate_bps,
                 first_segment_max_chars=cfg.speech.first_segment_max_chars,
                 queue_limit=cfg.announcements.queue_limit,
+                wait_for_endpoints_us=int(cfg.announcements.wait_for_endpoints_s * 1e6),
             ),
         )
         restored, _ = await recover(
@@ -186,7 +187,9 @@ class Service:
         await self.endpoint_server.start(cfg.server.ws_host, cfg.server.ws_port)
         self.ws_port = self.endpoint_server.port
         log.info("PA endpoints: ws://%s:%d%s", cfg.server.ws_host, self.ws_port, ENDPOINT_PATH)
-        app = build_app(config=cfg, announcer=self.announcer, hub=self.hub, clock=self.clock)
+        app = build_app(
+            config=cfg, announcer=self.announcer, hub=self.hub, clock=self.clock, store=self.store
+        )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, cfg.server.http_host, cfg.server.http_port)

@@ -160,6 +160,9 @@ class AnnouncementsConfig(_Section):
     #: Announcements waiting for a busy zone; beyond this the API answers 503.
     queue_limit: int = Field(default=1000, ge=1, le=1_000_000)
     default_priority: int = Field(default=100, ge=0, le=255)
+    #: An announcement whose zones have no endpoint connected waits this long for one
+    #: (endpoints reconnecting after a blip or a restart) before it fails.
+    wait_for_endpoints_s: float = Field(default=5.0, ge=0, le=600)
     #: Priorities from here up are emergencies (EN 54-16 practice: 224-255).
     emergency_priority: int = Field(default=224, ge=1, le=255)
 

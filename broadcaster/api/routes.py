@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -13,7 +14,9 @@ from pydantic import ValidationError
 from broadcaster.announcer import Announcer, QueueFull
 from broadcaster.clock import Clock
 from broadcaster.config import Config
+from broadcaster.journal import row_as_dict
 from broadcaster.model import AnnouncementSpec
+from broadcaster.store import AsyncStore, StoreError
 from broadcaster.streaming.hub import Hub
 
 from .schemas import AnnouncementRequest, field_errors
@@ -26,6 +29,7 @@ ANNOUNCER: web.AppKey[Announcer] = web.AppKey("announcer", Announcer)
 CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
 HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock", object)  # type: ignore[arg-type]  # Protocol
+STORE: web.AppKey[AsyncStore] = web.AppKey("store", AsyncStore)
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -116,9 +120,12 @@ async def create_announcement(request: web.Request) -> web.Response:
         template=tpl.name if tpl else None,
     )
     try:
-        ann = request.app[ANNOUNCER].submit(spec)
+        ann = await request.app[ANNOUNCER].accept(spec)
     except QueueFull as exc:
         return _error(503, "queue_full", str(exc))
+    except StoreError as exc:
+        log.error("announcement not accepted: %s", exc)
+        return _error(503, "store_unavailable", "the announcement could not be stored")
     return web.json_response(
         ann.as_dict(),
         status=202,
@@ -127,25 +134,64 @@ async def create_announcement(request: web.Request) -> web.Response:
 
 
 async def get_announcement(request: web.Request) -> web.Response:
-    ann = request.app[ANNOUNCER].registry.get(request.match_info["id"])
-    if ann is None:
-        return _error(404, "not_found", "no such announcement (or it left the history)")
-    return web.json_response(ann.as_dict())
+    ann_id = request.match_info["id"]
+    ann = request.app[ANNOUNCER].registry.get(ann_id)
+    if ann is not None:
+        return web.json_response(ann.as_dict())
+    store = request.app.get(STORE)
+    row = await store.get_announcement(ann_id) if store is not None else None
+    if row is None:
+        return _error(404, "not_found", "no such announcement")
+    return web.json_response(row_as_dict(row))
+
+
+class _Invalid(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _query_time(request: web.Request, name: str) -> datetime | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise _Invalid(name, "must be an ISO 8601 date-time, e.g. 2026-11-26T08:00:00Z") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 async def list_announcements(request: web.Request) -> web.Response:
+    """History, newest first: ?since=&until= (ISO 8601), &state= (repeatable), &limit=."""
     try:
-        limit = int(request.query.get("limit", "50"))
-    except ValueError:
+        try:
+            limit = int(request.query.get("limit", "50"))
+        except ValueError:
+            raise _Invalid("limit", "must be an integer") from None
+        since = _query_time(request, "since")
+        until = _query_time(request, "until")
+    except _Invalid as exc:
         return _error(
             422,
             "validation_failed",
             "invalid query",
-            fields=[{"field": "limit", "message": "must be an integer"}],
+            fields=[{"field": exc.field, "message": str(exc)}],
         )
     limit = max(1, min(limit, 1000))
-    items = request.app[ANNOUNCER].registry.recent(limit)
-    return web.json_response({"announcements": [a.as_dict() for a in items]})
+    states = request.query.getall("state", None)
+    store = request.app.get(STORE)
+    registry = request.app[ANNOUNCER].registry
+    if store is None:
+        items = [a.as_dict() for a in registry.recent(limit)]
+    else:
+        # The store has every record; live ones are shown from memory (fresher).
+        rows = await store.list_announcements(since=since, until=until, limit=limit, states=states)
+        items = []
+        for row in rows:
+            live = registry.get(row.id)
+            items.append(live.as_dict() if live is not None else row_as_dict(row))
+    return web.json_response({"announcements": items})
 
 
 async def cancel_announcement(request: web.Request) -> web.Response:
@@ -203,8 +249,17 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
-def build_app(*, config: Config, announcer: Announcer, hub: Hub, clock: Clock) -> web.Application:
+def build_app(
+    *,
+    config: Config,
+    announcer: Announcer,
+    hub: Hub,
+    clock: Clock,
+    store: AsyncStore | None = None,
+) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=4 * 1024 * 1024)
+    if store is not None:
+        app[STORE] = store
     app[CONFIG] = config
     app[ANNOUNCER] = announcer
     app[HUB] = hub

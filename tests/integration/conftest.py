@@ -24,6 +24,7 @@ def make_config(store: str = ":memory:", **streaming: Any) -> Config:
         {
             "server": {"http_port": 0, "ws_port": 0, "shutdown_timeout_s": 2},
             "store": {"path": store},
+            "announcements": {"wait_for_endpoints_s": 0.3},
             "streaming": {"playout_delay_ms": 200, **streaming},
             "zones": [{"id": "hall"}, {"id": "gate"}, {"id": "empty"}],
             "endpoints": [
