@@ -1,0 +1,1 @@
+"""Schedules, triggers, templates and the runner that turns them into announcements."""
