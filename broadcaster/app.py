@@ -26,6 +26,7 @@ from broadcaster.api.routes import build_app
 from broadcaster.clock import Clock, SystemClock
 from broadcaster.config import Config
 from broadcaster.journal import StoreJournal, recover
+from broadcaster.scheduling.runner import ScheduleRunner
 from broadcaster.speech.chain import FallbackPolicy
 from broadcaster.speech.engine import SpeechEngine
 from broadcaster.store import AsyncStore
@@ -125,6 +126,8 @@ class Service:
         self._site: web.TCPSite | None = None
         self._announcer_task: asyncio.Task[None] | None = None
         self.store: AsyncStore | None = None
+        self.runner: ScheduleRunner | None = None
+        self._runner_task: asyncio.Task[None] | None = None
         self.journal: StoreJournal | None = None
         self.http_port = 0
         self.ws_port = 0
@@ -181,6 +184,11 @@ class Service:
         for ann in restored:
             self.announcer.restore(ann)
         self._announcer_task = asyncio.create_task(self.announcer.run(), name="announcer")
+        self.runner = ScheduleRunner(
+            config=cfg, store=self.store, announcer=self.announcer, clock=self.clock
+        )
+        await self.runner.load()
+        self._runner_task = asyncio.create_task(self.runner.run(), name="schedules")
         self.endpoint_server = EndpointServer(
             config=cfg, hub=self.hub, clock=self.clock, on_receipt=self.announcer.on_receipt
         )
@@ -188,7 +196,12 @@ class Service:
         self.ws_port = self.endpoint_server.port
         log.info("PA endpoints: ws://%s:%d%s", cfg.server.ws_host, self.ws_port, ENDPOINT_PATH)
         app = build_app(
-            config=cfg, announcer=self.announcer, hub=self.hub, clock=self.clock, store=self.store
+            config=cfg,
+            announcer=self.announcer,
+            hub=self.hub,
+            clock=self.clock,
+            store=self.store,
+            runner=self.runner,
         )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -210,6 +223,11 @@ class Service:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._runner_task is not None:
+            self._runner_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner_task
+            self._runner_task = None
         if self._announcer_task is not None:
             self._announcer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -20,9 +20,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from broadcaster.model import LANGUAGES, SPEED_MAX, SPEED_MIN, VOICES, StreamFormat
+from broadcaster.scheduling.templates import CompiledTemplate, TemplateRenderer
+from broadcaster.scheduling.triggers import Trigger
 
 _ID = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
 _TOKEN_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+#: One renderer for the templates of a config (it caches compiled templates).
+_RENDERER = TemplateRenderer()
 
 
 class ConfigError(Exception):
@@ -228,6 +234,28 @@ class TemplateConfig(_Section):
     #: False: one request for the whole text (up to the engine's limit) — one take,
     #: so a style prompt that describes an arc over the text applies to all of it.
     split: bool = True
+    #: Variables the text uses ({{ name }}): a type name ("str", "int", "float",
+    #: "bool", "time") or a table with type, default, choices, max_length.
+    variables: dict[str, Any] = Field(default_factory=dict)
+    #: Seconds after its due time (or acceptance) after which it never starts.
+    expires_after_s: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _compiles(self) -> TemplateConfig:
+        # Checked at load so a typo in a template is a config error, not a failed firing.
+        from broadcaster.scheduling.templates import TemplateError
+
+        try:
+            self.compiled()
+        except TemplateError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def compiled(self) -> CompiledTemplate:
+        from broadcaster.scheduling.templates import parse_variable_specs
+
+        specs = parse_variable_specs(self.variables, template=self.name)
+        return _RENDERER.compile(self.name, self.text, specs)
 
     @field_validator("voice")
     @classmethod
@@ -252,6 +280,63 @@ def _check_language(v: str | None) -> str | None:
     return v
 
 
+class ScheduleConfig(_Section):
+    """When a template is announced: exactly one of cron, every_s, at."""
+
+    id: _ID
+    template: str
+    #: Values for the template's variables.
+    variables: dict[str, Any] = Field(default_factory=dict)
+    #: Zones (default: the template's).
+    zones: list[_ID] | None = None
+    cron: str | None = None
+    every_s: int | None = Field(default=None, ge=1)
+    #: A one-shot date-time, ISO 8601; without an offset it is read in `timezone`.
+    at: str | None = None
+    start: str | None = None
+    end: str | None = None
+    #: IANA zone the cron expression and dates are read in.
+    timezone: str = "UTC"
+    #: Local dates on which it does not fire (holidays), "YYYY-MM-DD".
+    except_dates: list[str] = Field(default_factory=list)
+    #: How late a firing may still play; default [scheduling] misfire_grace_s.
+    misfire_grace_s: float | None = Field(default=None, ge=0)
+    coalesce: bool | None = None
+    #: After this many seconds past its due time it never starts (default: template's).
+    expires_after_s: float | None = Field(default=None, gt=0)
+    priority: int | None = Field(default=None, ge=0, le=255)
+    language: str | None = None
+    paused: bool = False
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, v: str | None) -> str | None:
+        return _check_language(v)
+
+    @model_validator(mode="after")
+    def _trigger(self) -> ScheduleConfig:
+        from broadcaster.scheduling.triggers import TriggerError
+
+        try:
+            self.trigger()
+        except TriggerError as exc:
+            raise ValueError(f"{exc.field}: {exc.message}") from None
+        return self
+
+    def trigger(self) -> Trigger:
+        from broadcaster.scheduling.triggers import make_trigger
+
+        return make_trigger(
+            cron=self.cron,
+            every_s=self.every_s,
+            at=self.at,
+            timezone=self.timezone,
+            except_dates=self.except_dates,
+            start=self.start,
+            end=self.end,
+        )
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -267,6 +352,7 @@ class Config(_Section):
     zones: list[ZoneConfig] = Field(default_factory=list)
     endpoints: list[EndpointConfig] = Field(default_factory=list)
     templates: list[TemplateConfig] = Field(default_factory=list)
+    schedules: list[ScheduleConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -289,6 +375,27 @@ class Config(_Section):
                 raise ValueError(
                     f"templates[{i}] ({tpl.name}): zones {unknown} are not defined under [[zones]]"
                 )
+        templates = {t.name: t for t in self.templates}
+        schedule_ids = [sc.id for sc in self.schedules]
+        dup = {n for n in schedule_ids if schedule_ids.count(n) > 1}
+        if dup:
+            raise ValueError(f"schedule ids listed twice: {', '.join(sorted(dup))}")
+        for i, sc in enumerate(self.schedules):
+            where = f"schedules[{i}] ({sc.id})"
+            template = templates.get(sc.template)
+            if template is None:
+                raise ValueError(f"{where}: template {sc.template!r} is not defined")
+            unknown = [z for z in sc.zones or [] if z not in known]
+            if unknown:
+                raise ValueError(f"{where}: zones {unknown} are not defined under [[zones]]")
+            if not (sc.zones or template.zones):
+                raise ValueError(f"{where}: no zones (neither the schedule nor its template)")
+            from broadcaster.scheduling.templates import TemplateError
+
+            try:  # render once now: a wrong variable is a config error, not a missed firing
+                template.compiled().render(sc.variables, language=sc.language or "English")
+            except TemplateError as exc:
+                raise ValueError(f"{where}: {exc}") from None
         for i, ep in enumerate(self.endpoints):
             unknown = [z for z in ep.zones if z not in known]
             if unknown:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -13,9 +13,11 @@ from pydantic import ValidationError
 
 from broadcaster.announcer import Announcer, QueueFull
 from broadcaster.clock import Clock
-from broadcaster.config import Config
+from broadcaster.config import Config, ScheduleConfig
 from broadcaster.journal import row_as_dict
 from broadcaster.model import AnnouncementSpec
+from broadcaster.scheduling.runner import ScheduleError, ScheduleRunner
+from broadcaster.scheduling.templates import TemplateError
 from broadcaster.store import AsyncStore, StoreError
 from broadcaster.streaming.hub import Hub
 
@@ -30,6 +32,7 @@ CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
 HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock", object)  # type: ignore[arg-type]  # Protocol
 STORE: web.AppKey[AsyncStore] = web.AppKey("store", AsyncStore)
+RUNNER: web.AppKey[ScheduleRunner] = web.AppKey("runner", ScheduleRunner)
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -61,8 +64,21 @@ async def _json_body(request: web.Request) -> Any:
 
 
 async def create_announcement(request: web.Request) -> web.Response:
-    cfg = request.app[CONFIG]
+    """POST /v1/announcements: a text, or a template with variables (or both)."""
     body = await _json_body(request)
+    return await _announce(request, body, template_from_path=None)
+
+
+async def trigger_template(request: web.Request) -> web.Response:
+    """POST /v1/triggers/{template}: an event (a delay feed, a sensor) fires a template."""
+    body = await _json_body(request)
+    return await _announce(request, body, template_from_path=request.match_info["template"])
+
+
+async def _announce(
+    request: web.Request, body: Any, *, template_from_path: str | None
+) -> web.Response:
+    cfg = request.app[CONFIG]
     if not isinstance(body, dict):
         return _error(
             422,
@@ -70,6 +86,10 @@ async def create_announcement(request: web.Request) -> web.Response:
             "body must be a JSON object",
             fields=[{"field": "(body)", "message": "must be an object"}],
         )
+    if template_from_path is not None:
+        if "template" in body:
+            return _invalid("template", "given in the path; not allowed in the body")
+        body = {**body, "template": template_from_path}
     try:
         req = AnnouncementRequest.model_validate(body)
     except ValidationError as exc:
@@ -80,8 +100,26 @@ async def create_announcement(request: web.Request) -> web.Response:
         tpl = cfg.template(req.template)
         if tpl is None:
             known = ", ".join(t.name for t in cfg.templates) or "none configured"
+            if template_from_path is not None:
+                return _error(404, "not_found", f"no template {req.template!r} (known: {known})")
             problems.append({"field": "template", "message": f"unknown template (known: {known})"})
-    text = req.text if req.text is not None else (tpl.text if tpl else None)
+    elif req.variables:
+        problems.append({"field": "variables", "message": "only with a template"})
+    sp = cfg.speech
+
+    def pick(value: Any, from_template: Any, default: Any) -> Any:
+        if value is not None:
+            return value
+        return from_template if from_template is not None else default
+
+    language = pick(req.language, tpl and tpl.language, sp.default_language)
+    text = req.text
+    if text is None and tpl is not None:
+        try:
+            text = tpl.compiled().render(req.variables, language=language)
+        except TemplateError as exc:
+            field = f"variables.{exc.variable}" if exc.variable else "variables"
+            problems.append({"field": field, "message": str(exc)})
     zones = req.zones if req.zones is not None else (tpl.zones if tpl and tpl.zones else None)
     if text is None and not problems:
         problems.append({"field": "text", "message": "required (or give a template)"})
@@ -98,20 +136,24 @@ async def create_announcement(request: web.Request) -> web.Response:
     unknown = [z for z in zones or [] if z not in cfg.zone_ids]
     if unknown:
         problems.append({"field": "zones", "message": f"unknown zone(s): {', '.join(unknown)}"})
+    if req.expires_at is not None and req.expires_after_s is not None:
+        problems.append({"field": "expires_at", "message": "give expires_at or expires_after_s"})
     if problems or text is None or zones is None:
         return _error(422, "validation_failed", "invalid fields", fields=problems)
 
-    def pick(value: Any, from_template: Any, default: Any) -> Any:
-        if value is not None:
-            return value
-        return from_template if from_template is not None else default
-
-    sp = cfg.speech
+    now = request.app[CLOCK].wall()
+    due_at = req.due_at.astimezone(UTC) if req.due_at else None
+    expires_at = req.expires_at.astimezone(UTC) if req.expires_at else None
+    after_s = req.expires_after_s or (tpl.expires_after_s if tpl else None)
+    if expires_at is None and after_s is not None:
+        expires_at = (due_at or now) + timedelta(seconds=after_s)
+    if expires_at is not None and expires_at <= now:
+        return _invalid("expires_at", "is in the past")
     spec = AnnouncementSpec(
         text=text,
         zones=tuple(zones),
         voice=pick(req.voice, tpl and tpl.voice, sp.default_voice),
-        language=pick(req.language, tpl and tpl.language, sp.default_language),
+        language=language,
         speed=pick(req.speed, tpl and tpl.speed, sp.default_speed),
         style=pick(req.style, tpl and tpl.style, None),
         priority=pick(req.priority, tpl and tpl.priority, cfg.announcements.default_priority),
@@ -120,7 +162,7 @@ async def create_announcement(request: web.Request) -> web.Response:
         template=tpl.name if tpl else None,
     )
     try:
-        ann = await request.app[ANNOUNCER].accept(spec)
+        ann = await request.app[ANNOUNCER].accept(spec, due_at=due_at, expires_at=expires_at)
     except QueueFull as exc:
         return _error(503, "queue_full", str(exc))
     except StoreError as exc:
@@ -131,6 +173,73 @@ async def create_announcement(request: web.Request) -> web.Response:
         status=202,
         headers={"Location": f"/v1/announcements/{ann.id}"},
     )
+
+
+def _invalid(field: str, message: str) -> web.Response:
+    return _error(
+        422, "validation_failed", "invalid fields", fields=[{"field": field, "message": message}]
+    )
+
+
+# --- schedules ----------------------------------------------------------------------------
+
+
+def _runner(request: web.Request) -> ScheduleRunner:
+    return request.app[RUNNER]
+
+
+async def list_schedules(request: web.Request) -> web.Response:
+    return web.json_response({"schedules": _runner(request).list()})
+
+
+async def create_schedule(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        return _invalid("(body)", "must be an object")
+    try:
+        spec = ScheduleConfig.model_validate(body)
+    except ValidationError as exc:
+        return _error(422, "validation_failed", "invalid fields", fields=field_errors(exc))
+    try:
+        created = await _runner(request).create(spec)
+    except ScheduleError as exc:
+        status = 409 if exc.field == "id" else 422
+        return _error(
+            status,
+            "validation_failed" if status == 422 else "conflict",
+            str(exc),
+            fields=[{"field": exc.field, "message": str(exc)}],
+        )
+    return web.json_response(created, status=201, headers={"Location": f"/v1/schedules/{spec.id}"})
+
+
+async def get_schedule(request: web.Request) -> web.Response:
+    runner = _runner(request)
+    sid = request.match_info["id"]
+    if sid not in {s["id"] for s in runner.list()}:
+        return _error(404, "not_found", "no such schedule")
+    return web.json_response(runner.describe(sid, upcoming=10))
+
+
+async def delete_schedule(request: web.Request) -> web.Response:
+    if not await _runner(request).delete(request.match_info["id"]):
+        return _error(404, "not_found", "no such schedule")
+    return web.json_response({"deleted": request.match_info["id"]})
+
+
+async def pause_schedule(request: web.Request) -> web.Response:
+    return await _pause(request, True)
+
+
+async def resume_schedule(request: web.Request) -> web.Response:
+    return await _pause(request, False)
+
+
+async def _pause(request: web.Request, paused: bool) -> web.Response:
+    described = await _runner(request).set_paused(request.match_info["id"], paused)
+    if described is None:
+        return _error(404, "not_found", "no such schedule")
+    return web.json_response(described)
 
 
 async def get_announcement(request: web.Request) -> web.Response:
@@ -256,10 +365,19 @@ def build_app(
     hub: Hub,
     clock: Clock,
     store: AsyncStore | None = None,
+    runner: ScheduleRunner | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=4 * 1024 * 1024)
     if store is not None:
         app[STORE] = store
+    if runner is not None:
+        app[RUNNER] = runner
+        app.router.add_get("/v1/schedules", list_schedules)
+        app.router.add_post("/v1/schedules", create_schedule)
+        app.router.add_get("/v1/schedules/{id}", get_schedule)
+        app.router.add_delete("/v1/schedules/{id}", delete_schedule)
+        app.router.add_post("/v1/schedules/{id}/pause", pause_schedule)
+        app.router.add_post("/v1/schedules/{id}/resume", resume_schedule)
     app[CONFIG] = config
     app[ANNOUNCER] = announcer
     app[HUB] = hub
@@ -268,6 +386,7 @@ def build_app(
     app.router.add_get("/v1/announcements", list_announcements)
     app.router.add_get("/v1/announcements/{id}", get_announcement)
     app.router.add_post("/v1/announcements/{id}/cancel", cancel_announcement)
+    app.router.add_post("/v1/triggers/{template}", trigger_template)
     app.router.add_get("/v1/endpoints", list_endpoints)
     app.router.add_get("/v1/zones", list_zones)
     app.router.add_get("/healthz", health)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from broadcaster.model import LANGUAGES, SPEED_MAX, SPEED_MIN, VOICES
 
@@ -21,6 +21,13 @@ class AnnouncementRequest(BaseModel):
     speed: float | None = Field(default=None, ge=SPEED_MIN, le=SPEED_MAX)
     style: str | None = Field(default=None, max_length=2000)
     priority: int | None = Field(default=None, ge=0, le=255)
+    #: Values for the template's variables.
+    variables: dict[str, Any] = Field(default_factory=dict)
+    #: When to start (ISO 8601; default: now) and after when never to start.
+    due_at: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = None
+    #: Seconds from due_at (or now) after which it never starts (instead of expires_at).
+    expires_after_s: float | None = Field(default=None, gt=0)
 
     @field_validator("text")
     @classmethod
@@ -50,6 +57,10 @@ class AnnouncementRequest(BaseModel):
     @classmethod
     def _zones(cls, v: list[str] | None) -> list[str] | None:
         return None if v is None else list(dict.fromkeys(v))
+
+
+class TriggerRequest(AnnouncementRequest):
+    """POST /v1/triggers/{template}: the template comes from the path."""
 
 
 def field_errors(exc: ValidationError) -> list[dict[str, Any]]:

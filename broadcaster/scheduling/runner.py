@@ -1,0 +1,322 @@
+"""The schedule runner: plan, act on what is due, sleep until the next wake-up or edit.
+
+All decisions are the planner's (pure); this module only reads the clock,
+renders templates, hands announcements to the announcer and keeps the store
+in step. A firing is acted on at most once, across restarts: its claim in the
+store (primary key schedule + instant) is written in the same transaction as
+the announcement it creates.
+
+Schedules come from the config (``source = "config"``, re-read at every start)
+and from the API (``source = "api"``, kept in the store). Each keeps its
+``next_fire_at`` and ``paused`` state in the store, so after downtime the
+planner sees exactly which firings were missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from broadcaster.announcer import AlreadyClaimed, Announcer, QueueFull
+from broadcaster.clock import Clock
+from broadcaster.config import Config, ScheduleConfig, TemplateConfig
+from broadcaster.journal import to_row
+from broadcaster.model import AnnouncementSpec, AnnouncementState
+from broadcaster.scheduling.planner import Firing, SchedulePolicy, ScheduleView, plan
+from broadcaster.scheduling.templates import TemplateError
+from broadcaster.scheduling.triggers import Trigger
+from broadcaster.store import AsyncStore, ScheduleRow
+
+log = logging.getLogger(__name__)
+
+#: The runner re-plans at least this often, so a wall-clock step is noticed.
+_MAX_SLEEP = timedelta(seconds=30)
+
+
+class ScheduleError(ValueError):
+    """A schedule that cannot be used (API); ``field`` names the problem."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass
+class _Live:
+    spec: ScheduleConfig
+    source: str
+    trigger: Trigger
+    template: TemplateConfig
+    next_fire_at: datetime | None
+    paused: bool
+
+
+class ScheduleRunner:
+    def __init__(
+        self, *, config: Config, store: AsyncStore, announcer: Announcer, clock: Clock
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.announcer = announcer
+        self.clock = clock
+        self._live: dict[str, _Live] = {}
+        self._edited = asyncio.Event()
+
+    # --- loading and editing -------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Config schedules (replacing stored copies) plus the API's, with their state."""
+        now = self.clock.wall()
+        stored = {row.id: row for row in await self.store.list_schedules()}
+        for spec in self.config.schedules:
+            row = stored.pop(spec.id, None)
+            data = spec.model_dump()
+            keep = row is not None and row.source == "config" and row.data == data
+            live = self._make_live(spec, "config")
+            if keep and row is not None:
+                live.next_fire_at, live.paused = row.next_fire_at, row.paused
+            else:
+                live.next_fire_at = live.trigger.next_after(now)
+                live.paused = spec.paused
+            self._live[spec.id] = live
+            await self._save(live, created=row.created_at if row else now)
+        for row in stored.values():
+            if row.source == "config":  # removed from the config file
+                await self.store.delete_schedule(row.id)
+                continue
+            try:
+                spec = ScheduleConfig.model_validate(row.data)
+                live = self._make_live(spec, "api")
+            except (ValueError, TemplateError) as exc:
+                log.error("schedule %s from the store is no longer valid: %s", row.id, exc)
+                continue
+            live.next_fire_at, live.paused = row.next_fire_at, row.paused
+            self._live[row.id] = live
+        log.info("schedules: %d loaded", len(self._live))
+
+    def _make_live(self, spec: ScheduleConfig, source: str) -> _Live:
+        template = self.config.template(spec.template)
+        if template is None:
+            raise ScheduleError("template", f"unknown template {spec.template!r}")
+        zones = spec.zones or template.zones
+        if not zones:
+            raise ScheduleError("zones", "no zones (neither the schedule nor its template)")
+        unknown = [z for z in zones if z not in self.config.zone_ids]
+        if unknown:
+            raise ScheduleError("zones", f"unknown zone(s): {', '.join(unknown)}")
+        return _Live(spec, source, spec.trigger(), template, None, spec.paused)
+
+    async def _save(self, live: _Live, *, created: datetime) -> None:
+        now = self.clock.wall()
+        await self.store.upsert_schedule(
+            ScheduleRow(
+                id=live.spec.id,
+                data=live.spec.model_dump(),
+                source="config" if live.source == "config" else "api",
+                created_at=created,
+                updated_at=now,
+                paused=live.paused,
+                next_fire_at=live.next_fire_at,
+            )
+        )
+
+    async def create(self, spec: ScheduleConfig) -> dict[str, Any]:
+        if spec.id in self._live:
+            raise ScheduleError("id", f"schedule {spec.id!r} exists already")
+        live = self._make_live(spec, "api")
+        try:
+            live.template.compiled().render(spec.variables, language=self._language(live))
+        except TemplateError as exc:
+            raise ScheduleError("variables", str(exc)) from None
+        now = self.clock.wall()
+        live.next_fire_at = live.trigger.next_after(now)
+        await self._save(live, created=now)
+        self._live[spec.id] = live
+        self._edited.set()
+        return self.describe(spec.id)
+
+    async def delete(self, schedule_id: str) -> bool:
+        if self._live.pop(schedule_id, None) is None:
+            return False
+        await self.store.delete_schedule(schedule_id)
+        self._edited.set()
+        return True
+
+    async def set_paused(self, schedule_id: str, paused: bool) -> dict[str, Any] | None:
+        live = self._live.get(schedule_id)
+        if live is None:
+            return None
+        now = self.clock.wall()
+        if live.paused and not paused:
+            # Resuming starts from now: firings while paused were not wanted.
+            live.next_fire_at = live.trigger.next_after(now)
+            await self.store.set_next_fire_at(schedule_id, live.next_fire_at, now)
+        live.paused = paused
+        await self.store.set_schedule_paused(schedule_id, paused, now)
+        self._edited.set()
+        return self.describe(schedule_id)
+
+    def describe(self, schedule_id: str, upcoming: int = 3) -> dict[str, Any]:
+        live = self._live[schedule_id]
+        nxt: list[str] = []
+        at = live.next_fire_at
+        while at is not None and len(nxt) < upcoming and not live.paused:
+            nxt.append(at.isoformat())
+            at = live.trigger.next_after(at)
+        return {
+            **live.spec.model_dump(),
+            "source": live.source,
+            "paused": live.paused,
+            "trigger": live.trigger.describe(),
+            "next_firings": nxt,
+        }
+
+    def list(self) -> list[dict[str, Any]]:
+        return [self.describe(sid) for sid in sorted(self._live)]
+
+    # --- running ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Plan and act until cancelled."""
+        while True:
+            wake = await self.run_once()
+            await self._sleep_until(wake)
+
+    async def run_once(self) -> datetime | None:
+        """One planning pass; returns when to wake next."""
+        sched = self.config.scheduling
+        now = self.clock.wall()
+        views = [
+            ScheduleView(
+                id=sid,
+                trigger=live.trigger,
+                next_fire_at=live.next_fire_at,
+                paused=live.paused,
+                policy=self._policy(live),
+                priority=self._priority(live),
+            )
+            for sid, live in self._live.items()
+        ]
+        result = plan(views, now, prerender_s=sched.prerender_s)
+        for firing in result.firings:
+            live = self._live.get(firing.schedule_id)
+            if live is not None:
+                await self._act(live, firing, now)
+        for sid, nxt in result.next_fire_at.items():
+            live = self._live.get(sid)
+            if live is not None and live.next_fire_at != nxt:
+                live.next_fire_at = nxt
+                await self.store.set_next_fire_at(sid, nxt, self.clock.wall())
+        return result.wake_at
+
+    async def _sleep_until(self, wake: datetime | None) -> None:
+        now = self.clock.wall()
+        target = now + _MAX_SLEEP if wake is None else min(wake, now + _MAX_SLEEP)
+        delay_us = max(0, int((target - now).total_seconds() * 1e6))
+        edited = asyncio.ensure_future(self._edited.wait())
+        timer = asyncio.ensure_future(self.clock.sleep_us(delay_us))
+        try:
+            racers: set[asyncio.Future[Any]] = {edited, timer}
+            await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            edited.cancel()
+            timer.cancel()
+        self._edited.clear()
+
+    def _policy(self, live: _Live) -> SchedulePolicy:
+        sched = self.config.scheduling
+        spec = live.spec
+        return SchedulePolicy(
+            misfire_grace_s=(
+                spec.misfire_grace_s if spec.misfire_grace_s is not None else sched.misfire_grace_s
+            ),
+            coalesce=spec.coalesce if spec.coalesce is not None else sched.coalesce,
+            expires_after_s=(
+                spec.expires_after_s
+                if spec.expires_after_s is not None
+                else live.template.expires_after_s
+            ),
+            emergency=self._priority(live) >= self.config.announcements.emergency_priority,
+        )
+
+    def _priority(self, live: _Live) -> int:
+        if live.spec.priority is not None:
+            return live.spec.priority
+        if live.template.priority is not None:
+            return live.template.priority
+        return self.config.announcements.default_priority
+
+    def _language(self, live: _Live) -> str:
+        return live.spec.language or live.template.language or self.config.speech.default_language
+
+    async def _act(self, live: _Live, firing: Firing, now: datetime) -> None:
+        spec = live.spec
+        tpl = live.template
+        sp = self.config.speech
+        language = self._language(live)
+        reason = firing.reason
+        text = ""
+        decision: str = firing.decision
+        try:
+            text = tpl.compiled().render(spec.variables, language=language)
+        except TemplateError as exc:
+            decision, reason = "failed", f"template could not be rendered: {exc}"
+        announcement = AnnouncementSpec(
+            text=text or f"(template {tpl.name})",
+            zones=tuple(spec.zones or tpl.zones),
+            voice=tpl.voice or sp.default_voice,
+            language=language,
+            speed=tpl.speed if tpl.speed is not None else sp.default_speed,
+            style=tpl.style,
+            priority=self._priority(live),
+            split=tpl.split,
+            max_new_tokens=tpl.max_new_tokens,
+            template=tpl.name,
+        )
+
+        async def claim(ann: Any) -> bool:
+            return await self.store.claim_firing_with_announcement(
+                spec.id,
+                firing.fire_at,
+                decision=decision,
+                coalesced=firing.coalesced,
+                reason=reason,
+                announcement=to_row(ann),
+            )
+
+        if decision == "prepare":
+            due_at = firing.fire_at if firing.fire_at > now else None
+            try:
+                ann = await self.announcer.accept(
+                    announcement,
+                    due_at=due_at,
+                    expires_at=firing.expires_at,
+                    schedule_id=spec.id,
+                    fire_at=firing.fire_at,
+                    persist=claim,
+                )
+            except AlreadyClaimed:
+                log.info("schedule %s: firing %s was already handled", spec.id, firing.fire_at)
+                return
+            except QueueFull as exc:
+                log.error("schedule %s: firing %s dropped: %s", spec.id, firing.fire_at, exc)
+                return
+            if reason:
+                ann.warnings.append(reason)
+            log.info("schedule %s: firing %s -> announcement %s", spec.id, firing.fire_at, ann.id)
+            return
+        # Missed (or not renderable): recorded, never played.
+        state = AnnouncementState.MISSED if decision == "missed" else AnnouncementState.FAILED
+        ann = self.announcer.registry.create(
+            announcement, now=now, now_us=self.clock.monotonic_us()
+        )
+        ann.schedule_id, ann.fire_at, ann.due_at = spec.id, firing.fire_at, firing.fire_at
+        ann.state, ann.reason, ann.finished_at = state, reason, now
+        if not await claim(ann):
+            self.announcer.registry.forget(ann.id)
+            return
+        self.announcer.registry.finished(ann)
+        log.warning("schedule %s: firing %s %s: %s", spec.id, firing.fire_at, state.value, reason)
