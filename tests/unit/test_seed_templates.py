@@ -21,15 +21,16 @@ def test_template_request_matches_the_seed(seed):
     tpl = cfg.template(seed["name"])
     assert tpl is not None and not tpl.split  # one take, as in the seed
     engine = RunwareEngine(client=None, clock=FakeClock())  # type: ignore[arg-type]
+    text = tpl.compiled().render({}, language=tpl.language)  # the variables' defaults
     request = SpeechRequest(
-        text=tpl.text,
+        text=text,
         voice=tpl.voice,
         language=tpl.language,
         speed=tpl.speed,
         style=tpl.style,
         max_new_tokens=tpl.max_new_tokens,
     )
-    assert len(tpl.text) <= engine.max_request_chars
+    assert len(text) <= engine.max_request_chars
     wire = build_task(**engine.task_fields(request)).to_wire()
     for key in ("taskType", "model", "positivePrompt", "speech", "settings"):
         assert wire[key] == seed[key], key
