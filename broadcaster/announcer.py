@@ -292,6 +292,8 @@ class Announcer:
             log.debug("receipt from %s for unknown announcement", endpoint_id)
             return
         ann.deliveries[endpoint_id].receipt = receipt.model_dump(exclude={"type"})
+        if self.journal is not None:
+            self._mark_dirty(ann)  # receipts usually come after the final state
 
     def add_listener(self, listener: Callable[[Announcement], None]) -> None:
         """Called on every state change (used by tests and, later, the store)."""

@@ -227,17 +227,18 @@ class ScheduleRunner:
         self._edited.clear()
 
     def _policy(self, live: _Live) -> SchedulePolicy:
+        """The schedule's own policy, else its template's, else [scheduling] defaults."""
         sched = self.config.scheduling
-        spec = live.spec
+        spec, tpl = live.spec, live.template
+
+        def first(*values: Any) -> Any:
+            return next(v for v in values if v is not None)
+
         return SchedulePolicy(
-            misfire_grace_s=(
-                spec.misfire_grace_s if spec.misfire_grace_s is not None else sched.misfire_grace_s
-            ),
-            coalesce=spec.coalesce if spec.coalesce is not None else sched.coalesce,
+            misfire_grace_s=first(spec.misfire_grace_s, tpl.misfire_grace_s, sched.misfire_grace_s),
+            coalesce=first(spec.coalesce, tpl.coalesce, sched.coalesce),
             expires_after_s=(
-                spec.expires_after_s
-                if spec.expires_after_s is not None
-                else live.template.expires_after_s
+                spec.expires_after_s if spec.expires_after_s is not None else tpl.expires_after_s
             ),
             emergency=self._priority(live) >= self.config.announcements.emergency_priority,
         )

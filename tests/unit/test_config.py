@@ -104,3 +104,17 @@ def test_bad_files(tmp_path):
 def test_tokens():
     t = new_token()
     assert len(t) >= 40 and hash_token(t).startswith("sha256:") and len(hash_token(t)) == 71
+
+
+def test_example_shows_every_template_and_schedule_key():
+    import tomllib
+
+    from broadcaster.config import ScheduleConfig, TemplateConfig
+
+    data = tomllib.loads((ROOT / "configs" / "example.toml").read_text())
+    text = (ROOT / "configs" / "example.toml").read_text()
+    for table, model in (("templates", TemplateConfig), ("schedules", ScheduleConfig)):
+        shown = set(data[table][0])
+        for key in model.model_fields:
+            # the alternatives of a key may be shown commented out
+            assert key in shown or f"# {key} =" in text, f"{table}.{key} is not in example.toml"
