@@ -47,6 +47,8 @@ class Announcement:
     schedule_id: str | None = None
     fire_at: datetime | None = None
     cost: float | None = None  # USD, when the speech engine reports it
+    #: How often a higher priority stopped it (each time it was replayed, if stacked).
+    preemptions: int = 0
     speech_requests: int = 0
     cache_hits: int = 0
 
@@ -86,6 +88,8 @@ class Announcement:
             "formats": self.formats,
             "warnings": self.warnings,
             "cost_usd": self.cost,
+            "preemptions": self.preemptions,
+            "on_preempt": s.on_preempt,
             "speech_requests": self.speech_requests,
             "cache_hits": self.cache_hits,
             "endpoints": {k: v.as_dict() for k, v in self.deliveries.items()},
@@ -131,6 +135,11 @@ class Registry:
     def get(self, ann_id: str) -> Announcement | None:
         return self._items.get(ann_id)
 
+    def renumber(self, ann: Announcement) -> None:
+        """A new stream number (a replay is a new stream for the endpoints)."""
+        ann.number = self._next_number
+        self._next_number = self._next_number % 0xFFFFFFFF + 1
+
     def forget(self, ann_id: str) -> None:
         """Drop a record that was never accepted (its store write failed)."""
         self._items.pop(ann_id, None)
@@ -151,45 +160,95 @@ class Registry:
             self._items.pop(old, None)
 
 
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the arbiter wants done now."""
+
+    start: list[str]
+    #: Playing announcements to stop, with the id of the one that takes their zones.
+    preempt: list[tuple[str, str]]
+
+
 class ZoneArbiter:
-    """Which announcements may start now. First come, first served per zone."""
+    """Which announcements may play now, and which must give way.
+
+    Per zone the highest priority plays. Waiting announcements are considered
+    highest priority first, equal priorities first come first served. One may
+    start when each of its zones is free, or held by a playing announcement of
+    *lower* priority — that one is preempted (stopped everywhere; the announcer
+    replays it afterwards or drops it, per its policy). A waiting announcement
+    claims its zones for everything considered after it, so a later or lower
+    announcement never overtakes it. Pure bookkeeping: no I/O, no clock.
+    """
 
     def __init__(self) -> None:
-        self._queue: OrderedDict[str, frozenset[str]] = OrderedDict()
-        self._busy: dict[str, str] = {}  # zone -> announcement id holding it
+        self._waiting: dict[str, tuple[frozenset[str], int, int]] = {}  # id -> zones, prio, seq
+        self._playing: dict[str, tuple[frozenset[str], int]] = {}
+        self._busy: dict[str, str] = {}  # zone -> id playing there
+        self._seq = 0
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._waiting)
 
-    def submit(self, ann_id: str, zones: frozenset[str]) -> None:
-        self._queue[ann_id] = zones
+    def submit(
+        self, ann_id: str, zones: frozenset[str], priority: int = 100, *, seq: int | None = None
+    ) -> None:
+        """Queue an announcement. ``seq`` keeps its original place (a stacked replay)."""
+        if seq is None:
+            self._seq += 1
+            seq = self._seq
+        self._waiting[ann_id] = (zones, priority, seq)
+
+    def seq_of(self, ann_id: str) -> int | None:
+        entry = self._waiting.get(ann_id)
+        return entry[2] if entry else None
 
     def withdraw(self, ann_id: str) -> bool:
-        """Remove a queued announcement (cancelled before start)."""
-        return self._queue.pop(ann_id, None) is not None
+        """Remove a waiting announcement (cancelled or expired before start)."""
+        return self._waiting.pop(ann_id, None) is not None
+
+    def decide(self) -> Decision:
+        """Start what may start, preempting lower priorities; both are applied at once."""
+        start: list[str] = []
+        preempt: list[tuple[str, str]] = []
+        claimed: set[str] = set()
+        order = sorted(self._waiting.items(), key=lambda kv: (-kv[1][1], kv[1][2]))
+        for ann_id, (zones, priority, _) in order:
+            if zones.isdisjoint(claimed):
+                holders = {self._busy[z] for z in zones if z in self._busy}
+                if all(self._playing[h][1] < priority for h in holders):
+                    for holder in sorted(holders):
+                        preempt.append((holder, ann_id))
+                        self._stop(holder)
+                    start.append(ann_id)
+                    self._waiting.pop(ann_id)
+                    self._playing[ann_id] = (zones, priority)
+                    for zone in zones:
+                        self._busy[zone] = ann_id
+            # Started or not, its zones are claimed for everyone considered after it.
+            claimed |= zones
+        return Decision(start, preempt)
 
     def startable(self) -> list[str]:
-        """Queued ids that may start now, in order; they are marked as started."""
-        ready: list[str] = []
-        claimed: set[str] = set(self._busy)
-        for ann_id, zones in self._queue.items():
-            if zones.isdisjoint(claimed):
-                ready.append(ann_id)
-            # Whether or not it starts, its zones are claimed for everyone behind it.
-            claimed |= zones
-        for ann_id in ready:
-            zones = self._queue.pop(ann_id)
-            for zone in zones:
-                self._busy[zone] = ann_id
-        return ready
+        """Ids to start now (preemptions are applied but not reported; see decide())."""
+        return self.decide().start
 
     def release(self, ann_id: str) -> None:
-        for zone in [z for z, holder in self._busy.items() if holder == ann_id]:
-            del self._busy[zone]
+        """A playing announcement ended (or freed its zones early)."""
+        self._stop(ann_id)
+
+    def _stop(self, ann_id: str) -> None:
+        entry = self._playing.pop(ann_id, None)
+        if entry is None:
+            return
+        for zone in entry[0]:
+            if self._busy.get(zone) == ann_id:
+                del self._busy[zone]
 
     def holder(self, zone: str) -> str | None:
         return self._busy.get(zone)
 
     def queued(self) -> list[str]:
-        """Ids waiting for their zones, in order."""
-        return list(self._queue)
+        """Ids waiting, in the order they would be considered."""
+        order = sorted(self._waiting.items(), key=lambda kv: (-kv[1][1], kv[1][2]))
+        return [ann_id for ann_id, _ in order]

@@ -116,6 +116,10 @@ class Announcer:
         self._wake = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancel_reasons: dict[str, str] = {}
+        #: Playing announcements being preempted -> the announcement taking their zones.
+        self._preempted: dict[str, str] = {}
+        #: Original queue positions of preempted announcements that will be replayed.
+        self._stacked: dict[str, int] = {}
         #: The very connections each playing announcement was started on: a cancel
         #: must reach those, not a newer connection of the same endpoint id.
         self._audiences: dict[str, list[EndpointLink]] = {}
@@ -220,7 +224,7 @@ class Announcer:
             self._prepare(ann)
             when = f"due {ann.due_at.isoformat()}"
         else:
-            self.arbiter.submit(ann.id, frozenset(spec.zones))
+            self.arbiter.submit(ann.id, frozenset(spec.zones), spec.priority)
             when = "now"
         log.info(
             "announcement %s accepted (%s): zones=%s priority=%d chars=%d",
@@ -323,9 +327,15 @@ class Announcer:
                 del self._timers[ann_id]
                 ann = self.registry.get(ann_id)
                 if ann is not None:
-                    self.arbiter.submit(ann_id, frozenset(ann.spec.zones))
+                    self.arbiter.submit(ann_id, frozenset(ann.spec.zones), ann.spec.priority)
         self._expire_waiting()
-        for ann_id in self.arbiter.startable():
+        decision = self.arbiter.decide()
+        for loser, winner in decision.preempt:
+            task = self._tasks.get(loser)
+            if task is not None:
+                self._preempted[loser] = winner
+                task.cancel()
+        for ann_id in decision.start:
             ann = self.registry.get(ann_id)
             if ann is None:  # pragma: no cover - registry keeps unfinished ones
                 self.arbiter.release(ann_id)
@@ -400,7 +410,11 @@ class Announcer:
         try:
             await self._play_inner(ann)
         except asyncio.CancelledError:
+            winner = self._preempted.pop(ann.id, None)
             reason = self._cancel_reasons.pop(ann.id, None)
+            if winner is not None and reason is None:
+                self._on_preempted(ann, winner)
+                return
             if reason is None:
                 if ann.id in self._ended:
                     # Every chunk was already sent; only the endpoints' buffers remained.
@@ -428,6 +442,42 @@ class Announcer:
             self._ended.discard(ann.id)
             self.arbiter.release(ann.id)
             self._wake.set()
+
+    def _on_preempted(self, ann: Announcement, winner_id: str) -> None:
+        """Stop at once (endpoints drop their buffers), then replay later or drop."""
+        winner = self.registry.get(winner_id)
+        by = f"announcement {winner_id}" + (
+            f" (priority {winner.spec.priority})" if winner is not None else ""
+        )
+        reason = f"preempted by {by}"
+        for link in self._audiences.get(ann.id, []):
+            stats = ann.deliveries[link.endpoint_id]
+            if self.hub.is_current(link):
+                link.outbox.discard_audio(stats)
+                link.outbox.put_control(
+                    wire.dump(
+                        wire.AnnouncementCancelled(
+                            announcement_id=ann.id,
+                            stream=ann.number,
+                            reason=reason,
+                            preempted_by=winner_id,
+                        )
+                    )
+                )
+            stats.state = "preempted"
+        log.warning("announcement %s %s", ann.id, reason)
+        if ann.spec.on_preempt == "drop":
+            self._finish(ann, AnnouncementState.CANCELLED, f"{reason}; dropped by its policy")
+            return
+        # Stacked: it plays again from the start once the zones are free, in its
+        # original place in the queue, as a new stream (new stream number).
+        ann.warnings.append(f"{reason}; replayed afterwards")
+        ann.preemptions += 1
+        self.registry.renumber(ann)
+        ann.state = AnnouncementState.QUEUED
+        ann.first_audio_sent_us = None
+        self.arbiter.submit(ann.id, frozenset(ann.spec.zones), ann.spec.priority)
+        self._notify(ann)
 
     async def _play_inner(self, ann: Announcement) -> None:
         spec = ann.spec

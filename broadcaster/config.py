@@ -239,6 +239,8 @@ class TemplateConfig(_Section):
     variables: dict[str, Any] = Field(default_factory=dict)
     #: Seconds after its due time (or acceptance) after which it never starts.
     expires_after_s: float | None = Field(default=None, gt=0)
+    #: When a higher priority takes its zones: "stack" (replay afterwards) or "drop".
+    on_preempt: Literal["stack", "drop"] = "stack"
     #: Misfire policy for schedules of this template that do not set their own.
     misfire_grace_s: float | None = Field(default=None, ge=0)
     coalesce: bool | None = None

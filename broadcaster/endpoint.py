@@ -71,7 +71,12 @@ class ReceivedAnnouncement:
     seqs: list[int] = field(default_factory=list)
     play_at_us: list[int] = field(default_factory=list)
     durations_us: list[int] = field(default_factory=list)
+    chunk_bytes: list[int] = field(default_factory=list)
     late_chunks: int = 0
+    #: Chunks received but dropped unplayed because the announcement was cancelled or
+    #: preempted (a real speaker flushes its buffer).
+    flushed_chunks: int = 0
+    preempted_by: str | None = None
     min_margin_us: int | None = None
     expected_chunks: int | None = None
     reason: str | None = None
@@ -307,6 +312,7 @@ class ReferenceEndpoint:
         decoder = self._decoders.get(header.stream)
         if rec is None or decoder is None or rec.status != "receiving":
             return  # audio of an announcement we never saw start, or already ended
+        before = len(rec.pcm)
         expected = rec.seqs[-1] + 1 if rec.seqs else 0
         if header.seq != expected:
             rec.gaps += 1
@@ -321,6 +327,7 @@ class ReferenceEndpoint:
         rec.durations_us.append(header.duration_us)
         rec.chunks += 1
         rec.pcm.extend(decoder.decode(payload))
+        rec.chunk_bytes.append(len(rec.pcm) - before)  # with any silence filled before it
         if self.clock_estimate.offset_us is not None:
             margin = header.play_at_us - (self._now() + self.clock_estimate.offset_us)
             if rec.min_margin_us is None or margin < rec.min_margin_us:
@@ -344,10 +351,25 @@ class ReferenceEndpoint:
             # Cancelled after it ended: a speaker would drop what it still has buffered.
             log.info("announcement %s cancelled after its end: %s", rec.announcement_id, msg.reason)
             return
-        # A real speaker would stop now and drop its buffered audio (msg.flush).
         rec.status = "cancelled"
         rec.reason = msg.reason
+        rec.preempted_by = msg.preempted_by
+        if msg.flush:
+            self._flush(rec)
         await self._finish(ws, rec)
+
+    def _flush(self, rec: ReceivedAnnouncement) -> None:
+        """Drop what has not played yet, as a speaker empties its buffer."""
+        if self.clock_estimate.offset_us is None:
+            return
+        server_now = self._now() + self.clock_estimate.offset_us
+        while rec.play_at_us and rec.play_at_us[-1] > server_now:
+            rec.play_at_us.pop()
+            rec.durations_us.pop()
+            rec.seqs.pop()
+            size = rec.chunk_bytes.pop()
+            del rec.pcm[len(rec.pcm) - size :]
+            rec.flushed_chunks += 1
 
     async def _finish(self, ws: ClientConnection, rec: ReceivedAnnouncement) -> None:
         self._by_stream.pop(rec.stream, None)

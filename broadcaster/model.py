@@ -37,6 +37,25 @@ LANGUAGES: tuple[str, ...] = (
     "Italian",
 )
 
+#: Named priority bands (EN 54-16 / PA practice): the lowest value of each band, and
+#: the value a request naming the band gets.
+PRIORITY_BANDS: dict[str, tuple[int, int]] = {
+    "background": (0, 16),
+    "routine": (32, 100),
+    "operational": (128, 160),
+    "emergency": (224, 240),
+}
+
+
+def priority_band(priority: int) -> str:
+    """The name of the band a numeric priority falls in."""
+    name = "background"
+    for band, (lowest, _) in PRIORITY_BANDS.items():
+        if priority >= lowest:
+            name = band
+    return name
+
+
 SPEED_MIN = 0.25
 SPEED_MAX = 4.0
 
@@ -184,4 +203,7 @@ class AnnouncementSpec:
     split: bool = True
     max_new_tokens: int | None = None
     template: str | None = None
+    #: When a higher priority takes its zones: "stack" (replay it afterwards from
+    #: the start) or "drop".
+    on_preempt: str = "stack"
     extra: dict[str, str] = field(default_factory=dict)

@@ -160,6 +160,7 @@ async def _announce(
         split=tpl.split if tpl else True,
         max_new_tokens=tpl.max_new_tokens if tpl else None,
         template=tpl.name if tpl else None,
+        on_preempt=pick(req.on_preempt, tpl and tpl.on_preempt, "stack"),
     )
     try:
         ann = await request.app[ANNOUNCER].accept(spec, due_at=due_at, expires_at=expires_at)

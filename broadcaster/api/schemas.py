@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from broadcaster.model import LANGUAGES, SPEED_MAX, SPEED_MIN, VOICES
+from broadcaster.model import LANGUAGES, PRIORITY_BANDS, SPEED_MAX, SPEED_MIN, VOICES
 
 
 class AnnouncementRequest(BaseModel):
@@ -20,7 +20,10 @@ class AnnouncementRequest(BaseModel):
     language: str | None = None
     speed: float | None = Field(default=None, ge=SPEED_MIN, le=SPEED_MAX)
     style: str | None = Field(default=None, max_length=2000)
-    priority: int | None = Field(default=None, ge=0, le=255)
+    #: 0-255 (higher wins), or a band: background, routine, operational, emergency.
+    priority: int | str | None = None
+    #: When a higher priority takes its zones: replay it afterwards ("stack") or "drop".
+    on_preempt: Literal["stack", "drop"] | None = None
     #: Values for the template's variables.
     variables: dict[str, Any] = Field(default_factory=dict)
     #: When to start (ISO 8601; default: now) and after when never to start.
@@ -37,6 +40,20 @@ class AnnouncementRequest(BaseModel):
         v = v.strip()
         if not v:
             raise ValueError("text is empty")
+        return v
+
+    @field_validator("priority")
+    @classmethod
+    def _priority(cls, v: int | str | None) -> int | None:
+        if v is None:
+            return None
+        if isinstance(v, str):
+            band = PRIORITY_BANDS.get(v)
+            if band is None:
+                raise ValueError(f"unknown band {v!r}; one of {', '.join(PRIORITY_BANDS)} or 0-255")
+            return band[1]
+        if isinstance(v, bool) or not 0 <= v <= 255:
+            raise ValueError("must be 0-255 or a band name")
         return v
 
     @field_validator("voice")

@@ -276,6 +276,7 @@ class ScheduleRunner:
             split=tpl.split,
             max_new_tokens=tpl.max_new_tokens,
             template=tpl.name,
+            on_preempt=tpl.on_preempt,
         )
 
         async def claim(ann: Any) -> bool:

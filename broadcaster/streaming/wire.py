@@ -221,6 +221,8 @@ class AnnouncementCancelled(_ServerMsg):
     stream: int
     reason: str
     flush: bool = True
+    #: Set when a higher-priority announcement took the zone (it follows at once).
+    preempted_by: str | None = None
 
 
 class Error(_ServerMsg):

@@ -1,6 +1,6 @@
 from datetime import UTC, datetime
 
-from broadcaster.announcements import Registry, ZoneArbiter
+from broadcaster.announcements import Decision, Registry, ZoneArbiter
 from broadcaster.model import AnnouncementSpec, AnnouncementState
 
 
@@ -57,3 +57,71 @@ def test_registry_keeps_unfinished_and_bounded_history():
     assert reg.get(anns[1].id) is not None and reg.get(anns[2].id) is not None
     assert reg.get(anns[3].id) is not None  # unfinished is never evicted
     assert [a.id for a in reg.recent(10)] == [anns[3].id, anns[2].id, anns[1].id]
+
+
+def z(*names):
+    return frozenset(names)
+
+
+def test_higher_priority_preempts_a_lower_one_in_its_zone_only():
+    arb = ZoneArbiter()
+    arb.submit("routine-a", z("a"), 100)
+    arb.submit("routine-b", z("b"), 100)
+    assert arb.decide().start == ["routine-a", "routine-b"]
+    arb.submit("emergency", z("a"), 240)
+    d = arb.decide()
+    assert d.start == ["emergency"] and d.preempt == [("routine-a", "emergency")]
+    assert arb.holder("a") == "emergency" and arb.holder("b") == "routine-b"
+
+
+def test_equal_or_lower_priority_waits_first_in_first_out():
+    arb = ZoneArbiter()
+    arb.submit("first", z("a"), 150)
+    arb.decide()
+    arb.submit("same", z("a"), 150)
+    arb.submit("lower", z("a"), 50)
+    arb.submit("same-later", z("a"), 150)
+    assert arb.decide() == Decision([], [])
+    arb.release("first")
+    assert arb.decide().start == ["same"]
+    arb.release("same")
+    assert arb.decide().start == ["same-later"]
+    arb.release("same-later")
+    assert arb.decide().start == ["lower"]
+
+
+def test_emergency_to_all_zones_preempts_everything():
+    arb = ZoneArbiter()
+    for i, zone in enumerate("abc"):
+        arb.submit(f"r{i}", z(zone), 100 + i)
+    arb.decide()
+    arb.submit("evacuate", z("a", "b", "c"), 255)
+    d = arb.decide()
+    assert d.start == ["evacuate"]
+    assert sorted(p for p, _ in d.preempt) == ["r0", "r1", "r2"]
+
+
+def test_a_waiting_higher_one_is_not_overtaken_by_a_lower_one():
+    arb = ZoneArbiter()
+    arb.submit("emergency-ab", z("a", "b"), 240)
+    arb.submit("playing-b", z("b"), 250)  # even higher: plays in b first
+    d = arb.decide()
+    assert d.start == ["playing-b"]
+    arb.submit("routine-a", z("a"), 100)  # a is free, but emergency-ab claims it
+    assert arb.decide().start == []
+    arb.release("playing-b")
+    assert arb.decide().start == ["emergency-ab"]
+
+
+def test_a_stacked_replay_keeps_its_place():
+    arb = ZoneArbiter()
+    arb.submit("one", z("a"), 100)
+    arb.decide()
+    seq_one = 1
+    arb.submit("two", z("a"), 100)
+    arb.submit("alarm", z("a"), 240)
+    d = arb.decide()
+    assert d.preempt == [("one", "alarm")]
+    arb.submit("one", z("a"), 100, seq=seq_one)  # replayed afterwards, ahead of "two"
+    arb.release("alarm")
+    assert arb.decide().start == ["one"]

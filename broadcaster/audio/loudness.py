@@ -1,0 +1,359 @@
+"""Loudness normalization of announcement audio (EBU R128 / ITU-R BS.1770).
+
+Every speech segment and chime is brought to one integrated loudness (default
+−16 LUFS) with its true peak at or below a ceiling (default −1 dBTP), so that
+voices, engines and chimes play at one level.
+
+The DSP is FFmpeg's, driven through PyAV filter graphs; nothing here
+re-implements K-weighting, gating or limiting:
+
+* **Integrated loudness**: the ``ebur128`` filter (BS.1770-4: K-weighting,
+  400 ms blocks with 75 % overlap, −70 LUFS absolute and −10 LU relative gate).
+  A mono signal counts as one channel with weight 1.0 (PA speakers play mono;
+  it is not treated as dual mono).
+* **True peak**: the signal is oversampled with libswresample to at least
+  192 kHz (at least 4×, as BS.1770-4 Annex 2 asks) and the largest absolute
+  sample is taken.  ``ebur128``'s own true-peak meter is not used because it
+  ignores the last partial 100 ms of the input, and it prints three decimals.
+* **Limiting**: the ``alimiter`` look-ahead limiter (5 ms look-ahead, 50 ms
+  release, latency compensated so that the output lines up sample for sample
+  with the input).  It limits sample peaks, so it is made true-peak aware by
+  measuring the oversampled peak of its output and lowering its limit by the
+  overshoot until the true peak fits (two or three passes in practice); a tiny
+  static trim catches anything left.  Limiting lowers the loudness a little,
+  which is made up by raising the gain in front of the limiter (at most
+  ``_MAX_MAKEUP_DB``) and limiting again.
+
+Why not ``loudnorm``: its two-pass linear mode only stays linear when the gain
+does not push the true peak past the ceiling, which is the normal case for
+speech at −16 LUFS / −1 dBTP (speech peaks sit 15–20 dB above its loudness);
+otherwise it silently switches to its dynamic mode, a 3 s-window AGC that
+outputs 192 kHz and is meant for long programmes rather than 1–30 s segments.
+Its measurements also only come out as JSON through FFmpeg's global log
+callback, which is awkward to capture safely from several threads.
+
+Segments shorter than one 400 ms gating block have no integrated loudness.
+For those the loudness of the clip over its own length is used instead
+(BS.1770 mean-square over the clip, i.e. one block that is exactly the clip):
+the clip is padded with silence to one block, measured, and corrected by the
+padding ratio.  ``LoudnessReport.estimated`` says when that happened.
+
+Gain between segments (see ``LoudnessNormalizer``): each segment is measured
+on its own, but the gain may only *rise* cautiously: by at most
+``max_rise_db`` from one segment to the next, and for segments shorter than
+``full_trust_s`` only part of the way, in proportion to their length (short
+segments give noisy loudness readings).  The gain may always *fall* at once,
+so a loud segment is never played above the target.  Silent segments keep the
+previous gain.  Call ``reset`` (or use a new instance) per announcement.
+
+Everything here is synchronous and CPU-bound: call it from a worker thread.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import av.filter
+import numpy as np
+import numpy.typing as npt
+from av.audio.frame import AudioFrame
+
+__all__ = ["LoudnessNormalizer", "LoudnessReport", "measure"]
+
+Floats = npt.NDArray[np.float64]
+
+#: s16 full scale: sample / 32768 is the level relative to 0 dBFS.
+_S16_SCALE = 32768.0
+#: BS.1770 gating block length.
+_BLOCK_S = 0.4
+#: BS.1770 absolute gate; ``ebur128`` reports exactly this when nothing passes it.
+_ABSOLUTE_GATE_LUFS = -70.0
+#: True-peak meters oversample to at least this rate (4× of 48 kHz).
+_TRUE_PEAK_RATE_HZ = 192_000
+#: Head-room kept below the true-peak ceiling for s16 rounding.
+_TP_MARGIN_DB = 0.02
+#: ``alimiter`` accepts limits down to 1/16 (−24 dBFS).
+_MIN_LIMIT = 0.0625
+_LIMITER_PASSES = 4
+#: Loudness lost to the limiter that is made up by extra gain, at most.
+_MAX_MAKEUP_DB = 4.0
+_MAKEUP_PASSES = 2
+#: Loudness shortfall after limiting that is worth another pass.
+_MAKEUP_TOLERANCE_LU = 0.1
+_LIMITER_ATTACK_MS = 5.0
+_LIMITER_RELEASE_MS = 50.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoudnessReport:
+    """Loudness of one piece of audio.
+
+    ``integrated_lufs`` is the gated integrated loudness, ``-inf`` when no
+    400 ms block is above the −70 LUFS absolute gate (silence).
+    ``true_peak_dbtp`` is the oversampled peak, ``-inf`` for digital silence.
+    ``estimated`` is true for clips shorter than one gating block, whose
+    ``integrated_lufs`` is the loudness over the clip's own length instead.
+    """
+
+    integrated_lufs: float
+    true_peak_dbtp: float
+    estimated: bool = False
+
+
+def _db(linear: float) -> float:
+    return 20.0 * math.log10(linear) if linear > 0.0 else -math.inf
+
+
+def _linear(db: float) -> float:
+    return 10.0 ** (db / 20.0)
+
+
+def _check_rate(sample_rate_hz: int) -> None:
+    if sample_rate_hz <= 0:
+        raise ValueError(f"sample_rate_hz must be positive, got {sample_rate_hz}")
+
+
+def _pcm_to_floats(pcm: bytes) -> Floats:
+    if len(pcm) % 2:
+        raise ValueError(f"s16le PCM of odd length {len(pcm)}")
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float64) / _S16_SCALE
+
+
+def _floats_to_pcm(x: Floats) -> bytes:
+    scaled = np.clip(np.rint(x * _S16_SCALE), -32768, 32767)
+    return scaled.astype("<i2").tobytes()
+
+
+def _frame(x: npt.NDArray[np.float64] | npt.NDArray[np.float32], rate: int) -> AudioFrame:
+    fmt = "dbl" if x.dtype == np.float64 else "flt"
+    frame = AudioFrame.from_ndarray(np.ascontiguousarray(x).reshape(1, -1), format=fmt, layout="mono")
+    frame.sample_rate = rate
+    frame.pts = 0
+    frame.time_base = Fraction(1, rate)
+    return frame
+
+
+def _run_filters(x: Floats, rate: int, filters: Sequence[tuple[str, str]]) -> list[AudioFrame]:
+    """Push ``x`` through a chain of FFmpeg audio filters; return every output frame."""
+    graph = av.filter.Graph()
+    nodes = [
+        graph.add_abuffer(
+            sample_rate=rate, format="dbl", layout="mono", time_base=Fraction(1, rate)
+        )
+    ]
+    nodes.extend(graph.add(name, args) for name, args in filters)
+    nodes.append(graph.add("abuffersink"))
+    graph.link_nodes(*nodes).configure()
+    graph.push(_frame(x, rate))
+    graph.push(None)
+    frames: list[AudioFrame] = []
+    while True:
+        try:
+            frame = graph.pull()
+        except (av.error.BlockingIOError, av.error.EOFError):
+            break
+        if not isinstance(frame, AudioFrame):  # pragma: no cover - audio graph
+            raise TypeError("audio filter graph produced a non-audio frame")
+        frames.append(frame)
+    return frames
+
+
+def _samples(frames: Sequence[AudioFrame], length: int) -> Floats:
+    """Mono frames → float64 samples, trimmed or zero-padded to ``length``."""
+    parts = [np.asarray(f.to_ndarray(), dtype=np.float64).reshape(-1) for f in frames]
+    out = np.concatenate(parts) if parts else np.zeros(0)
+    if out.size >= length:
+        return out[:length]
+    return np.concatenate([out, np.zeros(length - out.size)])
+
+
+def _gated_loudness(x: Floats, rate: int) -> float | None:
+    """``ebur128``'s integrated loudness; ``-inf`` if gated out; None if under one block."""
+    value: str | None = None
+    for frame in _run_filters(x, rate, [("ebur128", "metadata=1")]):
+        value = frame.metadata.get("lavfi.r128.I", value)
+    if value is None:
+        return None
+    lufs = float(value)
+    return -math.inf if lufs <= _ABSOLUTE_GATE_LUFS else lufs
+
+
+def _loudness(x: Floats, rate: int) -> tuple[float, bool]:
+    """Integrated loudness and whether it is the short-clip estimate."""
+    block = math.ceil(_BLOCK_S * rate)
+    if x.size >= block:
+        lufs = _gated_loudness(x, rate)
+        if lufs is not None:
+            return lufs, False
+    if not np.any(x):
+        return -math.inf, True
+    # Shorter than one gating block: measure one block holding the clip and
+    # silence, then take the silence out of the mean square.
+    padded = np.concatenate([x, np.zeros(max(0, block - x.size))])
+    lufs = _gated_loudness(padded, rate)
+    if lufs is None or lufs == -math.inf:
+        return -math.inf, True
+    return lufs + 10.0 * math.log10(padded.size / x.size), True
+
+
+def _true_peak(x: Floats, rate: int) -> float:
+    """Largest absolute value of ``x`` oversampled to at least 192 kHz (linear)."""
+    if x.size == 0:
+        return 0.0
+    peak = float(np.max(np.abs(x)))
+    if peak == 0.0:
+        return 0.0
+    # float32 is plenty for a peak and several times faster in libswresample.
+    resampler = av.AudioResampler(
+        format="flt", layout="mono", rate=max(_TRUE_PEAK_RATE_HZ, 4 * rate)
+    )
+    for frame in [*resampler.resample(_frame(x.astype(np.float32), rate)), *resampler.resample(None)]:
+        peak = max(peak, float(np.max(np.abs(frame.to_ndarray()))))
+    return peak
+
+
+def _measure(x: Floats, rate: int) -> LoudnessReport:
+    lufs, estimated = _loudness(x, rate)
+    return LoudnessReport(lufs, _db(_true_peak(x, rate)), estimated)
+
+
+def measure(pcm: bytes, sample_rate_hz: int) -> LoudnessReport:
+    """Integrated loudness and true peak of mono s16le ``pcm`` (see ``LoudnessReport``)."""
+    _check_rate(sample_rate_hz)
+    return _measure(_pcm_to_floats(pcm), sample_rate_hz)
+
+
+def _limit(x: Floats, rate: int, limit: float) -> Floats:
+    """``alimiter`` at a sample-peak ``limit`` (linear), same length and alignment."""
+    args = (
+        f"limit={max(limit, _MIN_LIMIT):.6f}:attack={_LIMITER_ATTACK_MS}"
+        f":release={_LIMITER_RELEASE_MS}:level=0:latency=1"
+    )
+    return _samples(_run_filters(x, rate, [("alimiter", args)]), x.size)
+
+
+def _true_peak_limit(x: Floats, rate: int, ceiling: float) -> Floats:
+    """Limit ``x`` so that its true peak is at most ``ceiling`` (linear)."""
+    limit = ceiling
+    y = _limit(x, rate, limit)
+    peak = _true_peak(y, rate)
+    for _ in range(_LIMITER_PASSES - 1):
+        if peak <= ceiling:
+            return y
+        # The limiter holds sample peaks at ``limit``; what is left over is
+        # inter-sample overshoot, roughly proportional, so lower the limit by it.
+        limit *= ceiling / peak
+        if limit < _MIN_LIMIT:
+            break
+        y = _limit(x, rate, limit)
+        peak = _true_peak(y, rate)
+    return y if peak <= ceiling else y * (ceiling / peak)
+
+
+class LoudnessNormalizer:
+    """Bring segments of one announcement to ``target_lufs`` with true peaks ≤ ``true_peak_dbtp``.
+
+    ``normalize`` is called once per segment (a sentence of speech, a chime)
+    in playing order; the instance remembers the gain of the previous segment
+    so that it can keep the gain steady (the rules are in the module
+    docstring).  Use ``reset`` or a new instance for the next announcement.
+
+    Options:
+
+    * ``max_gain_db``: never amplify by more than this (noise or a near-silent
+      segment is not blown up to the target).
+    * ``max_rise_db``: the gain rises by at most this from one segment to the next.
+    * ``full_trust_s``: segments at least this long get the gain their own
+      measurement asks for; shorter ones only part of the way up.
+    * ``silence_lufs``: segments quieter than this count as silence and keep
+      the previous gain (0 dB for the first segment).
+
+    The instance is thread-safe (calls are serialized by a lock), but segment
+    order matters, so drive one announcement from one worker thread.
+    """
+
+    def __init__(
+        self,
+        target_lufs: float = -16.0,
+        true_peak_dbtp: float = -1.0,
+        *,
+        max_gain_db: float = 30.0,
+        max_rise_db: float = 10.0,
+        full_trust_s: float = 2.0,
+        silence_lufs: float = -60.0,
+    ) -> None:
+        if not _ABSOLUTE_GATE_LUFS < target_lufs < 0.0:
+            raise ValueError(f"target_lufs must be within -70..0, got {target_lufs}")
+        if not _db(_MIN_LIMIT) <= true_peak_dbtp <= 0.0:
+            raise ValueError(f"true_peak_dbtp must be within -24..0, got {true_peak_dbtp}")
+        if max_rise_db < 0.0 or full_trust_s < 0.0:
+            raise ValueError("max_rise_db and full_trust_s must not be negative")
+        self.target_lufs = target_lufs
+        self.true_peak_dbtp = true_peak_dbtp
+        self.max_gain_db = max_gain_db
+        self.max_rise_db = max_rise_db
+        self.full_trust_s = full_trust_s
+        self.silence_lufs = silence_lufs
+        self._ceiling = _linear(true_peak_dbtp - _TP_MARGIN_DB)
+        self._gain_db: float | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def gain_db(self) -> float | None:
+        """Gain given to the last non-silent segment (before limiting); None before one."""
+        return self._gain_db
+
+    def reset(self) -> None:
+        """Forget the previous gain: the next segment starts a new announcement."""
+        with self._lock:
+            self._gain_db = None
+
+    def measure(self, pcm: bytes, sample_rate_hz: int) -> LoudnessReport:
+        """Same as the module-level ``measure``."""
+        return measure(pcm, sample_rate_hz)
+
+    def _next_gain(self, lufs: float, duration_s: float) -> float:
+        previous = self._gain_db
+        if lufs == -math.inf or lufs < self.silence_lufs:
+            return 0.0 if previous is None else previous
+        wanted = min(self.target_lufs - lufs, self.max_gain_db)
+        if previous is None or wanted <= previous:
+            gain = wanted
+        else:
+            trust = 1.0 if self.full_trust_s == 0.0 else min(1.0, duration_s / self.full_trust_s)
+            gain = previous + min(trust * (wanted - previous), self.max_rise_db)
+        self._gain_db = gain
+        return gain
+
+    def normalize(self, pcm: bytes, sample_rate_hz: int) -> bytes:
+        """Return ``pcm`` (mono s16le) at the target loudness, same rate and length."""
+        _check_rate(sample_rate_hz)
+        x = _pcm_to_floats(pcm)
+        if x.size == 0:
+            return b""
+        with self._lock:
+            lufs, estimated = _loudness(x, sample_rate_hz)
+            gain_db = self._next_gain(lufs, x.size / sample_rate_hz)
+            return _floats_to_pcm(self._apply(x, sample_rate_hz, gain_db, lufs))
+
+    def _apply(self, x: Floats, rate: int, gain_db: float, lufs: float) -> Floats:
+        y = x * _linear(gain_db)
+        if _true_peak(y, rate) <= self._ceiling:
+            return y
+        expected_lufs = lufs + gain_db
+        makeup_db = 0.0
+        for attempt in range(_MAKEUP_PASSES + 1):
+            limited = _true_peak_limit(x * _linear(gain_db + makeup_db), rate, self._ceiling)
+            if attempt == _MAKEUP_PASSES or not math.isfinite(expected_lufs):
+                break
+            got, _estimated = _loudness(limited, rate)
+            shortfall = expected_lufs - got
+            if shortfall < _MAKEUP_TOLERANCE_LU or makeup_db >= _MAX_MAKEUP_DB:
+                break
+            makeup_db = min(makeup_db + shortfall, _MAX_MAKEUP_DB)
+        return limited

@@ -1,0 +1,68 @@
+"""Priorities through real servers and endpoints: preemption, stacking, flush."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROUTINE = " ".join(f"Routine notice number {i} for the hall." for i in range(4))
+
+
+async def wait_chunks(ep, ann_id, n=10):
+    for _ in range(500):
+        rec = ep.announcements.get(ann_id)
+        if rec and rec.chunks >= n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("audio never started")
+
+
+async def test_emergency_preempts_routine_in_its_zone_only_and_routine_is_replayed(harness):
+    hall = await harness.endpoint("ep-b", ["hall"], ["pcm_s16le/16000"])
+    gate = await harness.endpoint("ep-d", ["gate"], ["pcm_s16le/16000"])
+    _, routine_hall = await harness.post({"text": ROUTINE, "zones": ["hall"], "speed": 1.5})
+    _, routine_gate = await harness.post({"text": "Gate notice.", "zones": ["gate"], "speed": 1.5})
+    await wait_chunks(hall, routine_hall["id"])
+    await wait_chunks(gate, routine_gate["id"], 3)
+    status, emergency = await harness.post(
+        {"text": "Evacuate the hall.", "zones": ["hall"], "priority": "emergency"}
+    )
+    assert status == 202 and emergency["priority"] == 240
+    final_emergency = await harness.wait_final(emergency["id"])
+    assert final_emergency["state"] == "finished"
+    # the routine announcement in the hall was stopped, flushed and replayed afterwards
+    final_routine = await harness.wait_final(routine_hall["id"], timeout_s=60)
+    assert final_routine["state"] == "finished" and final_routine["preemptions"] == 1
+    assert "preempted by announcement" in final_routine["warnings"][0]
+    # the gate was not touched
+    final_gate = await harness.wait_final(routine_gate["id"])
+    assert final_gate["state"] == "finished" and final_gate["preemptions"] == 0
+    started = [e for e in hall.events if e["type"] == "announcement_started"]
+    cancelled = [e for e in hall.events if e["type"] == "announcement_cancelled"]
+    assert [e["announcement_id"] for e in started] == [
+        routine_hall["id"],
+        emergency["id"],
+        routine_hall["id"],
+    ]
+    assert cancelled[0]["preempted_by"] == emergency["id"]
+    # the emergency started right away, not after the routine one
+    assert started[1]["start_at_us"] < started[0]["start_at_us"] + 5_000_000
+    assert all(e["type"] != "announcement_cancelled" for e in gate.events)
+
+
+async def test_drop_policy_and_cancel_flush_the_speaker(harness):
+    ep = await harness.endpoint("ep-b", ["hall"], ["opus/48000"])
+    _, low = await harness.post({"text": ROUTINE, "zones": ["hall"], "on_preempt": "drop"})
+    await wait_chunks(ep, low["id"])
+    rec_before = ep.announcements[low["id"]]
+    _, high = await harness.post(
+        {"text": "Operational message.", "zones": ["hall"], "priority": 200}
+    )
+    final_low = await harness.wait_final(low["id"])
+    assert final_low["state"] == "cancelled" and "dropped by its policy" in final_low["reason"]
+    assert final_low["endpoints"]["ep-b"]["state"] == "preempted"
+    assert rec_before.status == "cancelled" and rec_before.flushed_chunks > 0  # buffer dropped
+    await harness.wait_final(high["id"])
