@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,6 +57,17 @@ def _leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
+
+
+@dataclass
+class _Live:
+    """What a late joiner needs of a playing announcement."""
+
+    by_format: dict[str, list[EndpointLink]]
+    started: dict[str, str]  # format key -> the announcement_started text
+    #: Recently queued frames per format: (play_at_us, duration_us, frame). Kept only
+    #: while still fresh (play time not passed), so bounded by one playout delay.
+    recent: dict[str, deque[tuple[int, int, bytes]]]
 
 
 class QueueFull(Exception):
@@ -123,6 +135,8 @@ class Announcer:
         #: The very connections each playing announcement was started on: a cancel
         #: must reach those, not a newer connection of the same endpoint id.
         self._audiences: dict[str, list[EndpointLink]] = {}
+        #: Playing announcements whose audio is still being sent (late joins attach here).
+        self._live: dict[str, _Live] = {}
         #: Announcements whose announcement_ended was sent (audio all queued).
         self._ended: set[str] = set()
         self._listeners: list[Callable[[Announcement], None]] = []
@@ -299,6 +313,40 @@ class Announcer:
         if self.journal is not None:
             self._mark_dirty(ann)  # receipts usually come after the final state
 
+    def on_join(self, link: EndpointLink) -> None:
+        """An endpoint joined: attach it to what is playing in its zones, from the live point.
+
+        It gets the announcement_started message and the audio already queued for
+        the others that has not played yet, then follows the stream. Only for a
+        format the announcement is already encoded in; otherwise it hears the next one.
+        """
+        now = self.clock.monotonic_us()
+        for ann_id, live in list(self._live.items()):
+            ann = self.registry.get(ann_id)
+            if ann is None or set(ann.spec.zones).isdisjoint(link.zones):
+                continue
+            key = link.format.key
+            if key not in live.started:
+                log.info(
+                    "endpoint %s joined during %s but %s is not among its formats (%s)",
+                    link.endpoint_id,
+                    ann_id,
+                    key,
+                    ",".join(live.started),
+                )
+                continue
+            stats = DeliveryStats(link.endpoint_id, key, late_join=True)
+            ann.deliveries[link.endpoint_id] = stats
+            link.outbox.put_control(live.started[key])
+            for play_at, duration, frame in live.recent[key]:
+                if play_at > now:
+                    link.outbox.put_audio(
+                        frame, play_at_us=play_at, duration_us=duration, now_us=now, stats=stats
+                    )
+            live.by_format[key].append(link)
+            self._audiences.setdefault(ann_id, []).append(link)
+            log.info("endpoint %s joined announcement %s mid-air", link.endpoint_id, ann_id)
+
     def add_listener(self, listener: Callable[[Announcement], None]) -> None:
         """Called on every state change (used by tests and, later, the store)."""
         self._listeners.append(listener)
@@ -439,6 +487,7 @@ class Announcer:
                 await prepared.close()
             self._tasks.pop(ann.id, None)
             self._audiences.pop(ann.id, None)
+            self._live.pop(ann.id, None)
             self._ended.discard(ann.id)
             self.arbiter.release(ann.id)
             self._wake.set()
@@ -519,8 +568,10 @@ class Announcer:
         ann.start_at_us = pacer.start_us
         self._notify(ann)
         estimate_ms = int(len(spec.text) / _CHARS_PER_SECOND / spec.speed * 1000)
+        live = _Live(by_format=by_format, started={}, recent={k: deque() for k in formats})
+        self._live[ann.id] = live
         for key, links in by_format.items():
-            started = wire.dump(
+            started = live.started[key] = wire.dump(
                 wire.AnnouncementStarted(
                     announcement_id=ann.id,
                     stream=ann.number,
@@ -571,6 +622,10 @@ class Announcer:
                     now = clock.monotonic_us()
                     if ann.first_audio_sent_us is None:
                         ann.first_audio_sent_us = now
+                    recent = live.recent[key]
+                    recent.append((slot.play_at_us, frame.duration_us, data))
+                    while recent and recent[0][0] + recent[0][1] <= now:
+                        recent.popleft()
                     for link in by_format[key]:
                         if self.hub.is_current(link):
                             link.outbox.put_audio(
@@ -582,6 +637,7 @@ class Announcer:
                             )
                     end_us[key] = max(end_us[key], offset_us + frame.duration_us)
 
+        self._live.pop(ann.id, None)  # all audio is out: nothing left to join
         ann.underruns = pacer.underruns
         end_offset_us = max(end_us.values())
         ann.duration_ms = end_offset_us // 1000
@@ -606,7 +662,7 @@ class Announcer:
         self.arbiter.release(ann.id)
         self._wake.set()
         await clock.sleep_until_us(end_at_us)
-        for link in audience:
+        for link in self._audiences.get(ann.id, audience):
             stats = ann.deliveries[link.endpoint_id]
             stats.state = "sent" if self.hub.is_current(link) else "disconnected"
         self._finish(ann, AnnouncementState.FINISHED, None)

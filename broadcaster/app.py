@@ -190,7 +190,11 @@ class Service:
         await self.runner.load()
         self._runner_task = asyncio.create_task(self.runner.run(), name="schedules")
         self.endpoint_server = EndpointServer(
-            config=cfg, hub=self.hub, clock=self.clock, on_receipt=self.announcer.on_receipt
+            config=cfg,
+            hub=self.hub,
+            clock=self.clock,
+            on_receipt=self.announcer.on_receipt,
+            on_join=self.announcer.on_join,
         )
         await self.endpoint_server.start(cfg.server.ws_host, cfg.server.ws_port)
         self.ws_port = self.endpoint_server.port

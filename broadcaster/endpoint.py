@@ -83,6 +83,10 @@ class ReceivedAnnouncement:
     path: Path | None = None
 
     @property
+    def joined_late(self) -> bool:
+        return bool(self.seqs) and self.seqs[0] > 0
+
+    @property
     def duration_ms(self) -> int:
         return len(self.pcm) // 2 * 1000 // self.format.sample_rate_hz
 
@@ -313,8 +317,9 @@ class ReferenceEndpoint:
         if rec is None or decoder is None or rec.status != "receiving":
             return  # audio of an announcement we never saw start, or already ended
         before = len(rec.pcm)
-        expected = rec.seqs[-1] + 1 if rec.seqs else 0
-        if header.seq != expected:
+        # The first chunk may be past seq 0: an endpoint that joins mid-announcement
+        # hears it from the live point.
+        if rec.seqs and header.seq != rec.seqs[-1] + 1:
             rec.gaps += 1
         if rec.seqs:
             # Keep the timeline: a missing chunk, or a pause the server marked as a
@@ -339,8 +344,10 @@ class ReferenceEndpoint:
         rec = self.announcements.get(msg.announcement_id)
         if rec is None:
             return
-        rec.expected_chunks = msg.chunks
-        rec.status = "complete" if rec.chunks == msg.chunks and rec.gaps == 0 else "incomplete"
+        first = rec.seqs[0] if rec.seqs else 0  # > 0 after a late join
+        rec.expected_chunks = msg.chunks - first
+        whole = rec.chunks == rec.expected_chunks and rec.gaps == 0 and rec.chunks > 0
+        rec.status = "complete" if whole else "incomplete"
         await self._finish(ws, rec)
 
     async def _on_cancelled(self, ws: ClientConnection, msg: wire.AnnouncementCancelled) -> None:

@@ -29,6 +29,8 @@ class DeliveryStats:
     dropped_overflow: int = 0
     bytes_sent: int = 0
     receipt: dict[str, object] | None = None
+    #: Joined while the announcement was already playing (heard it from the live point).
+    late_join: bool = False
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -41,6 +43,7 @@ class DeliveryStats:
             "dropped_overflow": self.dropped_overflow,
             "bytes_sent": self.bytes_sent,
             "receipt": self.receipt,
+            "late_join": self.late_join,
         }
 
 

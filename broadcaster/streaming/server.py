@@ -53,11 +53,13 @@ class EndpointServer:
         hub: Hub,
         clock: Clock,
         on_receipt: Callable[[str, wire.Receipt], None],
+        on_join: Callable[[EndpointLink], None] = lambda link: None,
     ) -> None:
         st = config.streaming
         self._hub = hub
         self._clock = clock
         self._on_receipt = on_receipt
+        self._on_join = on_join
         self._grants: Mapping[str, EndpointGrant] = {
             ep.id: EndpointGrant(zones=frozenset(ep.zones), token_ok=ep.token_matches)
             for ep in config.endpoints
@@ -151,6 +153,7 @@ class EndpointServer:
                     old = self._hub.register(link)
                     if old is not None:
                         old.close(CloseCode.REPLACED, "replaced by a newer connection")
+                    self._on_join(link)
                     log.info(
                         "endpoint %s joined zones %s as %s from %s (%s)",
                         event.endpoint_id,

@@ -66,3 +66,19 @@ async def test_drop_policy_and_cancel_flush_the_speaker(harness):
     assert final_low["endpoints"]["ep-b"]["state"] == "preempted"
     assert rec_before.status == "cancelled" and rec_before.flushed_chunks > 0  # buffer dropped
     await harness.wait_final(high["id"])
+
+
+async def test_late_joiner_hears_the_rest_from_the_live_point(harness):
+    first = await harness.endpoint("ep-b", ["hall"], ["pcm_s16le/16000"])
+    _, created = await harness.post({"text": ROUTINE, "zones": ["hall"], "speed": 1.5})
+    await wait_chunks(first, created["id"], 60)
+    late = await harness.endpoint("ep-c", ["hall"], ["pcm_s16le/16000"])
+    final = await harness.wait_final(created["id"])
+    await harness.wait_receipts(created["id"], ["ep-b", "ep-c"])
+    whole, rest = first.announcements[created["id"]], late.announcements[created["id"]]
+    assert whole.status == "complete" and whole.seqs[0] == 0
+    assert rest.status == "complete" and rest.joined_late and rest.gaps == 0
+    # it started from what was still to play, not from the beginning, and got to the end
+    assert rest.seqs[0] > 0 and rest.seqs[-1] == whole.seqs[-1]
+    assert rest.late_chunks == 0  # nothing stale was sent to it
+    assert final["endpoints"]["ep-c"]["late_join"] is True
