@@ -313,6 +313,23 @@ class Announcer:
         if self.journal is not None:
             self._mark_dirty(ann)  # receipts usually come after the final state
 
+    def on_playback(self, endpoint_id: str, msg: wire.Playback) -> None:
+        """A playback receipt: the endpoint started or finished playing a stream."""
+        ann = self.registry.get(msg.announcement_id)
+        stats = ann.deliveries.get(endpoint_id) if ann is not None else None
+        if ann is None or stats is None or msg.stream != ann.number:
+            return  # an earlier (preempted) stream of it, or unknown
+        if msg.event == "started":
+            stats.started_at_us = msg.at_us
+            if stats.state in ("queued", "sent", "missed"):
+                stats.state = "started"
+        else:
+            stats.finished_at_us = msg.at_us
+            if stats.state in ("queued", "started", "sent", "missed"):
+                stats.state = "finished"
+        if self.journal is not None:
+            self._mark_dirty(ann)
+
     def on_join(self, link: EndpointLink) -> None:
         """An endpoint joined: attach it to what is playing in its zones, from the live point.
 
@@ -664,7 +681,10 @@ class Announcer:
         await clock.sleep_until_us(end_at_us)
         for link in self._audiences.get(ann.id, audience):
             stats = ann.deliveries[link.endpoint_id]
-            stats.state = "sent" if self.hub.is_current(link) else "disconnected"
+            if stats.state in ("started", "finished"):
+                continue  # the endpoint's own receipts say it
+            # No receipt (yet): all audio went out to a connected endpoint, or it left.
+            stats.state = "sent" if self.hub.is_current(link) else "missed"
         self._finish(ann, AnnouncementState.FINISHED, None)
 
     async def _produce(
@@ -735,7 +755,7 @@ class Announcer:
         for link in self._audiences.get(ann.id, []):
             stats = ann.deliveries[link.endpoint_id]
             if not self.hub.is_current(link):
-                stats.state = "disconnected"
+                stats.state = "missed"
                 continue
             link.outbox.discard_audio(stats)
             stats.state = "cancelled"

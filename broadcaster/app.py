@@ -195,6 +195,7 @@ class Service:
             clock=self.clock,
             on_receipt=self.announcer.on_receipt,
             on_join=self.announcer.on_join,
+            on_playback=self.announcer.on_playback,
         )
         await self.endpoint_server.start(cfg.server.ws_host, cfg.server.ws_port)
         self.ws_port = self.endpoint_server.port
@@ -206,6 +207,7 @@ class Service:
             clock=self.clock,
             store=self.store,
             runner=self.runner,
+            supervisor=self.endpoint_server.supervisor,
         )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()

@@ -148,6 +148,10 @@ class ReferenceEndpoint:
         self._last_received_us = 0
         self._pings: dict[int, int] = {}
         self._done = asyncio.Event()
+        self._ws: ClientConnection | None = None
+        #: Playback receipts waiting for their moment, per stream (owned; cancelled
+        #: with the stream or the connection).
+        self._acks: dict[int, set[asyncio.Task[None]]] = {}
         self.close_code: int | None = None
         self.close_reason: str | None = None
 
@@ -217,6 +221,7 @@ class ReferenceEndpoint:
         pinger: asyncio.Task[None] | None = None
         watchdog: asyncio.Task[None] | None = None
         self._last_received_us = self._now()
+        self._ws = ws
         try:
             async for message in ws:
                 self._last_received_us = self._now()
@@ -264,6 +269,11 @@ class ReferenceEndpoint:
             for task in (pinger, watchdog):
                 if task is not None:
                     task.cancel()
+            for tasks in self._acks.values():
+                for task in tasks:
+                    task.cancel()
+            self._acks.clear()
+            self._ws = None
         self.close_code, self.close_reason = code, reason
         log.info("connection closed by server: %s %s", code, reason or "")
         self.joined.clear()
@@ -331,6 +341,8 @@ class ReferenceEndpoint:
         rec.play_at_us.append(header.play_at_us)
         rec.durations_us.append(header.duration_us)
         rec.chunks += 1
+        if rec.chunks == 1:
+            self._ack_at(rec, "started", header.play_at_us)
         rec.pcm.extend(decoder.decode(payload))
         rec.chunk_bytes.append(len(rec.pcm) - before)  # with any silence filled before it
         if self.clock_estimate.offset_us is not None:
@@ -344,6 +356,7 @@ class ReferenceEndpoint:
         rec = self.announcements.get(msg.announcement_id)
         if rec is None:
             return
+        self._ack_at(rec, "finished", msg.end_at_us)
         first = rec.seqs[0] if rec.seqs else 0  # > 0 after a late join
         rec.expected_chunks = msg.chunks - first
         whole = rec.chunks == rec.expected_chunks and rec.gaps == 0 and rec.chunks > 0
@@ -358,12 +371,44 @@ class ReferenceEndpoint:
             # Cancelled after it ended: a speaker would drop what it still has buffered.
             log.info("announcement %s cancelled after its end: %s", rec.announcement_id, msg.reason)
             return
+        for task in self._acks.pop(rec.stream, set()):
+            task.cancel()  # it will not play to its end now
         rec.status = "cancelled"
         rec.reason = msg.reason
         rec.preempted_by = msg.preempted_by
         if msg.flush:
             self._flush(rec)
         await self._finish(ws, rec)
+
+    def _ack_at(self, rec: ReceivedAnnouncement, event: str, server_us: int) -> None:
+        """Send a playback receipt when the server-clock instant ``server_us`` comes here.
+
+        A real speaker would send it when its output actually starts or ends; this
+        reference endpoint has no sound card, so the scheduled play time stands in.
+        """
+        ws = self._ws
+        if ws is None:
+            return
+        offset = self.clock_estimate.offset_us or 0
+
+        async def send() -> None:
+            await self.clock.sleep_until_us(server_us - offset)
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(
+                    wire.dump(
+                        wire.Playback(
+                            announcement_id=rec.announcement_id,
+                            stream=rec.stream,
+                            event=event,  # type: ignore[arg-type]
+                            at_us=server_us,
+                        )
+                    )
+                )
+
+        tasks = self._acks.setdefault(rec.stream, set())
+        task = asyncio.create_task(send(), name=f"ack-{event}-{rec.stream}")
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def _flush(self, rec: ReceivedAnnouncement) -> None:
         """Drop what has not played yet, as a speaker empties its buffer."""

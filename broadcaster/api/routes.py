@@ -20,6 +20,7 @@ from broadcaster.scheduling.runner import ScheduleError, ScheduleRunner
 from broadcaster.scheduling.templates import TemplateError
 from broadcaster.store import AsyncStore, StoreError
 from broadcaster.streaming.hub import Hub
+from broadcaster.streaming.supervision import Supervisor
 
 from .schemas import AnnouncementRequest, field_errors
 
@@ -33,6 +34,7 @@ HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock", object)  # type: ignore[arg-type]  # Protocol
 STORE: web.AppKey[AsyncStore] = web.AppKey("store", AsyncStore)
 RUNNER: web.AppKey[ScheduleRunner] = web.AppKey("runner", ScheduleRunner)
+SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor", Supervisor)
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -317,14 +319,24 @@ async def list_endpoints(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     cfg = request.app[CONFIG]
     connected = {link.endpoint_id: link.as_dict(now) for link in hub.links()}
+    supervisor = request.app.get(SUPERVISOR)
     items = []
     for ep in cfg.endpoints:
         entry: dict[str, Any] = {"endpoint_id": ep.id, "allowed_zones": ep.zones}
+        if supervisor is not None:
+            entry["supervision"] = supervisor.status(ep.id)
         entry["connected"] = ep.id in connected
         if ep.id in connected:
             entry.update(connected[ep.id])
         items.append(entry)
     return web.json_response({"endpoints": items})
+
+
+async def list_events(request: web.Request) -> web.Response:
+    """Supervision events (endpoint faults, recoveries), oldest first."""
+    supervisor = request.app.get(SUPERVISOR)
+    events = supervisor.events() if supervisor is not None else []
+    return web.json_response({"events": [e.as_dict() for e in events]})
 
 
 async def list_zones(request: web.Request) -> web.Response:
@@ -367,8 +379,11 @@ def build_app(
     clock: Clock,
     store: AsyncStore | None = None,
     runner: ScheduleRunner | None = None,
+    supervisor: Supervisor | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=4 * 1024 * 1024)
+    if supervisor is not None:
+        app[SUPERVISOR] = supervisor
     if store is not None:
         app[STORE] = store
     if runner is not None:
@@ -390,5 +405,6 @@ def build_app(
     app.router.add_post("/v1/triggers/{template}", trigger_template)
     app.router.add_get("/v1/endpoints", list_endpoints)
     app.router.add_get("/v1/zones", list_zones)
+    app.router.add_get("/v1/events", list_events)
     app.router.add_get("/healthz", health)
     return app

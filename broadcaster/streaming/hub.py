@@ -22,7 +22,10 @@ class DeliveryStats:
 
     endpoint_id: str
     format: str
-    state: str = "receiving"  # receiving | sent | cancelled | disconnected
+    #: queued -> started -> finished (from the endpoint's playback receipts); or
+    #: preempted, cancelled, missed (never played: gone before it could), or sent
+    #: (all audio sent, the endpoint sends no playback receipts).
+    state: str = "queued"
     chunks_queued: int = 0
     chunks_sent: int = 0
     dropped_stale: int = 0
@@ -31,6 +34,8 @@ class DeliveryStats:
     receipt: dict[str, object] | None = None
     #: Joined while the announcement was already playing (heard it from the live point).
     late_join: bool = False
+    started_at_us: int | None = None
+    finished_at_us: int | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -44,6 +49,8 @@ class DeliveryStats:
             "bytes_sent": self.bytes_sent,
             "receipt": self.receipt,
             "late_join": self.late_join,
+            "started_at_us": self.started_at_us,
+            "finished_at_us": self.finished_at_us,
         }
 
 

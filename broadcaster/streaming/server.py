@@ -16,6 +16,7 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
+from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -30,11 +31,13 @@ from broadcaster.streaming.session import (
     EndpointGrant,
     EndpointSession,
     Joined,
+    PlaybackReceived,
     ReceiptReceived,
     RoundTrip,
     SessionSettings,
     SessionState,
 )
+from broadcaster.streaming.supervision import SupervisionEvent, Supervisor
 from broadcaster.streaming.wire import CloseCode
 
 log = logging.getLogger(__name__)
@@ -54,12 +57,14 @@ class EndpointServer:
         clock: Clock,
         on_receipt: Callable[[str, wire.Receipt], None],
         on_join: Callable[[EndpointLink], None] = lambda link: None,
+        on_playback: Callable[[str, wire.Playback], None] = lambda eid, msg: None,
     ) -> None:
         st = config.streaming
         self._hub = hub
         self._clock = clock
         self._on_receipt = on_receipt
         self._on_join = on_join
+        self._on_playback = on_playback
         self._grants: Mapping[str, EndpointGrant] = {
             ep.id: EndpointGrant(zones=frozenset(ep.zones), token_ok=ep.token_matches)
             for ep in config.endpoints
@@ -76,6 +81,12 @@ class EndpointServer:
         self._lag_limit_us = st.lagging_disconnect_ms * 1000
         self._server: Server | None = None
         self._ids = itertools.count(1)
+        self.supervisor = Supervisor(
+            timeout_us=st.heartbeat_timeout_ms * 1000, endpoints=[ep.id for ep in config.endpoints]
+        )
+        self._supervise_task: asyncio.Task[None] | None = None
+        self._supervise_wake = asyncio.Event()
+        self._stopping = False
 
     @property
     def port(self) -> int:
@@ -98,12 +109,44 @@ class EndpointServer:
             close_timeout=2,
             logger=logging.getLogger("broadcaster.streaming.websockets"),
         )
+        self._supervise_task = asyncio.create_task(self._supervise(), name="supervision")
 
     async def stop(self) -> None:
+        self._stopping = True
+        if self._supervise_task is not None:
+            self._supervise_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervise_task
+            self._supervise_task = None
         if self._server is None:
             return
         self._server.close(close_connections=True)  # endpoints get 1001 going away
         await self._server.wait_closed()
+
+    async def _supervise(self) -> None:
+        """Turn dropped links that did not come back into faults, on time."""
+        while True:
+            deadline = self.supervisor.next_deadline_us()
+            waker = asyncio.ensure_future(self._supervise_wake.wait())
+            timer = asyncio.ensure_future(
+                self._clock.sleep_until_us(
+                    deadline if deadline is not None else self._clock.monotonic_us() + 60_000_000
+                )
+            )
+            try:
+                racers: set[asyncio.Future[Any]] = {waker, timer}
+                await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waker.cancel()
+                timer.cancel()
+            self._supervise_wake.clear()
+            self._log_events(self.supervisor.tick(self._clock.monotonic_us()))
+
+    @staticmethod
+    def _log_events(events: list[SupervisionEvent]) -> None:
+        for ev in events:
+            level = logging.ERROR if ev.kind == "endpoint_fault" else logging.INFO
+            log.log(level, "supervision: %s %s (%s)", ev.kind, ev.endpoint_id, ev.detail)
 
     def _check_path(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.path.split("?", 1)[0] != ENDPOINT_PATH:
@@ -153,6 +196,9 @@ class EndpointServer:
                     old = self._hub.register(link)
                     if old is not None:
                         old.close(CloseCode.REPLACED, "replaced by a newer connection")
+                    self._log_events(
+                        self.supervisor.joined(event.endpoint_id, clock.monotonic_us())
+                    )
                     self._on_join(link)
                     log.info(
                         "endpoint %s joined zones %s as %s from %s (%s)",
@@ -164,6 +210,8 @@ class EndpointServer:
                     )
                 elif isinstance(event, ReceiptReceived) and session.endpoint_id:
                     self._on_receipt(session.endpoint_id, event.receipt)
+                elif isinstance(event, PlaybackReceived) and session.endpoint_id:
+                    self._on_playback(session.endpoint_id, event.playback)
                 elif isinstance(event, RoundTrip) and link is not None:
                     link.rtt_us = event.rtt_us
             if session.close is not None:
@@ -252,9 +300,20 @@ class EndpointServer:
             for task in (reader_task, timer_task, writer_task):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if link is not None:
-                self._hub.unregister(link)
             close = session.close
+            if link is not None and self._hub.unregister(link) and not self._stopping:
+                # Still the current link of its endpoint (not replaced): supervise the loss.
+                code = close.code if close is not None else None
+                self._log_events(
+                    self.supervisor.left(
+                        link.endpoint_id,
+                        clock.monotonic_us(),
+                        clean=code == CloseCode.NORMAL,
+                        silent=code == CloseCode.HEARTBEAT_TIMEOUT,
+                        detail=close.reason if close is not None else "connection lost",
+                    )
+                )
+                self._supervise_wake.set()
             if close is not None:
                 if close.code not in (CloseCode.NORMAL,):
                     log.warning(

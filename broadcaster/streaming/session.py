@@ -65,13 +65,18 @@ class ReceiptReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class PlaybackReceived:
+    playback: wire.Playback
+
+
+@dataclass(frozen=True, slots=True)
 class RoundTrip:
     """A pong answered one of our pings: how long the round trip took."""
 
     rtt_us: int
 
 
-SessionEvent = Joined | ReceiptReceived | RoundTrip
+SessionEvent = Joined | ReceiptReceived | PlaybackReceived | RoundTrip
 
 
 def format_spec(fmt: StreamFormat) -> wire.ServerFormatSpec:
@@ -162,6 +167,8 @@ class EndpointSession:
                 self._events.append(RoundTrip(self.last_rtt_us))
         elif isinstance(msg, wire.Receipt):
             self._events.append(ReceiptReceived(msg))
+        elif isinstance(msg, wire.Playback):
+            self._events.append(PlaybackReceived(msg))
         elif isinstance(msg, wire.Bye):
             self._close(CloseCode.NORMAL, msg.reason or "endpoint said bye")
 

@@ -168,6 +168,17 @@ class ServerPong(Pong):
     model_config = ConfigDict(extra="ignore", frozen=True, strict=False)
 
 
+class Playback(_Msg):
+    """The endpoint started or finished playing an announcement's stream (a receipt)."""
+
+    type: Literal["playback"] = "playback"
+    announcement_id: str
+    stream: int
+    event: Literal["started", "finished"]
+    #: When it happened, on the server clock as the endpoint estimates it.
+    at_us: int | None = None
+
+
 class Bye(_Msg):
     type: Literal["bye"] = "bye"
     reason: str | None = None
@@ -232,7 +243,9 @@ class Error(_ServerMsg):
     field: str | None = None
 
 
-EndpointMessage = Annotated[Hello | Ping | Pong | Receipt | Bye, Field(discriminator="type")]
+EndpointMessage = Annotated[
+    Hello | Ping | Pong | Receipt | Playback | Bye, Field(discriminator="type")
+]
 ServerMessage = Annotated[
     Welcome
     | ServerPing
@@ -247,7 +260,7 @@ ServerMessage = Annotated[
 _endpoint_adapter: TypeAdapter[Any] = TypeAdapter(EndpointMessage)
 _server_adapter: TypeAdapter[Any] = TypeAdapter(ServerMessage)
 
-ENDPOINT_TYPES = frozenset({"hello", "ping", "pong", "receipt", "bye"})
+ENDPOINT_TYPES = frozenset({"hello", "ping", "pong", "receipt", "playback", "bye"})
 SERVER_TYPES = frozenset(
     {
         "welcome",
@@ -300,9 +313,11 @@ def _parse(text: str | bytes, adapter: TypeAdapter[Any], known: frozenset[str]) 
         raise MessageError("invalid_field", f"{kind}.{field}: {first['msg']}", field) from None
 
 
-def parse_endpoint_message(text: str | bytes) -> Hello | Ping | Pong | Receipt | Bye:
+def parse_endpoint_message(text: str | bytes) -> Hello | Ping | Pong | Receipt | Playback | Bye:
     """Parse a text frame sent by an endpoint. Raises :class:`MessageError`."""
-    msg: Hello | Ping | Pong | Receipt | Bye = _parse(text, _endpoint_adapter, ENDPOINT_TYPES)
+    msg: Hello | Ping | Pong | Receipt | Playback | Bye = _parse(
+        text, _endpoint_adapter, ENDPOINT_TYPES
+    )
     return msg
 
 
