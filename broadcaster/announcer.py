@@ -15,11 +15,13 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from broadcaster.announcements import Announcement, Registry, ZoneArbiter
+from broadcaster.audio.chimes import ChimeError, chime_pcm, load_chime_file
+from broadcaster.audio.loudness import LoudnessNormalizer
 from broadcaster.audio.pacer import Pacer
 from broadcaster.audio.transcode import MultiTranscoder
 from broadcaster.clock import Clock
@@ -32,7 +34,7 @@ from broadcaster.model import (
 )
 from broadcaster.speech.chain import EngineChain, FallbackPolicy, SpeechOutcome
 from broadcaster.speech.engine import SpeechEngine, SpeechError
-from broadcaster.speech.prepared import PreparedSpeech
+from broadcaster.speech.prepared import PreparedSpeech, Programme, Sound, Speech
 from broadcaster.speech.segmenter import split_text
 from broadcaster.streaming import wire
 from broadcaster.streaming.hub import DeliveryStats, EndpointLink, Hub
@@ -98,6 +100,14 @@ class PlayoutSettings:
     queue_limit: int
     #: How long an announcement waits for an endpoint when its zones have none.
     wait_for_endpoints_us: int = 0
+    audio: AudioSettings = field(default_factory=lambda: AudioSettings())
+
+
+@dataclass(frozen=True, slots=True)
+class AudioSettings:
+    normalize: bool = True
+    target_lufs: float = -16.0
+    true_peak_dbtp: float = -1.0
 
 
 class Announcer:
@@ -259,36 +269,78 @@ class Announcer:
         prepared = self._prepared.get(ann.id)
         if prepared is None:
             spec = ann.spec
-            segments = self._segments(spec)
-            ann.segments = len(segments)
-            requests = [
-                SpeechRequest(
-                    text=text,
-                    voice=spec.voice,
-                    language=spec.language,
-                    speed=spec.speed,
-                    style=spec.style,
-                    max_new_tokens=spec.max_new_tokens,
+            ann.segments = 0
+            parts = []
+            for language, text in ((spec.language, spec.text), *spec.also):
+                segments = self._segments(spec, text)
+                ann.segments += len(segments)
+                parts.append(
+                    Speech(
+                        [
+                            SpeechRequest(
+                                text=segment,
+                                voice=spec.voice,
+                                language=language,
+                                speed=spec.speed,
+                                style=spec.style,
+                                max_new_tokens=spec.max_new_tokens,
+                            )
+                            for segment in segments
+                        ]
+                    )
                 )
-                for text in segments
-            ]
+            audio = self.settings.audio
+            rate = int(getattr(self.engine, "sample_rate_hz", 24000))
+            programme = Programme(
+                before=self._chime(spec.chime_before, rate),
+                speech=parts,
+                repeats=spec.repeats,
+                repeat_gap_ms=spec.repeat_gap_ms,
+                after=self._chime(spec.chime_after, rate),
+            )
+            normalizer = (
+                LoudnessNormalizer(audio.target_lufs, audio.true_peak_dbtp)
+                if audio.normalize
+                else None
+            )
             prepared = PreparedSpeech(
                 self.speech,
-                requests,
+                programme,
                 priority=spec.priority,
                 outcome=SpeechOutcome(engine=self.engine.name),
+                normalize=normalizer.normalize if normalizer is not None else None,
             )
             prepared.start()
             self._prepared[ann.id] = prepared
         return prepared
 
-    def _segments(self, spec: AnnouncementSpec) -> list[str]:
+    def _chime(self, name: str | None, rate: int) -> Sound | None:
+        """A chime's audio at the speech rate; a bad file is logged and skipped."""
+        if not name:
+            return None
+        audio = self.settings.audio
+        try:
+            if name.startswith("file:"):
+                pcm = load_chime_file(
+                    name.removeprefix("file:"),
+                    rate,
+                    target_lufs=audio.target_lufs if audio.normalize else None,
+                    true_peak_dbtp=audio.true_peak_dbtp,
+                )
+            else:
+                pcm = chime_pcm(
+                    name, rate, target_lufs=audio.target_lufs, true_peak_dbtp=audio.true_peak_dbtp
+                )
+        except (ChimeError, ValueError) as exc:
+            log.error("chime %s cannot be played: %s", name, exc)
+            return None
+        return Sound(pcm, rate)
+
+    def _segments(self, spec: AnnouncementSpec, text: str) -> list[str]:
         whole_limit = getattr(self.engine, "max_request_chars", self.engine.max_text_chars)
-        if not spec.split and len(spec.text) <= whole_limit:
-            return [spec.text]  # one take, as asked
-        return split_text(
-            spec.text, self.engine.max_text_chars, self.settings.first_segment_max_chars
-        )
+        if not spec.split and len(text) <= whole_limit:
+            return [text]  # one take, as asked
+        return split_text(text, self.engine.max_text_chars, self.settings.first_segment_max_chars)
 
     def cancel(self, ann_id: str, reason: str = "cancelled by operator") -> Announcement | None:
         ann = self.registry.get(ann_id)

@@ -21,7 +21,7 @@ from types import TracebackType
 from aiohttp import web
 
 from broadcaster.announcements import Registry
-from broadcaster.announcer import Announcer, PlayoutSettings
+from broadcaster.announcer import Announcer, AudioSettings, PlayoutSettings
 from broadcaster.api.routes import build_app
 from broadcaster.clock import Clock, SystemClock
 from broadcaster.config import Config
@@ -172,6 +172,11 @@ class Service:
                 first_segment_max_chars=cfg.speech.first_segment_max_chars,
                 queue_limit=cfg.announcements.queue_limit,
                 wait_for_endpoints_us=int(cfg.announcements.wait_for_endpoints_s * 1e6),
+                audio=AudioSettings(
+                    normalize=cfg.audio.normalize,
+                    target_lufs=cfg.audio.target_lufs,
+                    true_peak_dbtp=cfg.audio.true_peak_dbtp,
+                ),
             ),
         )
         restored, _ = await recover(

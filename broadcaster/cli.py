@@ -50,6 +50,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             overrides[name] = value
     if overrides:
         config = config.model_copy(update={"server": config.server.model_copy(update=overrides)})
+    if args.store is not None:
+        config = config.model_copy(
+            update={"store": config.store.model_copy(update={"path": args.store})}
+        )
     _setup_logging(args.log_level or config.logging.level)
 
     async def main() -> None:

@@ -190,6 +190,24 @@ class SchedulingConfig(_Section):
     coalesce: bool = True
 
 
+class AudioConfig(_Section):
+    #: Normalize every announcement (speech and chimes) to one loudness.
+    normalize: bool = True
+    #: EBU R128 integrated loudness target, LUFS.
+    target_lufs: float = Field(default=-16.0, ge=-40, le=-5)
+    #: True-peak ceiling, dBTP.
+    true_peak_dbtp: float = Field(default=-1.0, ge=-12, le=0)
+
+
+_CHIME_NAMES = ("two-tone", "three-tone", "four-tone", "alert")
+
+
+def _check_chime(v: str | None) -> str | None:
+    if v is None or v.startswith("file:") or v in _CHIME_NAMES:
+        return v
+    raise ValueError(f"unknown chime {v!r}; one of {', '.join(_CHIME_NAMES)} or file:PATH")
+
+
 class ZoneConfig(_Section):
     id: _ID
     name: str | None = None
@@ -241,6 +259,15 @@ class TemplateConfig(_Section):
     expires_after_s: float | None = Field(default=None, gt=0)
     #: When a higher priority takes its zones: "stack" (replay afterwards) or "drop".
     on_preempt: Literal["stack", "drop"] = "stack"
+    #: Call composition: a chime before and after (two-tone, three-tone, four-tone,
+    #: alert, or file:PATH to a WAV), and repeats of the spoken part with a gap.
+    chime_before: str | None = None
+    chime_after: str | None = None
+    repeats: int = Field(default=0, ge=0, le=10)
+    repeat_gap_ms: int = Field(default=1000, ge=0, le=60000)
+    #: More languages, spoken after the first in this order: language -> text (the same
+    #: variables as `text`), e.g. { German = "...", French = "..." }.
+    translations: dict[str, str] = Field(default_factory=dict)
     #: Misfire policy for schedules of this template that do not set their own.
     misfire_grace_s: float | None = Field(default=None, ge=0)
     coalesce: bool | None = None
@@ -252,15 +279,31 @@ class TemplateConfig(_Section):
 
         try:
             self.compiled()
+            for language in self.translations:
+                self.compiled(language)
         except TemplateError as exc:
             raise ValueError(str(exc)) from None
         return self
 
-    def compiled(self) -> CompiledTemplate:
+    def compiled(self, language: str | None = None) -> CompiledTemplate:
+        """The template, or with ``language`` its translation into that language."""
         from broadcaster.scheduling.templates import parse_variable_specs
 
         specs = parse_variable_specs(self.variables, template=self.name)
+        if language is not None:
+            name = f"{self.name} ({language})"
+            return _RENDERER.compile(name, self.translations[language], specs)
         return _RENDERER.compile(self.name, self.text, specs)
+
+    def render_all(
+        self, values: Mapping[str, Any], language: str
+    ) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """The text in ``language`` and every translation, in order (TemplateError)."""
+        text = self.compiled().render(values, language=language)
+        also = tuple(
+            (lang, self.compiled(lang).render(values, language=lang)) for lang in self.translations
+        )
+        return text, also
 
     @field_validator("voice")
     @classmethod
@@ -271,6 +314,18 @@ class TemplateConfig(_Section):
     @classmethod
     def _language(cls, v: str | None) -> str | None:
         return _check_language(v)
+
+    @field_validator("chime_before", "chime_after")
+    @classmethod
+    def _chime(cls, v: str | None) -> str | None:
+        return _check_chime(v)
+
+    @field_validator("translations")
+    @classmethod
+    def _translations(cls, v: dict[str, str]) -> dict[str, str]:
+        for language in v:
+            _check_language(language)
+        return v
 
 
 def _check_voice(v: str | None) -> str | None:
@@ -353,6 +408,7 @@ class Config(_Section):
     announcements: AnnouncementsConfig = AnnouncementsConfig()
     store: StoreConfig = StoreConfig()
     scheduling: SchedulingConfig = SchedulingConfig()
+    audio: AudioConfig = AudioConfig()
     logging: LoggingConfig = LoggingConfig()
     zones: list[ZoneConfig] = Field(default_factory=list)
     endpoints: list[EndpointConfig] = Field(default_factory=list)

@@ -36,6 +36,7 @@ def spec_to_json(spec: AnnouncementSpec) -> dict[str, Any]:
 def spec_from_json(data: dict[str, Any]) -> AnnouncementSpec:
     fields = dict(data)
     fields["zones"] = tuple(fields.get("zones", ()))
+    fields["also"] = tuple(tuple(pair) for pair in fields.get("also", ()))
     known = set(AnnouncementSpec.__dataclass_fields__)
     return AnnouncementSpec(**{k: v for k, v in fields.items() if k in known})
 

@@ -206,4 +206,11 @@ class AnnouncementSpec:
     #: When a higher priority takes its zones: "stack" (replay it afterwards from
     #: the start) or "drop".
     on_preempt: str = "stack"
+    #: Call composition: chimes (a built-in name or "file:PATH"), repeats of the
+    #: spoken part, and more languages spoken after the first, in order.
+    chime_before: str | None = None
+    chime_after: str | None = None
+    repeats: int = 0
+    repeat_gap_ms: int = 1000
+    also: tuple[tuple[str, str], ...] = ()  # (language, text) pairs
     extra: dict[str, str] = field(default_factory=dict)

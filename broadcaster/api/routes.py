@@ -116,9 +116,11 @@ async def _announce(
 
     language = pick(req.language, tpl and tpl.language, sp.default_language)
     text = req.text
+    also: tuple[tuple[str, str], ...] = tuple((a.language, a.text) for a in req.also or [])
     if text is None and tpl is not None:
         try:
-            text = tpl.compiled().render(req.variables, language=language)
+            text, rendered_also = tpl.render_all(req.variables, language)
+            also = also or rendered_also
         except TemplateError as exc:
             field = f"variables.{exc.variable}" if exc.variable else "variables"
             problems.append({"field": field, "message": str(exc)})
@@ -163,6 +165,11 @@ async def _announce(
         max_new_tokens=tpl.max_new_tokens if tpl else None,
         template=tpl.name if tpl else None,
         on_preempt=pick(req.on_preempt, tpl and tpl.on_preempt, "stack"),
+        chime_before=pick(req.chime_before, tpl and tpl.chime_before, None),
+        chime_after=pick(req.chime_after, tpl and tpl.chime_after, None),
+        repeats=pick(req.repeats, tpl and tpl.repeats, 0),
+        repeat_gap_ms=pick(req.repeat_gap_ms, tpl and tpl.repeat_gap_ms, 1000),
+        also=also,
     )
     try:
         ann = await request.app[ANNOUNCER].accept(spec, due_at=due_at, expires_at=expires_at)

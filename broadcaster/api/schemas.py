@@ -9,6 +9,22 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from broadcaster.model import LANGUAGES, PRIORITY_BANDS, SPEED_MAX, SPEED_MIN, VOICES
 
 
+class AlsoSpoken(BaseModel):
+    """The announcement again in another language, spoken after the first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    language: str
+    text: str = Field(min_length=1)
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, v: str) -> str:
+        if v not in LANGUAGES:
+            raise ValueError(f"unknown language {v!r}; one of {', '.join(LANGUAGES)}")
+        return v
+
+
 class AnnouncementRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -24,6 +40,12 @@ class AnnouncementRequest(BaseModel):
     priority: int | str | None = None
     #: When a higher priority takes its zones: replay it afterwards ("stack") or "drop".
     on_preempt: Literal["stack", "drop"] | None = None
+    #: Call composition (default: the template's): chimes, repeats, more languages.
+    chime_before: str | None = None
+    chime_after: str | None = None
+    repeats: int | None = Field(default=None, ge=0, le=10)
+    repeat_gap_ms: int | None = Field(default=None, ge=0, le=60000)
+    also: list[AlsoSpoken] | None = Field(default=None, max_length=10)
     #: Values for the template's variables.
     variables: dict[str, Any] = Field(default_factory=dict)
     #: When to start (ISO 8601; default: now) and after when never to start.
@@ -55,6 +77,13 @@ class AnnouncementRequest(BaseModel):
         if isinstance(v, bool) or not 0 <= v <= 255:
             raise ValueError("must be 0-255 or a band name")
         return v
+
+    @field_validator("chime_before", "chime_after")
+    @classmethod
+    def _chime(cls, v: str | None) -> str | None:
+        from broadcaster.config import _check_chime
+
+        return _check_chime(v)
 
     @field_validator("voice")
     @classmethod

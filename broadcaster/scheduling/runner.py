@@ -261,8 +261,9 @@ class ScheduleRunner:
         reason = firing.reason
         text = ""
         decision: str = firing.decision
+        also: tuple[tuple[str, str], ...] = ()
         try:
-            text = tpl.compiled().render(spec.variables, language=language)
+            text, also = tpl.render_all(spec.variables, language)
         except TemplateError as exc:
             decision, reason = "failed", f"template could not be rendered: {exc}"
         announcement = AnnouncementSpec(
@@ -277,6 +278,11 @@ class ScheduleRunner:
             max_new_tokens=tpl.max_new_tokens,
             template=tpl.name,
             on_preempt=tpl.on_preempt,
+            chime_before=tpl.chime_before,
+            chime_after=tpl.chime_after,
+            repeats=tpl.repeats,
+            repeat_gap_ms=tpl.repeat_gap_ms,
+            also=also,
         )
 
         async def claim(ann: Any) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,21 +75,31 @@ class EngineChain:
             await self.fallback.aclose()
 
     async def speak(
-        self, requests: Sequence[SpeechRequest], *, priority: int, outcome: SpeechOutcome
+        self,
+        requests: Sequence[SpeechRequest],
+        *,
+        priority: int,
+        outcome: SpeechOutcome,
+        transform: Callable[[bytes, int], bytes] | None = None,
     ) -> AsyncIterator[PcmBlock]:
         """Yield the PCM of every request in order, falling back when the primary cannot."""
         primary = self.primary
         outcome.engine = primary.name
         if self.fallback is None:
             async for _, only in synthesize_in_order(
-                primary, requests, ahead=primary.concurrency, meta=outcome.meta
+                primary, requests, ahead=primary.concurrency, meta=outcome.meta, transform=transform
             ):
                 assert only is not None
                 yield only
             return
 
         stream = synthesize_in_order(
-            primary, requests, ahead=primary.concurrency, meta=outcome.meta, mark_ends=True
+            primary,
+            requests,
+            ahead=primary.concurrency,
+            meta=outcome.meta,
+            mark_ends=True,
+            transform=transform,
         )
         resume_at = 0  # first segment not yet delivered whole
         heard = False
@@ -148,7 +158,11 @@ class EngineChain:
             for piece in split_text(r.text, self.fallback.max_text_chars)
         ]
         async for _, fallback_block in synthesize_in_order(
-            self.fallback, rest, ahead=self.fallback.concurrency, meta=outcome.meta
+            self.fallback,
+            rest,
+            ahead=self.fallback.concurrency,
+            meta=outcome.meta,
+            transform=transform,
         ):
             assert fallback_block is not None
             yield fallback_block

@@ -1,21 +1,61 @@
-"""Speech made ahead of its play time, handed to the playout when it starts.
+"""An announcement's whole programme, made ahead of (or while) it plays.
 
-A scheduled announcement is synthesized inside the pre-render window (default
-60 s before it is due), so its first chunk can play exactly at the scheduled
-instant however slow the engine is. The playout reads the blocks in order; it
-may begin before synthesis has finished, in which case it simply waits for
-the next block, as with live synthesis.
+A programme is what one announcement sounds like, in order: an optional
+pre-chime, the spoken text (in one or several languages, one after another),
+repeated 0..N times with a gap, and an optional post-chime — one announcement
+with one id. Speech is loudness-normalized segment by segment (the chimes are
+made at the same target), so voices, engines and chimes play at one level.
+
+A scheduled announcement is prepared inside the pre-render window so its
+first chunk can play exactly at the scheduled instant; the playout reads the
+blocks in order and may start before the programme is complete.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 
 from broadcaster.model import PcmBlock, SpeechRequest
 from broadcaster.speech.chain import EngineChain, SpeechOutcome
+
+#: Gaps and repeats are handed out in blocks of this length.
+_BLOCK_MS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Speech:
+    """Segments of one text in one language."""
+
+    requests: Sequence[SpeechRequest]
+
+
+@dataclass(frozen=True, slots=True)
+class Sound:
+    """Ready-made audio (a chime) at its own rate."""
+
+    pcm: bytes
+    sample_rate_hz: int
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Programme:
+    before: Sound | None = None
+    speech: Sequence[Speech] = ()
+    #: Times the spoken part is played again after the first time.
+    repeats: int = 0
+    repeat_gap_ms: int = 1000
+    #: Pause between languages of a multi-language announcement.
+    language_gap_ms: int = 500
+    after: Sound | None = None
+    pauses_ms: int = field(default=300)  # between a chime and the speech
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,46 +64,79 @@ class _Done:
 
 
 class PreparedSpeech:
-    """Runs ``chain.speak`` now and keeps its blocks for one reader.
+    """Runs the programme now and keeps its blocks for one reader.
 
     The block queue is unbounded but holds at most one announcement's audio
-    (its text is bounded by ``announcements.max_text_chars``), and the number of
-    announcements prepared at once is bounded by the announcer's queue limit.
-    Blocks are dropped as the reader takes them.
+    (its text is bounded by ``announcements.max_text_chars`` and its repeats by
+    the config), and the number of announcements prepared at once is bounded by
+    the announcer's queue limit. Blocks are dropped as the reader takes them;
+    the spoken part is kept while repeats are still to come.
     """
 
     def __init__(
         self,
         chain: EngineChain,
-        requests: Sequence[SpeechRequest],
+        programme: Programme,
         *,
         priority: int,
         outcome: SpeechOutcome,
+        normalize: Callable[[bytes, int], bytes] | None = None,
     ) -> None:
         self._chain = chain
-        self._requests = list(requests)
+        self._programme = programme
         self._priority = priority
         self.outcome = outcome
+        self._normalize = normalize
         self._queue: asyncio.Queue[PcmBlock | _Done] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Begin synthesis in a task this object owns (cancelled by :meth:`close`)."""
+        """Begin in a task this object owns (cancelled by :meth:`close`)."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="prepare-speech")
 
     async def _run(self) -> None:
         try:
-            async for block in self._chain.speak(
-                self._requests, priority=self._priority, outcome=self.outcome
-            ):
-                self._queue.put_nowait(block)
+            await self._make()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # handed to the reader, in order
             self._queue.put_nowait(_Done(exc))
             return
         self._queue.put_nowait(_Done())
+
+    async def _make(self) -> None:
+        p = self._programme
+        put = self._queue.put_nowait
+        rate = 0  # the speech's rate, for gaps
+        if p.before is not None:
+            put(PcmBlock(p.before.pcm, p.before.sample_rate_hz))
+            put(_silence(p.pauses_ms, p.before.sample_rate_hz))
+            rate = p.before.sample_rate_hz
+        spoken: list[PcmBlock] = []
+        for i, part in enumerate(p.speech):
+            if i and rate:
+                spoken.append(_silence(p.language_gap_ms, rate))
+                put(spoken[-1])
+            async for block in self._chain.speak(
+                part.requests,
+                priority=self._priority,
+                outcome=self.outcome,
+                transform=self._normalize,
+            ):
+                rate = block.sample_rate_hz
+                put(block)
+                if p.repeats:
+                    spoken.append(block)
+        for _ in range(p.repeats):
+            if rate:
+                put(_silence(p.repeat_gap_ms, rate))
+            for block in spoken:  # the same audio again: no second synthesis
+                put(block)
+        if p.after is not None:
+            if rate:
+                put(_silence(p.pauses_ms, rate))
+            put(PcmBlock(p.after.pcm, p.after.sample_rate_hz))
 
     async def blocks(self) -> AsyncIterator[PcmBlock]:
         """The blocks in order, as they become available; raises what synthesis raised."""
@@ -77,7 +150,7 @@ class PreparedSpeech:
             yield item
 
     def cancel(self) -> None:
-        """Stop synthesis; the task ends by itself (it is cancelled, nothing awaits it)."""
+        """Stop; the task ends by itself (it is cancelled, nothing awaits it)."""
         if self._task is not None:
             self._task.cancel()
 
@@ -86,3 +159,7 @@ class PreparedSpeech:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def _silence(ms: int, rate: int) -> PcmBlock:
+    return PcmBlock(bytes(2 * (rate * ms // 1000)), rate)

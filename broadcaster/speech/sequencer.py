@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 
 from broadcaster.model import PcmBlock, SpeechRequest
@@ -42,11 +42,16 @@ async def synthesize_in_order(
     ahead: int,
     meta: SynthesisMeta | None = None,
     mark_ends: bool = False,
+    transform: Callable[[bytes, int], bytes] | None = None,
 ) -> AsyncGenerator[tuple[int, PcmBlock | None], None]:
     """Yield ``(segment index, block)`` for every request, in request order.
 
     With ``mark_ends``, ``(index, None)`` follows the last block of each segment,
     so the caller knows which segments were delivered whole.
+
+    With ``transform`` (loudness normalization), each segment is gathered whole,
+    passed through ``transform(pcm, rate)`` in a worker thread, in segment order
+    (it may keep state from one segment to the next), and handed out in blocks.
 
     Memory is bounded: a segment's slot is freed only once the consumer has
     taken all of its audio, so at most ``ahead`` segments are being synthesized
@@ -88,9 +93,13 @@ async def synthesize_in_order(
     launcher = asyncio.create_task(launch(), name="synth-launcher")
     try:
         for index, q in enumerate(queues):
+            gathered: list[PcmBlock] = []
             while True:
                 item = await q.get()
                 if isinstance(item, _End):
+                    if transform is not None and gathered:
+                        for block in await _transformed(gathered, transform):
+                            yield index, block
                     if mark_ends:
                         yield index, None
                     break
@@ -98,7 +107,10 @@ async def synthesize_in_order(
                     raise SegmentFailed(index, item) from item
                 if isinstance(item, BaseException):
                     raise item
-                yield index, item
+                if transform is not None:
+                    gathered.append(item)
+                else:
+                    yield index, item
             slots.release()
     finally:
         launcher.cancel()
@@ -107,3 +119,27 @@ async def synthesize_in_order(
         for task in [launcher, *tasks]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+#: Transformed segments are handed out in blocks of this length.
+_BLOCK_MS = 100
+
+
+async def _transformed(
+    blocks: list[PcmBlock], transform: Callable[[bytes, int], bytes]
+) -> list[PcmBlock]:
+    out: list[PcmBlock] = []
+    start = 0
+    # A segment normally has one rate; an engine switching rate mid-segment gets
+    # each run transformed on its own.
+    while start < len(blocks):
+        rate = blocks[start].sample_rate_hz
+        end = start
+        while end < len(blocks) and blocks[end].sample_rate_hz == rate:
+            end += 1
+        pcm = b"".join(b.samples for b in blocks[start:end])
+        pcm = await asyncio.to_thread(transform, pcm, rate)
+        step = rate * _BLOCK_MS // 1000 * 2
+        out += [PcmBlock(pcm[i : i + step], rate) for i in range(0, len(pcm), step)]
+        start = end
+    return out

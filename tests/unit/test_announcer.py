@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from broadcaster.announcements import Registry
-from broadcaster.announcer import Announcer, PlayoutSettings
+from broadcaster.announcer import Announcer, AudioSettings, PlayoutSettings
 from broadcaster.clock import FakeClock
 from broadcaster.model import AnnouncementSpec, PcmBlock, SpeechRequest, StreamFormat
 from broadcaster.speech.engine import SpeechError
@@ -100,7 +100,12 @@ def setup(engine_factory, fmt="pcm_s16le/16000"):
         clock=clock,
         registry=Registry(100),
         settings=PlayoutSettings(
-            lead_us=LEAD_US, opus_bitrate_bps=32000, first_segment_max_chars=100, queue_limit=10
+            lead_us=LEAD_US,
+            opus_bitrate_bps=32000,
+            first_segment_max_chars=100,
+            queue_limit=10,
+            # Loudness runs in a real thread; these tests are about exact timing.
+            audio=AudioSettings(normalize=False),
         ),
         transcode_executor=InlineExecutor(),
     )

@@ -55,6 +55,8 @@ class RequestProfile:
 
 class RunwareEngine:
     name = "runware"
+    #: Qwen3-TTS speaks at 24 kHz (chimes are made at this rate to match).
+    sample_rate_hz = 24000
     #: Runware's limit for speech.text on Qwen models.
     API_MAX_TEXT_CHARS = 2000
 
