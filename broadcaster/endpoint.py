@@ -273,7 +273,7 @@ class ReferenceEndpoint:
                 elif isinstance(msg, wire.AnnouncementCancelled):
                     self._log_event(msg)
                     await self._on_cancelled(ws, msg)
-                elif isinstance(msg, wire.Error):
+                elif isinstance(msg, wire.Error | wire.Notice):
                     self._log_event(msg)
             code, reason = ws.close_code, ws.close_reason
         except ConnectionClosed as exc:

@@ -234,7 +234,10 @@ class EndpointServer:
             peer_gone = True
             wake.set()
 
+        lag_warned_at: int | None = None
+
         async def timer(stuck_writer: Callable[[int], bool]) -> None:
+            nonlocal lag_warned_at
             while session.state is not SessionState.CLOSED:
                 now = clock.monotonic_us()
                 await clock.sleep_until_us(min(session.next_timer_us(), now + _LAG_CHECK_US))
@@ -252,6 +255,20 @@ class EndpointServer:
                         CloseCode.LAGGING,
                         "endpoint cannot keep up: audio dropped for "
                         f"{(now - lag_since) // 1000} ms",
+                    )
+                elif lag_since is not None and lag_warned_at != lag_since:
+                    # Tell it once per episode, before the limit disconnects it.
+                    lag_warned_at = lag_since
+                    c = outbox.counters
+                    outbox.put_urgent(
+                        wire.dump(
+                            wire.Notice(
+                                code="lagging",
+                                message="your queue overflowed: oldest audio is being dropped; "
+                                f"disconnect after {self._lag_limit_us // 1000} ms of this",
+                                dropped=c.dropped_overflow + c.dropped_stale,
+                            )
+                        )
                     )
                 pump()
 

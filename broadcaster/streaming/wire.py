@@ -236,6 +236,15 @@ class AnnouncementCancelled(_ServerMsg):
     preempted_by: str | None = None
 
 
+class Notice(_ServerMsg):
+    """Something the endpoint should know that does not end the link (e.g. lagging)."""
+
+    type: Literal["notice"] = "notice"
+    code: str
+    message: str
+    dropped: int | None = None
+
+
 class Error(_ServerMsg):
     type: Literal["error"] = "error"
     code: str
@@ -253,6 +262,7 @@ ServerMessage = Annotated[
     | AnnouncementStarted
     | AnnouncementEnded
     | AnnouncementCancelled
+    | Notice
     | Error,
     Field(discriminator="type"),
 ]
@@ -269,6 +279,7 @@ SERVER_TYPES = frozenset(
         "announcement_started",
         "announcement_ended",
         "announcement_cancelled",
+        "notice",
         "error",
     }
 )

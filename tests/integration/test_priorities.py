@@ -82,3 +82,59 @@ async def test_late_joiner_hears_the_rest_from_the_live_point(harness):
     assert rest.seqs[0] > 0 and rest.seqs[-1] == whole.seqs[-1]
     assert rest.late_chunks == 0  # nothing stale was sent to it
     assert final["endpoints"]["ep-c"]["late_join"] is True
+
+
+async def test_a_stalled_endpoint_does_not_delay_the_others(tmp_path):
+    import json
+
+    from websockets.asyncio.client import connect
+
+    from broadcaster.app import Service
+    from broadcaster.speech.espeak import EspeakEngine
+
+    from .conftest import Harness, make_config
+
+    # small queue and lag limit so the stalled endpoint is found out within the test
+    cfg = make_config(
+        endpoint_queue_ms=300,
+        lagging_disconnect_ms=1500,
+        heartbeat_interval_ms=1000,
+        heartbeat_timeout_ms=3000,
+    )
+    async with Service(cfg, engine=EspeakEngine()) as svc:
+        h = Harness(svc, tmp_path)
+        try:
+            good = await h.endpoint("ep-b", ["hall"], ["pcm_s16le/48000"])
+            stalled = await connect(h.ws_url, ping_interval=None, max_size=None)
+            await stalled.send(
+                json.dumps(
+                    {
+                        "type": "hello",
+                        "protocol": 1,
+                        "endpoint_id": "ep-c",
+                        "token": "token-c",
+                        "zones": ["hall"],
+                        "formats": [{"codec": "pcm_s16le", "sample_rate_hz": 48000}],
+                    }
+                )
+            )
+            assert json.loads(await stalled.recv())["type"] == "welcome"
+            stalled.transport.pause_reading()  # a box that hangs: it never reads again
+            _, created = await h.post({"text": ROUTINE * 2, "zones": ["hall"], "speed": 2})
+            final = await h.wait_final(created["id"], timeout_s=90)
+            assert final["state"] == "finished"
+            await h.wait_receipts(created["id"], ["ep-b"])
+            rec = good.announcements[created["id"]]
+            assert rec.status == "complete" and rec.late_chunks == 0 and rec.gaps == 0
+            # it is disconnected (lagging, or silent past the heartbeat timeout) and
+            # reported faulty; its delivery did not hold anyone back
+            for _ in range(100):
+                _, eps = await h.get("/v1/endpoints")
+                c = next(e for e in eps["endpoints"] if e["endpoint_id"] == "ep-c")
+                if not c["connected"]:
+                    break
+                await asyncio.sleep(0.1)
+            assert not c["connected"] and c["supervision"]["status"] == "faulty"
+            stalled.transport.abort()
+        finally:
+            await h.close()

@@ -252,3 +252,27 @@ async def test_expiry_drops_a_waiting_announcement_with_a_reason():
     assert long.state.value == "finished"
     assert stale.state.value == "expired" and stale.reason == "expired while waiting to start"
     assert stale.number not in {h.stream for _, h in box.audio}
+
+
+async def test_late_joiner_gets_the_start_message_and_only_fresh_audio():
+    clock, announcer, box = setup(lambda c: FakeEngine(c, seconds=5))
+    task = asyncio.create_task(announcer.run())
+    ann = announcer.submit(spec())
+    await clock.advance_us(2_000_000)  # two seconds into the announcement
+    late_box = RecordingOutbox(clock)
+    late = EndpointLink("late", "s2", ("z",), StreamFormat.parse("pcm_s16le/16000"), late_box, 0)
+    announcer.hub.register(late)
+    joined_at = clock.monotonic_us()
+    announcer.on_join(late)
+    await clock.run_until_idle(limit_us=60_000_000)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ann.state.value == "finished"
+    kinds = [m["type"] for m in late_box.control]
+    assert kinds == ["announcement_started", "announcement_ended"]
+    seqs = [h.seq for _, h in late_box.audio]
+    assert seqs[0] > 0 and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert seqs[-1] == box.audio[-1][1].seq  # to the end
+    assert all(h.play_at_us > joined_at for _, h in late_box.audio)  # nothing stale
+    assert ann.deliveries["late"].late_join
