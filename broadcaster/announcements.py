@@ -187,7 +187,7 @@ class ZoneArbiter:
 
     def __init__(self) -> None:
         self._waiting: dict[str, tuple[frozenset[str], int, int]] = {}  # id -> zones, prio, seq
-        self._playing: dict[str, tuple[frozenset[str], int]] = {}
+        self._playing: dict[str, tuple[frozenset[str], int, int]] = {}
         self._busy: dict[str, str] = {}  # zone -> id playing there
         self._seq = 0
 
@@ -204,7 +204,8 @@ class ZoneArbiter:
         self._waiting[ann_id] = (zones, priority, seq)
 
     def seq_of(self, ann_id: str) -> int | None:
-        entry = self._waiting.get(ann_id)
+        """Its place in the queue (kept while it plays, so a stacked replay keeps it)."""
+        entry = self._waiting.get(ann_id) or self._playing.get(ann_id)
         return entry[2] if entry else None
 
     def withdraw(self, ann_id: str) -> bool:
@@ -217,7 +218,7 @@ class ZoneArbiter:
         preempt: list[tuple[str, str]] = []
         claimed: set[str] = set()
         order = sorted(self._waiting.items(), key=lambda kv: (-kv[1][1], kv[1][2]))
-        for ann_id, (zones, priority, _) in order:
+        for ann_id, (zones, priority, seq) in order:
             if zones.isdisjoint(claimed):
                 holders = {self._busy[z] for z in zones if z in self._busy}
                 if all(self._playing[h][1] < priority for h in holders):
@@ -226,7 +227,7 @@ class ZoneArbiter:
                         self._stop(holder)
                     start.append(ann_id)
                     self._waiting.pop(ann_id)
-                    self._playing[ann_id] = (zones, priority)
+                    self._playing[ann_id] = (zones, priority, seq)
                     for zone in zones:
                         self._busy[zone] = ann_id
             # Started or not, its zones are claimed for everyone considered after it.

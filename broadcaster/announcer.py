@@ -138,10 +138,9 @@ class Announcer:
         self._wake = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancel_reasons: dict[str, str] = {}
-        #: Playing announcements being preempted -> the announcement taking their zones.
-        self._preempted: dict[str, str] = {}
-        #: Original queue positions of preempted announcements that will be replayed.
-        self._stacked: dict[str, int] = {}
+        #: Playing announcements being preempted -> (the announcement taking their
+        #: zones, their place in the queue for a stacked replay).
+        self._preempted: dict[str, tuple[str, int | None]] = {}
         #: The very connections each playing announcement was started on: a cancel
         #: must reach those, not a newer connection of the same endpoint id.
         self._audiences: dict[str, list[EndpointLink]] = {}
@@ -358,7 +357,8 @@ class Announcer:
 
     def on_receipt(self, endpoint_id: str, receipt: wire.Receipt) -> None:
         ann = self.registry.get(receipt.announcement_id)
-        if ann is None or endpoint_id not in ann.deliveries:
+        if ann is None or endpoint_id not in ann.deliveries or receipt.stream != ann.number:
+            # (a receipt for an earlier, preempted stream of it is not this delivery's)
             log.debug("receipt from %s for unknown announcement", endpoint_id)
             return
         ann.deliveries[endpoint_id].receipt = receipt.model_dump(exclude={"type"})
@@ -449,8 +449,11 @@ class Announcer:
         decision = self.arbiter.decide()
         for loser, winner in decision.preempt:
             task = self._tasks.get(loser)
-            if task is not None:
-                self._preempted[loser] = winner
+            loser_ann = self.registry.get(loser)
+            if task is not None and loser_ann is not None:
+                # Told now, before the winner's start message, so speakers stop first.
+                self._preempted[loser] = (winner, self.arbiter.seq_of(loser))
+                self._flush_preempted(loser_ann, winner)
                 task.cancel()
         for ann_id in decision.start:
             ann = self.registry.get(ann_id)
@@ -527,10 +530,10 @@ class Announcer:
         try:
             await self._play_inner(ann)
         except asyncio.CancelledError:
-            winner = self._preempted.pop(ann.id, None)
+            preempted = self._preempted.pop(ann.id, None)
             reason = self._cancel_reasons.pop(ann.id, None)
-            if winner is not None and reason is None:
-                self._on_preempted(ann, winner)
+            if preempted is not None and reason is None:
+                self._on_preempted(ann, *preempted)
                 return
             if reason is None:
                 if ann.id in self._ended:
@@ -561,13 +564,16 @@ class Announcer:
             self.arbiter.release(ann.id)
             self._wake.set()
 
-    def _on_preempted(self, ann: Announcement, winner_id: str) -> None:
-        """Stop at once (endpoints drop their buffers), then replay later or drop."""
+    def _preemption_reason(self, winner_id: str) -> str:
         winner = self.registry.get(winner_id)
         by = f"announcement {winner_id}" + (
             f" (priority {winner.spec.priority})" if winner is not None else ""
         )
-        reason = f"preempted by {by}"
+        return f"preempted by {by}"
+
+    def _flush_preempted(self, ann: Announcement, winner_id: str) -> None:
+        """Stop its endpoints at once: drop its queued audio, tell them to flush theirs."""
+        reason = self._preemption_reason(winner_id)
         for link in self._audiences.get(ann.id, []):
             stats = ann.deliveries[link.endpoint_id]
             if self.hub.is_current(link):
@@ -583,6 +589,12 @@ class Announcer:
                     )
                 )
             stats.state = "preempted"
+        self._audiences.pop(ann.id, None)  # nothing more goes to them for this stream
+        self._live.pop(ann.id, None)
+
+    def _on_preempted(self, ann: Announcement, winner_id: str, seq: int | None) -> None:
+        """After the playout stopped: replay it later (stacked) or drop it."""
+        reason = self._preemption_reason(winner_id)
         log.warning("announcement %s %s", ann.id, reason)
         if ann.spec.on_preempt == "drop":
             self._finish(ann, AnnouncementState.CANCELLED, f"{reason}; dropped by its policy")
@@ -594,7 +606,7 @@ class Announcer:
         self.registry.renumber(ann)
         ann.state = AnnouncementState.QUEUED
         ann.first_audio_sent_us = None
-        self.arbiter.submit(ann.id, frozenset(ann.spec.zones), ann.spec.priority)
+        self.arbiter.submit(ann.id, frozenset(ann.spec.zones), ann.spec.priority, seq=seq)
         self._notify(ann)
 
     async def _play_inner(self, ann: Announcement) -> None:
