@@ -12,7 +12,10 @@ so no offset estimate is needed: ``arrival > play_at`` means the frame is late.
 An Icecast listener has no play-at time. It counts bytes and compares them with
 the bytes the source has pushed so far (a counter shared with the source
 thread): when its backlog grows by more than the playout delay's worth of
-bytes above the smallest backlog it ever had, that arrival is late.
+bytes above the smallest backlog it ever had, that arrival is late. Listeners
+set SO_RCVLOWAT to about 100 ms of audio so they wake once per 100 ms, not per
+Ogg page; since the backlog is computed from byte counts when they read, this
+batching hides no lag (up to 100 ms more is reported, never less).
 
 The parent drives a worker over a ``multiprocessing`` pipe with commands
 (``connect``, ``status``, ``window_start``, ``window_end``, ``stop``) and gets one
@@ -28,6 +31,7 @@ import hashlib
 import json
 import os
 import resource
+import socket
 import struct
 import time
 from multiprocessing.connection import Connection
@@ -259,6 +263,11 @@ class IceListener(_Base):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         w = self.w
+        sock = transport.get_extra_info("socket")
+        if sock is not None and w.rcvlowat > 1:
+            # Wake up once per ~100 ms of audio rather than per TCP segment: the lag is
+            # computed from byte counts at read time, so batching does not hide any.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, w.rcvlowat)
         transport.write(
             b"GET %s HTTP/1.0\r\nHost: %s:%d\r\nUser-Agent: bench-fanout\r\n\r\n"
             % (w.path.encode(), w.host.encode(), w.port)
@@ -327,6 +336,7 @@ class Worker:
         self.playout_us: int = spec["playout_us"]
         self.byte_rate: int = spec.get("byte_rate", 1)
         self.source_bytes = spec.get("source_bytes")
+        self.rcvlowat: int = spec.get("rcvlowat", 0)
         self.loop = asyncio.get_running_loop()
         self.clients: list[_Base] = []
         self.hist = [0] * (_HIST_MAX_MS + 1)

@@ -707,6 +707,7 @@ class Announcer:
                     recent.append((slot.play_at_us, frame.duration_us, data))
                     while recent and recent[0][0] + recent[0][1] <= now:
                         recent.popleft()
+                    ws_frame = wire.websocket_binary_frame(data)  # once for all of them
                     for link in by_format[key]:
                         if self.hub.is_current(link):
                             link.outbox.put_audio(
@@ -715,6 +716,7 @@ class Announcer:
                                 duration_us=frame.duration_us,
                                 now_us=now,
                                 stats=ann.deliveries[link.endpoint_id],
+                                ws_frame=ws_frame,
                             )
                     end_us[key] = max(end_us[key], offset_us + frame.duration_us)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import Mapping
@@ -300,6 +301,13 @@ class Service:
 
 
 async def serve_forever(config: Config, stop: asyncio.Event) -> None:
+    # Thousands of endpoints mean hundreds of thousands of long-lived objects; with
+    # the default thresholds a full collection every second or two stops the loop
+    # for longer than the playout delay (measured in bench/fanout.py). Collect less
+    # often, and leave everything alive at start-up out of collections for good.
+    gc.set_threshold(50_000, 20, 10)
     async with Service(config):
+        gc.collect()
+        gc.freeze()
         await stop.wait()
         log.info("shutting down")

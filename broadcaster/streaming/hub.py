@@ -105,6 +105,9 @@ class Outbox:
         self.overflowed = False
         #: Since when audio has been dropped for overflow with no send in between.
         self.lagging_since_us: int | None = None
+        #: Set by the socket adapter: writes a complete pre-built WebSocket frame now
+        #: if the connection can take it without waiting; False means "queue it".
+        self.direct: Callable[[bytes], bool] | None = None
 
     def set_wake(self, wake: Callable[[], None]) -> None:
         self._wake = wake
@@ -138,7 +141,25 @@ class Outbox:
         duration_us: int,
         now_us: int,
         stats: DeliveryStats | None = None,
+        ws_frame: bytes | None = None,
     ) -> None:
+        """Queue a chunk — or, with nothing queued ahead of it, hand ``ws_frame`` (the same
+        chunk already framed for WebSocket, built once for all endpoints) straight to the
+        connection: no per-endpoint wake-up, task switch or allocation on the hot path.
+        """
+        if (
+            ws_frame is not None
+            and self.direct is not None
+            and not self._items
+            and not self._urgent
+            and self.direct(ws_frame)
+        ):
+            self.counters.audio_sent += 1
+            if stats is not None:
+                stats.chunks_queued += 1
+                stats.chunks_sent += 1
+                stats.bytes_sent += len(frame)
+            return
         while self._audio_us + duration_us > self._max_audio_us and self._drop_oldest_audio():
             if self.lagging_since_us is None:
                 self.lagging_since_us = now_us

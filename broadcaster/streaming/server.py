@@ -21,6 +21,7 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from broadcaster.clock import Clock
 from broadcaster.config import Config
@@ -44,8 +45,8 @@ log = logging.getLogger(__name__)
 
 ENDPOINT_PATH = "/v1/endpoint"
 
-#: How often the timer looks at an endpoint's queue to decide it is lagging.
-_LAG_CHECK_US = 250_000
+#: How often the timer looks at a lagging endpoint's queue (or a blocked send).
+_LAG_CHECK_US = 500_000
 
 
 class EndpointServer:
@@ -240,7 +241,12 @@ class EndpointServer:
             nonlocal lag_warned_at
             while session.state is not SessionState.CLOSED:
                 now = clock.monotonic_us()
-                await clock.sleep_until_us(min(session.next_timer_us(), now + _LAG_CHECK_US))
+                wake = session.next_timer_us()
+                if outbox.lagging_since_us is not None or sending_since_us is not None:
+                    # Only a link in trouble is watched closely; the others wake for
+                    # their heartbeat alone (thousands of timers add up).
+                    wake = min(wake, now + _LAG_CHECK_US)
+                await clock.sleep_until_us(wake)
                 now = clock.monotonic_us()
                 session.tick(now)
                 if stuck_writer(now):
@@ -293,6 +299,22 @@ class EndpointServer:
             except ConnectionClosed:
                 pass
 
+        def direct(frame: bytes) -> bool:
+            # Only when nothing can be in flight before it: the writer is idle (the
+            # outbox checked itself empty), the link is open and the socket buffer is
+            # empty. websockets writes each message whole and synchronously, so a
+            # complete frame written here never interleaves with one of its own.
+            if session.close is not None or peer_gone or sending_since_us is not None:
+                return False
+            if ws.protocol.state is not State.OPEN:
+                return False
+            transport = ws.transport
+            if transport.is_closing() or transport.get_write_buffer_size():
+                return False
+            transport.write(frame)
+            return True
+
+        outbox.direct = direct
         reader_task = asyncio.create_task(reader(), name=f"ws-read-{session_id}")
         writer_task = asyncio.create_task(writer(), name=f"ws-write-{session_id}")
 

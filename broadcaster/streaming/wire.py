@@ -59,6 +59,22 @@ def pack_audio_frame(
     return header + payload
 
 
+def websocket_binary_frame(message: bytes) -> bytes:
+    """``message`` as one complete, unmasked WebSocket binary frame (RFC 6455 §5.2).
+
+    Server frames are unmasked and we use no compression, so the bytes are the same
+    for every endpoint: the fan-out builds them once per chunk and format.
+    """
+    n = len(message)
+    if n < 126:
+        head = bytes((0x82, n))
+    elif n < 1 << 16:
+        head = bytes((0x82, 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x82, 127)) + n.to_bytes(8, "big")
+    return head + message
+
+
 class FrameError(ValueError):
     """A binary frame that does not follow the protocol."""
 

@@ -115,3 +115,23 @@ def test_stale_drops_also_end_lagging():
     box.put_control("ended")
     assert box.pop(0) == "ended"
     assert box.lagging_since_us is None
+
+
+def test_direct_write_when_nothing_is_queued_else_queue():
+    written = []
+    box = Outbox(max_audio_us=1_000_000)
+    box.direct = lambda frame: written.append(frame) or True
+    stats = DeliveryStats("a", "x")
+    box.put_audio(
+        b"one", play_at_us=10**9, duration_us=20_000, now_us=0, stats=stats, ws_frame=b"W1"
+    )
+    assert written == [b"W1"] and len(box) == 0
+    assert stats.chunks_queued == stats.chunks_sent == 1 and box.counters.audio_sent == 1
+    box.put_control("started")  # something queued: audio must wait behind it, in order
+    box.put_audio(
+        b"two", play_at_us=10**9, duration_us=20_000, now_us=0, stats=stats, ws_frame=b"W2"
+    )
+    assert written == [b"W1"] and [box.pop(0), box.pop(0)] == ["started", b"two"]
+    box.direct = lambda frame: False  # the connection cannot take it now: queued
+    box.put_audio(b"three", play_at_us=10**9, duration_us=20_000, now_us=0, ws_frame=b"W3")
+    assert box.pop(0) == b"three"

@@ -128,3 +128,12 @@ def test_only_integer_one_is_protocol_one(version):
     with pytest.raises(wire.MessageError) as err:
         wire.parse_endpoint_message(json.dumps(hello))
     assert err.value.code == "unsupported_protocol"
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 70000])
+def test_prebuilt_websocket_frame_matches_the_library(size):
+    from websockets.frames import Frame, Opcode
+
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    expected = Frame(Opcode.BINARY, payload).serialize(mask=False, extensions=[])
+    assert wire.websocket_binary_frame(payload) == expected
