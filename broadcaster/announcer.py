@@ -17,14 +17,14 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from broadcaster.announcements import Announcement, Registry, ZoneArbiter
 from broadcaster.audio.chimes import ChimeError, chime_pcm, load_chime_file
 from broadcaster.audio.loudness import LoudnessNormalizer
 from broadcaster.audio.pacer import Pacer
 from broadcaster.audio.transcode import MultiTranscoder
-from broadcaster.clock import Clock
+from broadcaster.clock import Clock, wait_event_or_deadline
 from broadcaster.model import (
     AnnouncementSpec,
     AnnouncementState,
@@ -482,18 +482,7 @@ class Announcer:
 
     async def _sleep_until_wake(self, deadline_us: int | None) -> None:
         """Wait for a change (submit, cancel, zone freed) or the deadline, whichever first."""
-        if deadline_us is None:
-            await self._wake.wait()
-        else:
-            waker = asyncio.ensure_future(self._wake.wait())
-            timer = asyncio.ensure_future(self.clock.sleep_until_us(deadline_us))
-            try:
-                racers: set[asyncio.Future[Any]] = {waker, timer}
-                await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waker.cancel()
-                timer.cancel()
-        self._wake.clear()
+        await wait_event_or_deadline(self.clock, self._wake, deadline_us)
 
     def _drop_prepared(self, ann_id: str) -> None:
         prepared = self._prepared.pop(ann_id, None)

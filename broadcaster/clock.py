@@ -19,7 +19,7 @@ import heapq
 import itertools
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Clock(Protocol):
@@ -130,3 +130,25 @@ class FakeClock:
         # Several loop turns so chains of awaits triggered by a wake-up complete.
         for _ in range(20):
             await asyncio.sleep(0)
+
+
+async def wait_event_or_deadline(
+    clock: Clock, event: asyncio.Event, deadline_us: int | None
+) -> None:
+    """Return when ``event`` is set or the clock reaches ``deadline_us`` (None: no deadline).
+
+    The event is cleared on return, so the caller's next wait sees only new changes.
+    Used by every loop that sleeps "until the next thing is due, or something changed".
+    """
+    if deadline_us is None:
+        await event.wait()
+    else:
+        waker = asyncio.ensure_future(event.wait())
+        timer = asyncio.ensure_future(clock.sleep_until_us(deadline_us))
+        try:
+            racers: set[asyncio.Future[Any]] = {waker, timer}
+            await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waker.cancel()
+            timer.cancel()
+    event.clear()

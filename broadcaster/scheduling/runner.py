@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from broadcaster.announcer import AlreadyClaimed, Announcer, QueueFull
-from broadcaster.clock import Clock
+from broadcaster.clock import Clock, wait_event_or_deadline
 from broadcaster.config import Config, ScheduleConfig, TemplateConfig
 from broadcaster.journal import to_row
 from broadcaster.model import AnnouncementSpec, AnnouncementState
@@ -216,15 +216,8 @@ class ScheduleRunner:
         now = self.clock.wall()
         target = now + _MAX_SLEEP if wake is None else min(wake, now + _MAX_SLEEP)
         delay_us = max(0, int((target - now).total_seconds() * 1e6))
-        edited = asyncio.ensure_future(self._edited.wait())
-        timer = asyncio.ensure_future(self.clock.sleep_us(delay_us))
-        try:
-            racers: set[asyncio.Future[Any]] = {edited, timer}
-            await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            edited.cancel()
-            timer.cancel()
-        self._edited.clear()
+        deadline_us = self.clock.monotonic_us() + delay_us
+        await wait_event_or_deadline(self.clock, self._edited, deadline_us)
 
     def _policy(self, live: _Live) -> SchedulePolicy:
         """The schedule's own policy, else its template's, else [scheduling] defaults."""

@@ -16,14 +16,13 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
-from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from broadcaster.clock import Clock
+from broadcaster.clock import Clock, wait_event_or_deadline
 from broadcaster.config import Config
 from broadcaster.model import StreamFormat
 from broadcaster.streaming import wire
@@ -127,20 +126,9 @@ class EndpointServer:
     async def _supervise(self) -> None:
         """Turn dropped links that did not come back into faults, on time."""
         while True:
-            deadline = self.supervisor.next_deadline_us()
-            waker = asyncio.ensure_future(self._supervise_wake.wait())
-            timer = asyncio.ensure_future(
-                self._clock.sleep_until_us(
-                    deadline if deadline is not None else self._clock.monotonic_us() + 60_000_000
-                )
+            await wait_event_or_deadline(
+                self._clock, self._supervise_wake, self.supervisor.next_deadline_us()
             )
-            try:
-                racers: set[asyncio.Future[Any]] = {waker, timer}
-                await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waker.cancel()
-                timer.cancel()
-            self._supervise_wake.clear()
             self._log_events(self.supervisor.tick(self._clock.monotonic_us()))
 
     @staticmethod
