@@ -34,7 +34,7 @@ from broadcaster.model import (
 )
 from broadcaster.speech.chain import EngineChain, FallbackPolicy, SpeechOutcome
 from broadcaster.speech.engine import SpeechEngine, SpeechError
-from broadcaster.speech.prepared import PreparedSpeech, Programme, Sound, Speech
+from broadcaster.speech.prepared import ChimeMaker, PreparedSpeech, Programme, Sound, Speech
 from broadcaster.speech.segmenter import split_text
 from broadcaster.streaming import wire
 from broadcaster.streaming.hub import DeliveryStats, EndpointLink, Hub
@@ -148,7 +148,6 @@ class Announcer:
         self._live: dict[str, _Live] = {}
         #: Announcements whose announcement_ended was sent (audio all queued).
         self._ended: set[str] = set()
-        self._listeners: list[Callable[[Announcement], None]] = []
         self.journal = journal
         #: Announcements waiting for their due time: id -> when to hand them to the
         #: arbiter (server clock: one lead time before they are due).
@@ -291,11 +290,11 @@ class Announcer:
             audio = self.settings.audio
             rate = int(getattr(self.engine, "sample_rate_hz", 24000))
             programme = Programme(
-                before=self._chime(spec.chime_before, rate),
+                before=self._chime_maker(spec.chime_before, rate),
                 speech=parts,
                 repeats=spec.repeats,
                 repeat_gap_ms=spec.repeat_gap_ms,
-                after=self._chime(spec.chime_after, rate),
+                after=self._chime_maker(spec.chime_after, rate),
             )
             normalizer = (
                 LoudnessNormalizer(audio.target_lufs, audio.true_peak_dbtp)
@@ -313,10 +312,14 @@ class Announcer:
             self._prepared[ann.id] = prepared
         return prepared
 
-    def _chime(self, name: str | None, rate: int) -> Sound | None:
-        """A chime's audio at the speech rate; a bad file is logged and skipped."""
+    def _chime_maker(self, name: str | None, rate: int) -> ChimeMaker | None:
+        """What makes a chime's audio at the speech rate (run in a worker thread)."""
         if not name:
             return None
+        return lambda: self._chime(name, rate)
+
+    def _chime(self, name: str, rate: int) -> Sound | None:
+        """A chime's audio; a bad file is logged and skipped (the speech still plays)."""
         audio = self.settings.audio
         try:
             if name.startswith("file:"):
@@ -415,10 +418,6 @@ class Announcer:
             live.by_format[key].append(link)
             self._audiences.setdefault(ann_id, []).append(link)
             log.info("endpoint %s joined announcement %s mid-air", link.endpoint_id, ann_id)
-
-    def add_listener(self, listener: Callable[[Announcement], None]) -> None:
-        """Called on every state change (used by tests and, later, the store)."""
-        self._listeners.append(listener)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -837,5 +836,3 @@ class Announcer:
     def _notify(self, ann: Announcement) -> None:
         if self.journal is not None:
             self._mark_dirty(ann)
-        for listener in self._listeners:
-            listener(ann)

@@ -69,11 +69,6 @@ class EngineChain:
     def max_text_chars(self) -> int:
         return self.primary.max_text_chars
 
-    async def aclose(self) -> None:
-        await self.primary.aclose()
-        if self.fallback is not None:
-            await self.fallback.aclose()
-
     async def speak(
         self,
         requests: Sequence[SpeechRequest],

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from broadcaster.model import PcmBlock, SpeechRequest
 from broadcaster.speech.chain import EngineChain, SpeechOutcome
@@ -45,17 +45,22 @@ class Gap:
     ms: int
 
 
+#: Makes a chime's audio (file decoding, loudness): CPU work, so it is called in a
+#: worker thread when the programme is made, never on the event loop.
+ChimeMaker = Callable[[], Sound | None]
+
+
 @dataclass(frozen=True, slots=True)
 class Programme:
-    before: Sound | None = None
+    before: ChimeMaker | None = None
     speech: Sequence[Speech] = ()
     #: Times the spoken part is played again after the first time.
     repeats: int = 0
     repeat_gap_ms: int = 1000
     #: Pause between languages of a multi-language announcement.
     language_gap_ms: int = 500
-    after: Sound | None = None
-    pauses_ms: int = field(default=300)  # between a chime and the speech
+    after: ChimeMaker | None = None
+    pauses_ms: int = 300  # between a chime and the speech
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +114,11 @@ class PreparedSpeech:
         p = self._programme
         put = self._queue.put_nowait
         rate = 0  # the speech's rate, for gaps
-        if p.before is not None:
-            put(PcmBlock(p.before.pcm, p.before.sample_rate_hz))
-            put(_silence(p.pauses_ms, p.before.sample_rate_hz))
-            rate = p.before.sample_rate_hz
+        before = await asyncio.to_thread(p.before) if p.before is not None else None
+        if before is not None:
+            put(PcmBlock(before.pcm, before.sample_rate_hz))
+            put(_silence(p.pauses_ms, before.sample_rate_hz))
+            rate = before.sample_rate_hz
         spoken: list[PcmBlock] = []
         for i, part in enumerate(p.speech):
             if i and rate:
@@ -133,10 +139,11 @@ class PreparedSpeech:
                 put(_silence(p.repeat_gap_ms, rate))
             for block in spoken:  # the same audio again: no second synthesis
                 put(block)
-        if p.after is not None:
+        after = await asyncio.to_thread(p.after) if p.after is not None else None
+        if after is not None:
             if rate:
                 put(_silence(p.pauses_ms, rate))
-            put(PcmBlock(p.after.pcm, p.after.sample_rate_hz))
+            put(PcmBlock(after.pcm, after.sample_rate_hz))
 
     async def blocks(self) -> AsyncIterator[PcmBlock]:
         """The blocks in order, as they become available; raises what synthesis raised."""

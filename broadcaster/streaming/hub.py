@@ -109,9 +109,6 @@ class Outbox:
         #: if the connection can take it without waiting; False means "queue it".
         self.direct: Callable[[bytes], bool] | None = None
 
-    def set_wake(self, wake: Callable[[], None]) -> None:
-        self._wake = wake
-
     def __len__(self) -> int:
         return len(self._items) + len(self._urgent)
 
