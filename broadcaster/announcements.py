@@ -12,11 +12,70 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
+from broadcaster.config import Config, TemplateConfig
 from broadcaster.model import AnnouncementSpec, AnnouncementState
 from broadcaster.streaming.hub import DeliveryStats
+
+
+def first_given(*values: Any) -> Any:
+    """The first value that is not None (request, then template, then config default)."""
+    return next((v for v in values if v is not None), None)
+
+
+def spoken_language(config: Config, template: TemplateConfig | None, asked: str | None) -> str:
+    language: str = first_given(
+        asked, template and template.language, config.speech.default_language
+    )
+    return language
+
+
+def compose_spec(
+    config: Config,
+    template: TemplateConfig | None,
+    *,
+    text: str,
+    zones: Sequence[str],
+    language: str,
+    also: tuple[tuple[str, str], ...] = (),
+    voice: str | None = None,
+    speed: float | None = None,
+    style: str | None = None,
+    priority: int | None = None,
+    on_preempt: str | None = None,
+    chime_before: str | None = None,
+    chime_after: str | None = None,
+    repeats: int | None = None,
+    repeat_gap_ms: int | None = None,
+) -> AnnouncementSpec:
+    """An announcement from what was asked, its template's defaults and the config's.
+
+    The one place the precedence lives: a value given with the request (or the
+    schedule) wins, then the template's, then the config default.
+    """
+    t, sp = template, config.speech
+    return AnnouncementSpec(
+        text=text,
+        zones=tuple(zones),
+        voice=first_given(voice, t and t.voice, sp.default_voice),
+        language=language,
+        speed=first_given(speed, t and t.speed, sp.default_speed),
+        style=first_given(style, t and t.style),
+        priority=first_given(priority, t and t.priority, config.announcements.default_priority),
+        split=t.split if t else True,
+        max_new_tokens=t.max_new_tokens if t else None,
+        template=t.name if t else None,
+        on_preempt=first_given(on_preempt, t and t.on_preempt, "stack"),
+        chime_before=first_given(chime_before, t and t.chime_before),
+        chime_after=first_given(chime_after, t and t.chime_after),
+        repeats=first_given(repeats, t and t.repeats, 0),
+        repeat_gap_ms=first_given(repeat_gap_ms, t and t.repeat_gap_ms, 1000),
+        also=also,
+    )
 
 
 @dataclass(eq=False)

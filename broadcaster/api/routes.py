@@ -6,16 +6,16 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from pydantic import ValidationError
 
+from broadcaster.announcements import compose_spec, spoken_language
 from broadcaster.announcer import Announcer, QueueFull
 from broadcaster.clock import Clock
 from broadcaster.config import Config, ScheduleConfig
 from broadcaster.journal import row_as_dict
-from broadcaster.model import AnnouncementSpec
 from broadcaster.scheduling.runner import ScheduleError, ScheduleRunner
 from broadcaster.scheduling.templates import TemplateError
 from broadcaster.store import AsyncStore, StoreError
@@ -107,14 +107,7 @@ async def _announce(
             problems.append({"field": "template", "message": f"unknown template (known: {known})"})
     elif req.variables:
         problems.append({"field": "variables", "message": "only with a template"})
-    sp = cfg.speech
-
-    def pick(value: Any, from_template: Any, default: Any) -> Any:
-        if value is not None:
-            return value
-        return from_template if from_template is not None else default
-
-    language = pick(req.language, tpl and tpl.language, sp.default_language)
+    language = spoken_language(cfg, tpl, req.language)
     text = req.text
     also: tuple[tuple[str, str], ...] = tuple((a.language, a.text) for a in req.also or [])
     if text is None and tpl is not None:
@@ -153,23 +146,22 @@ async def _announce(
         expires_at = (due_at or now) + timedelta(seconds=after_s)
     if expires_at is not None and expires_at <= now:
         return _invalid("expires_at", "is in the past")
-    spec = AnnouncementSpec(
+    spec = compose_spec(
+        cfg,
+        tpl,
         text=text,
-        zones=tuple(zones),
-        voice=pick(req.voice, tpl and tpl.voice, sp.default_voice),
+        zones=zones,
         language=language,
-        speed=pick(req.speed, tpl and tpl.speed, sp.default_speed),
-        style=pick(req.style, tpl and tpl.style, None),
-        priority=pick(req.priority, tpl and tpl.priority, cfg.announcements.default_priority),
-        split=tpl.split if tpl else True,
-        max_new_tokens=tpl.max_new_tokens if tpl else None,
-        template=tpl.name if tpl else None,
-        on_preempt=pick(req.on_preempt, tpl and tpl.on_preempt, "stack"),
-        chime_before=pick(req.chime_before, tpl and tpl.chime_before, None),
-        chime_after=pick(req.chime_after, tpl and tpl.chime_after, None),
-        repeats=pick(req.repeats, tpl and tpl.repeats, 0),
-        repeat_gap_ms=pick(req.repeat_gap_ms, tpl and tpl.repeat_gap_ms, 1000),
         also=also,
+        voice=req.voice,
+        speed=req.speed,
+        style=req.style,
+        priority=cast(int | None, req.priority),  # the validator made a band a number
+        on_preempt=req.on_preempt,
+        chime_before=req.chime_before,
+        chime_after=req.chime_after,
+        repeats=req.repeats,
+        repeat_gap_ms=req.repeat_gap_ms,
     )
     try:
         ann = await request.app[ANNOUNCER].accept(spec, due_at=due_at, expires_at=expires_at)

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from broadcaster.announcements import compose_spec, first_given
 from broadcaster.announcer import AlreadyClaimed, Announcer, QueueFull
 from broadcaster.clock import Clock, wait_event_or_deadline
 from broadcaster.config import Config, ScheduleConfig, TemplateConfig
 from broadcaster.journal import to_row
-from broadcaster.model import AnnouncementSpec, AnnouncementState
+from broadcaster.model import AnnouncementState
 from broadcaster.scheduling.planner import Firing, SchedulePolicy, ScheduleView, plan
 from broadcaster.scheduling.templates import TemplateError
 from broadcaster.scheduling.triggers import Trigger
@@ -223,13 +224,11 @@ class ScheduleRunner:
         """The schedule's own policy, else its template's, else [scheduling] defaults."""
         sched = self.config.scheduling
         spec, tpl = live.spec, live.template
-
-        def first(*values: Any) -> Any:
-            return next(v for v in values if v is not None)
-
         return SchedulePolicy(
-            misfire_grace_s=first(spec.misfire_grace_s, tpl.misfire_grace_s, sched.misfire_grace_s),
-            coalesce=first(spec.coalesce, tpl.coalesce, sched.coalesce),
+            misfire_grace_s=first_given(
+                spec.misfire_grace_s, tpl.misfire_grace_s, sched.misfire_grace_s
+            ),
+            coalesce=first_given(spec.coalesce, tpl.coalesce, sched.coalesce),
             expires_after_s=(
                 spec.expires_after_s if spec.expires_after_s is not None else tpl.expires_after_s
             ),
@@ -249,7 +248,6 @@ class ScheduleRunner:
     async def _act(self, live: _Live, firing: Firing, now: datetime) -> None:
         spec = live.spec
         tpl = live.template
-        sp = self.config.speech
         language = self._language(live)
         reason = firing.reason
         text = ""
@@ -259,23 +257,14 @@ class ScheduleRunner:
             text, also = tpl.render_all(spec.variables, language)
         except TemplateError as exc:
             decision, reason = "failed", f"template could not be rendered: {exc}"
-        announcement = AnnouncementSpec(
+        announcement = compose_spec(
+            self.config,
+            tpl,
             text=text or f"(template {tpl.name})",
-            zones=tuple(spec.zones or tpl.zones),
-            voice=tpl.voice or sp.default_voice,
+            zones=spec.zones or tpl.zones,
             language=language,
-            speed=tpl.speed if tpl.speed is not None else sp.default_speed,
-            style=tpl.style,
-            priority=self._priority(live),
-            split=tpl.split,
-            max_new_tokens=tpl.max_new_tokens,
-            template=tpl.name,
-            on_preempt=tpl.on_preempt,
-            chime_before=tpl.chime_before,
-            chime_after=tpl.chime_after,
-            repeats=tpl.repeats,
-            repeat_gap_ms=tpl.repeat_gap_ms,
             also=also,
+            priority=self._priority(live),
         )
 
         async def claim(ann: Any) -> bool:
