@@ -110,6 +110,8 @@ class Announcement:
     preemptions: int = 0
     speech_requests: int = 0
     cache_hits: int = 0
+    #: The API token id that asked for it (None: a schedule, or made internally).
+    created_by: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         s = self.spec
@@ -138,6 +140,7 @@ class Announcement:
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
             "schedule_id": self.schedule_id,
             "fire_at": self.fire_at.isoformat() if self.fire_at else None,
+            "created_by": self.created_by,
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "first_audio_ms": first_audio_ms,
@@ -212,6 +215,10 @@ class Registry:
         self._items[ann.id] = ann
         if ann.number >= self._next_number:
             self._next_number = ann.number % 0xFFFFFFFF + 1
+
+    def unfinished(self) -> list[Announcement]:
+        """Every announcement not in a final state, oldest first."""
+        return [a for a in self._items.values() if not a.state.is_final]
 
     def recent(self, limit: int) -> list[Announcement]:
         return list(reversed(self._items.values()))[:limit]

@@ -169,6 +169,7 @@ class Announcer:
         schedule_id: str | None = None,
         fire_at: datetime | None = None,
         persist: Callable[[Announcement], Awaitable[bool]] | None = None,
+        created_by: str | None = None,
     ) -> Announcement:
         """Accept an announcement durably (journal first), then schedule it.
 
@@ -180,6 +181,7 @@ class Announcer:
         """
         ann = self._create(spec, due_at=due_at, expires_at=expires_at)
         ann.schedule_id, ann.fire_at = schedule_id, fire_at
+        ann.created_by = created_by
         # Shielded: once the write has begun, the record is scheduled even if the
         # caller goes away (an HTTP client hanging up), so stored == in memory.
         await asyncio.shield(self._store_and_schedule(ann, persist))

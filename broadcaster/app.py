@@ -214,6 +214,7 @@ class Service:
             store=self.store,
             runner=self.runner,
             supervisor=self.endpoint_server.supervisor,
+            limiter=self.endpoint_server.limiter,  # one failed-attempt budget per address
         )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -128,9 +129,10 @@ def cmd_announce(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             body[name] = value
+    token = args.token or os.environ.get("BROADCASTER_TOKEN") or None
     try:
         result = asyncio.run(
-            announce_and_wait(args.api, body, wait=args.wait, timeout_s=args.timeout)
+            announce_and_wait(args.api, body, wait=args.wait, timeout_s=args.timeout, token=token)
         )
     except ApiError as exc:
         return _fail(str(exc), 1)
@@ -168,11 +170,31 @@ def cmd_announce(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
+    """Endpoint form (no --role): the token and its hash. API form: the [[api_tokens]] entry."""
     from broadcaster.config import hash_token, new_token
 
+    if args.role is None and (args.id is not None or args.zones is not None):
+        return _fail("--id and --zones make an API token: give --role too")
+    if args.role is not None and args.id is None:
+        return _fail("--role makes an API token: give its --id too")
     token = args.token or new_token()
-    print(f"token:      {token}")
+    if args.role is None:
+        print(f"token:      {token}")
+        print(f'token_hash = "{hash_token(token)}"')
+        return 0
+    zones = [z.strip() for z in (args.zones or "").split(",") if z.strip()]
+    if args.zones is not None and not zones:
+        return _fail("--zones: give zone ids separated by commas")
+    print(f"token: {token}")
+    print("(shown once: give it to the caller, who sends 'Authorization: Bearer <token>')")
+    print()
+    print("# paste into the server config:")
+    print("[[api_tokens]]")
+    print(f"id = {json.dumps(args.id)}")
+    print(f'role = "{args.role}"')
     print(f'token_hash = "{hash_token(token)}"')
+    if zones:
+        print(f"zones = {json.dumps(zones)}")
     return 0
 
 
@@ -238,10 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--wait", action="store_true", help="wait for the end and print deliveries")
     a.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait")
     a.add_argument("--api", default=DEFAULT_API, help=f"API base URL (default {DEFAULT_API})")
+    a.add_argument(
+        "--token", help="API token (default: the BROADCASTER_TOKEN environment variable)"
+    )
     a.set_defaults(func=cmd_announce)
 
-    t = sub.add_parser("token", help="make an endpoint token and the hash for the config")
+    t = sub.add_parser(
+        "token",
+        help="make a token and its config lines: an endpoint's, or with --role an API token's",
+    )
     t.add_argument("--token", help="hash this token instead of making a new one")
+    t.add_argument("--role", choices=["viewer", "operator", "dispatcher", "admin"])
+    t.add_argument("--id", help="the API token's id (shown in the audit log)")
+    t.add_argument("--zones", help="limit the API token to these zones: a,b (default: all)")
     t.set_defaults(func=cmd_token)
 
     c = sub.add_parser("check-config", help="validate a config file")

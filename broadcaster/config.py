@@ -397,6 +397,60 @@ class ScheduleConfig(_Section):
         )
 
 
+class AuthConfig(_Section):
+    """Browser safety and the failed-attempt limit (API tokens are under [[api_tokens]])."""
+
+    #: Names the service may be addressed by (Host header), besides the listen
+    #: addresses server.http_host / ws_host when they are not wildcards. Anything
+    #: else is refused (421), which stops DNS rebinding. Add the names and
+    #: addresses endpoints and operators use when listening on 0.0.0.0.
+    public_hosts: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1", "::1"])
+    #: Browser origins ("https://console.example") whose pages may call the API and
+    #: open the endpoint WebSocket. A request with any other Origin is refused (403);
+    #: one without an Origin (not a browser) is fine. CORS stays closed either way.
+    allowed_origins: list[str] = Field(default_factory=list)
+    #: Failed authentications (API or endpoint token) one source address may make in
+    #: a row; after that one more every failed_attempts_refill_s (429 / close 4029).
+    failed_attempts_burst: int = Field(default=10, ge=1, le=10_000)
+    failed_attempts_refill_s: float = Field(default=6.0, gt=0, le=3600)
+    #: Source addresses tracked; beyond this the least recently failing is forgotten.
+    failed_attempts_max_sources: int = Field(default=10_000, ge=1, le=10_000_000)
+    #: Audit entries waiting to be written; beyond this new ones are dropped (counted, logged).
+    audit_queue_limit: int = Field(default=1000, ge=10, le=1_000_000)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            if not re.match(r"^https?://[^/\s]+$", origin.rstrip("/")):
+                raise ValueError(
+                    f"origin {origin!r} must be scheme://host[:port], e.g. https://pa.example"
+                )
+        return [o.rstrip("/").lower() for o in v]
+
+
+class ApiTokenConfig(_Section):
+    """A token for the HTTP API; make one with `broadcaster token --role ROLE --id ID`."""
+
+    id: _ID
+    role: Literal["viewer", "operator", "dispatcher", "admin"]
+    #: "sha256:<hex>" of the token.
+    token_hash: str
+    #: Zones this token may act in (absent: all).
+    zones: list[_ID] | None = None
+    description: str | None = None
+
+    @field_validator("token_hash")
+    @classmethod
+    def _hash(cls, v: str) -> str:
+        if not _TOKEN_HASH_RE.match(v):
+            raise ValueError(
+                "must be 'sha256:' followed by 64 lower-case hex digits "
+                "(run `broadcaster token --role ROLE --id ID` to make a token and its hash)"
+            )
+        return v
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -410,6 +464,8 @@ class Config(_Section):
     scheduling: SchedulingConfig = SchedulingConfig()
     audio: AudioConfig = AudioConfig()
     logging: LoggingConfig = LoggingConfig()
+    auth: AuthConfig = AuthConfig()
+    api_tokens: list[ApiTokenConfig] = Field(default_factory=list)
     zones: list[ZoneConfig] = Field(default_factory=list)
     endpoints: list[EndpointConfig] = Field(default_factory=list)
     templates: list[TemplateConfig] = Field(default_factory=list)
@@ -457,6 +513,19 @@ class Config(_Section):
                 template.compiled().render(sc.variables, language=sc.language or "English")
             except TemplateError as exc:
                 raise ValueError(f"{where}: {exc}") from None
+        token_ids = [t.id for t in self.api_tokens]
+        dup = {t for t in token_ids if token_ids.count(t) > 1}
+        if dup:
+            raise ValueError(f"api_tokens ids listed twice: {', '.join(sorted(dup))}")
+        hashes = [t.token_hash for t in self.api_tokens]
+        if len(set(hashes)) != len(hashes):
+            raise ValueError("api_tokens: two tokens have the same token_hash (make one each)")
+        for i, tok in enumerate(self.api_tokens):
+            unknown = [z for z in tok.zones or [] if z not in known]
+            if unknown:
+                raise ValueError(
+                    f"api_tokens[{i}] ({tok.id}): zones {unknown} are not defined under [[zones]]"
+                )
         for i, ep in enumerate(self.endpoints):
             unknown = [z for z in ep.zones if z not in known]
             if unknown:
@@ -493,7 +562,7 @@ def hash_token(token: str) -> str:
 
 
 def new_token() -> str:
-    """A fresh random endpoint token (256 bits)."""
+    """A fresh random token (256 bits) for an endpoint or the API."""
     return secrets.token_urlsafe(32)
 
 

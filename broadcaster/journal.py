@@ -58,6 +58,7 @@ def to_row(ann: Announcement) -> AnnouncementRow:
             "speech_requests",
             "cache_hits",
             "endpoints",
+            "created_by",
         )
     }
     return AnnouncementRow(
@@ -141,6 +142,8 @@ def revive(row: AnnouncementRow, registry: Registry, *, now_us: int) -> Announce
     )
     ann.due_at, ann.expires_at = row.due_at, row.expires_at
     ann.schedule_id, ann.fire_at = row.schedule_id, row.fire_at
+    created_by = row.details.get("created_by")
+    ann.created_by = created_by if isinstance(created_by, str) else None
     return ann
 
 

@@ -122,6 +122,26 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX firings_announcement_id ON firings (announcement_id);
         """,
     ),
+    Migration(
+        2,
+        "audit log of API calls",
+        """
+        CREATE TABLE audit (
+            seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+            at           TEXT NOT NULL,
+            principal_id TEXT,
+            role         TEXT,
+            source       TEXT,
+            method       TEXT NOT NULL,
+            path         TEXT NOT NULL,
+            target_id    TEXT,
+            status       INTEGER NOT NULL,
+            created_id   TEXT,
+            detail       TEXT
+        );
+        CREATE INDEX audit_at ON audit (at);
+        """,
+    ),
 )
 
 #: The newest schema version this code knows.
@@ -164,6 +184,38 @@ class FiringRow:
     coalesced: int
     reason: str | None
     announcement_id: str | None  # None when none was created, or it was pruned
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One API call in the audit log (see broadcaster.auth.AuditEntry)."""
+
+    at: datetime
+    method: str
+    path: str
+    status: int
+    principal_id: str | None = None
+    role: str | None = None
+    source: str | None = None
+    target_id: str | None = None
+    created_id: str | None = None
+    detail: str | None = None
+    seq: int | None = None  # assigned by the store
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "at": self.at.isoformat(),
+            "principal_id": self.principal_id,
+            "role": self.role,
+            "source": self.source,
+            "method": self.method,
+            "path": self.path,
+            "target_id": self.target_id,
+            "status": self.status,
+            "created_id": self.created_id,
+            "detail": self.detail,
+        }
 
 
 class _Unset(enum.Enum):
@@ -691,6 +743,64 @@ class Store:
             )
             return cur.rowcount
 
+    # --- audit log -----------------------------------------------------------------------
+
+    def insert_audit(self, rows: Collection[AuditRow]) -> None:
+        """Append audit entries (one transaction for the batch)."""
+        if not rows:
+            return
+        with self._write(f"insert {len(rows)} audit entries") as c:
+            c.executemany(
+                "INSERT INTO audit (at, principal_id, role, source, method, path, target_id,"
+                " status, created_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        _ts(r.at),
+                        r.principal_id,
+                        r.role,
+                        r.source,
+                        r.method,
+                        r.path,
+                        r.target_id,
+                        r.status,
+                        r.created_id,
+                        r.detail,
+                    )
+                    for r in rows
+                ],
+            )
+
+    def list_audit(self, since: datetime | None = None, limit: int = 100) -> list[AuditRow]:
+        """Oldest first from ``since`` (inclusive); the newest ``limit`` without ``since``."""
+        if since is not None:
+            rows = self._query(
+                "list audit",
+                "SELECT * FROM audit WHERE at >= ? ORDER BY at, seq LIMIT ?",
+                (_ts(since), max(0, limit)),
+            )
+        else:
+            rows = self._query(
+                "list audit",
+                "SELECT * FROM (SELECT * FROM audit ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+                (max(0, limit),),
+            )
+        return [
+            AuditRow(
+                seq=r["seq"],
+                at=_dt(r["at"]),
+                principal_id=r["principal_id"],
+                role=r["role"],
+                source=r["source"],
+                method=r["method"],
+                path=r["path"],
+                target_id=r["target_id"],
+                status=r["status"],
+                created_id=r["created_id"],
+                detail=r["detail"],
+            )
+            for r in rows
+        ]
+
 
 # --- the async adapter ------------------------------------------------------------------
 
@@ -778,3 +888,5 @@ class AsyncStore:
     get_firing = _in_worker(Store.get_firing)
     list_firings = _in_worker(Store.list_firings)
     prune_firings = _in_worker(Store.prune_firings)
+    insert_audit = _in_worker(Store.insert_audit)
+    list_audit = _in_worker(Store.list_audit)

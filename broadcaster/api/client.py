@@ -39,12 +39,16 @@ async def announce_and_wait(
     timeout_s: float = 600.0,
     poll_interval_s: float = 0.25,
     clock: Clock | None = None,
+    token: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """POST the announcement; with ``wait`` poll until it reaches a final state."""
     clock = clock or SystemClock()
     base = base_url.rstrip("/")
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=30), headers=headers
+        ) as http:
             async with http.post(f"{base}/v1/announcements", json=body) as resp:
                 created = await _json(resp)
                 if resp.status != 202:

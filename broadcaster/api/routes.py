@@ -13,6 +13,16 @@ from pydantic import ValidationError
 
 from broadcaster.announcements import compose_spec, spoken_language
 from broadcaster.announcer import Announcer, QueueFull
+from broadcaster.auth import (
+    FailureLimiter,
+    Principal,
+    Refusal,
+    Role,
+    may_announce,
+    may_cancel,
+    may_manage_schedule,
+    may_silence,
+)
 from broadcaster.clock import Clock
 from broadcaster.config import Config, ScheduleConfig
 from broadcaster.journal import row_as_dict
@@ -22,6 +32,16 @@ from broadcaster.store import AsyncStore, StoreError
 from broadcaster.streaming.hub import Hub
 from broadcaster.streaming.supervision import Supervisor
 
+from .access import (
+    ACCESS,
+    AUDIT_CREATED,
+    AUDIT_DETAIL,
+    PUBLIC,
+    Access,
+    access_middleware,
+    refusal_response,
+    requires,
+)
 from .schemas import AnnouncementRequest, field_errors
 
 log = logging.getLogger(__name__)
@@ -54,6 +74,19 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(500, "internal_error", "internal error; see the server log")
 
 
+def _principal(request: web.Request) -> Principal:
+    """The caller the access middleware authenticated (every non-public route has one)."""
+    principal = request.get("principal")
+    if not isinstance(principal, Principal):  # only a route declared PUBLIC lacks one
+        raise RuntimeError(f"{request.path}: no principal; is the route declared public?")
+    return principal
+
+
+def _forbid(request: web.Request, refusal: Refusal) -> web.Response:
+    request[AUDIT_DETAIL] = refusal.message
+    return refusal_response(refusal)
+
+
 async def _json_body(request: web.Request) -> Any:
     raw = await request.read()
     try:
@@ -65,12 +98,14 @@ async def _json_body(request: web.Request) -> Any:
         ) from None
 
 
+@requires(Role.OPERATOR)
 async def create_announcement(request: web.Request) -> web.Response:
     """POST /v1/announcements: a text, or a template with variables (or both)."""
     body = await _json_body(request)
     return await _announce(request, body, template_from_path=None)
 
 
+@requires(Role.OPERATOR)
 async def trigger_template(request: web.Request) -> web.Response:
     """POST /v1/triggers/{template}: an event (a delay feed, a sensor) fires a template."""
     body = await _json_body(request)
@@ -163,13 +198,26 @@ async def _announce(
         repeats=req.repeats,
         repeat_gap_ms=req.repeat_gap_ms,
     )
+    # Checked on the effective priority and zones (after template and config defaults).
+    principal = _principal(request)
+    refusal = may_announce(
+        principal,
+        priority=spec.priority,
+        zones=spec.zones,
+        emergency_priority=cfg.announcements.emergency_priority,
+    )
+    if refusal is not None:
+        return _forbid(request, refusal)
     try:
-        ann = await request.app[ANNOUNCER].accept(spec, due_at=due_at, expires_at=expires_at)
+        ann = await request.app[ANNOUNCER].accept(
+            spec, due_at=due_at, expires_at=expires_at, created_by=principal.id
+        )
     except QueueFull as exc:
         return _error(503, "queue_full", str(exc))
     except StoreError as exc:
         log.error("announcement not accepted: %s", exc)
         return _error(503, "store_unavailable", "the announcement could not be stored")
+    request[AUDIT_CREATED] = ann.id
     return web.json_response(
         ann.as_dict(),
         status=202,
@@ -190,10 +238,24 @@ def _runner(request: web.Request) -> ScheduleRunner:
     return request.app[RUNNER]
 
 
+def _schedule_scope(cfg: Config, data: dict[str, Any]) -> tuple[list[str], int]:
+    """A schedule's effective zones and priority (its own, else its template's, else config)."""
+    tpl = cfg.template(str(data.get("template")))
+    zones = data.get("zones") or (tpl.zones if tpl else []) or []
+    priority = data.get("priority")
+    if priority is None:
+        priority = tpl.priority if tpl and tpl.priority is not None else None
+    if priority is None:
+        priority = cfg.announcements.default_priority
+    return [str(z) for z in zones], int(priority)
+
+
+@requires(Role.VIEWER)
 async def list_schedules(request: web.Request) -> web.Response:
     return web.json_response({"schedules": _runner(request).list()})
 
 
+@requires(Role.OPERATOR)
 async def create_schedule(request: web.Request) -> web.Response:
     body = await _json_body(request)
     if not isinstance(body, dict):
@@ -202,6 +264,18 @@ async def create_schedule(request: web.Request) -> web.Response:
         spec = ScheduleConfig.model_validate(body)
     except ValidationError as exc:
         return _error(422, "validation_failed", "invalid fields", fields=field_errors(exc))
+    cfg = request.app[CONFIG]
+    if cfg.template(spec.template) is not None:  # (an unknown one is refused by the runner)
+        zones, priority = _schedule_scope(cfg, spec.model_dump())
+        refusal = may_announce(
+            _principal(request),
+            priority=priority,
+            zones=zones,
+            emergency_priority=cfg.announcements.emergency_priority,
+            verb="schedule",
+        )
+        if refusal is not None:
+            return _forbid(request, refusal)
     try:
         created = await _runner(request).create(spec)
     except ScheduleError as exc:
@@ -212,9 +286,22 @@ async def create_schedule(request: web.Request) -> web.Response:
             str(exc),
             fields=[{"field": exc.field, "message": str(exc)}],
         )
+    request[AUDIT_CREATED] = spec.id
     return web.json_response(created, status=201, headers={"Location": f"/v1/schedules/{spec.id}"})
 
 
+def _schedule_refusal(request: web.Request) -> web.Response | None:
+    """404 for an unknown schedule, 403 when the token may not change it; None: go on."""
+    runner = _runner(request)
+    sid = request.match_info["id"]
+    if sid not in {s["id"] for s in runner.list()}:
+        return _error(404, "not_found", "no such schedule")
+    zones, _ = _schedule_scope(request.app[CONFIG], runner.describe(sid, upcoming=0))
+    refusal = may_manage_schedule(_principal(request), sid, zones)
+    return _forbid(request, refusal) if refusal is not None else None
+
+
+@requires(Role.VIEWER)
 async def get_schedule(request: web.Request) -> web.Response:
     runner = _runner(request)
     sid = request.match_info["id"]
@@ -223,27 +310,37 @@ async def get_schedule(request: web.Request) -> web.Response:
     return web.json_response(runner.describe(sid, upcoming=10))
 
 
+@requires(Role.OPERATOR)
 async def delete_schedule(request: web.Request) -> web.Response:
+    refused = _schedule_refusal(request)
+    if refused is not None:
+        return refused
     if not await _runner(request).delete(request.match_info["id"]):
         return _error(404, "not_found", "no such schedule")
     return web.json_response({"deleted": request.match_info["id"]})
 
 
+@requires(Role.OPERATOR)
 async def pause_schedule(request: web.Request) -> web.Response:
     return await _pause(request, True)
 
 
+@requires(Role.OPERATOR)
 async def resume_schedule(request: web.Request) -> web.Response:
     return await _pause(request, False)
 
 
 async def _pause(request: web.Request, paused: bool) -> web.Response:
+    refused = _schedule_refusal(request)
+    if refused is not None:
+        return refused
     described = await _runner(request).set_paused(request.match_info["id"], paused)
     if described is None:
         return _error(404, "not_found", "no such schedule")
     return web.json_response(described)
 
 
+@requires(Role.VIEWER)
 async def get_announcement(request: web.Request) -> web.Response:
     ann_id = request.match_info["id"]
     ann = request.app[ANNOUNCER].registry.get(ann_id)
@@ -273,6 +370,7 @@ def _query_time(request: web.Request, name: str) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+@requires(Role.VIEWER)
 async def list_announcements(request: web.Request) -> web.Response:
     """History, newest first: ?since=&until= (ISO 8601), &state= (repeatable), &limit=."""
     try:
@@ -305,14 +403,95 @@ async def list_announcements(request: web.Request) -> web.Response:
     return web.json_response({"announcements": items})
 
 
+@requires(Role.OPERATOR)
 async def cancel_announcement(request: web.Request) -> web.Response:
     announcer = request.app[ANNOUNCER]
-    ann = announcer.cancel(request.match_info["id"])
+    ann_id = request.match_info["id"]
+    found = announcer.registry.get(ann_id)
+    if found is None:
+        return _error(404, "not_found", "no such announcement")
+    refusal = may_cancel(
+        _principal(request),
+        announcement_id=ann_id,
+        created_by=found.created_by,
+        zones=found.spec.zones,
+    )
+    if refusal is not None:
+        return _forbid(request, refusal)
+    ann = announcer.cancel(ann_id)
     if ann is None:
         return _error(404, "not_found", "no such announcement")
     return web.json_response(ann.as_dict(), status=202)
 
 
+@requires(Role.DISPATCHER)
+async def silence_zone(request: web.Request) -> web.Response:
+    """POST /v1/zones/{id}/silence: cancel what plays and what waits in a zone.
+
+    Every unfinished announcement that includes the zone (playing, waiting for
+    the zone, or waiting for its due time) is cancelled; endpoints playing one
+    get ``announcement_cancelled`` with ``flush`` and stop within a chunk. An
+    announcement that also covers other zones is cancelled there too (playout
+    is whole-announcement). Schedules are untouched: their next firings play.
+    Optional body: ``{"reason": "..."}``, added to the reason, which names the token.
+    """
+    cfg = request.app[CONFIG]
+    zone = request.match_info["id"]
+    if zone not in cfg.zone_ids:
+        return _error(404, "not_found", f"no zone {zone!r}")
+    principal = _principal(request)
+    refusal = may_silence(principal, zone)
+    if refusal is not None:
+        return _forbid(request, refusal)
+    note: str | None = None
+    if request.body_exists:
+        body = await _json_body(request)
+        raw_note = body.get("reason") if isinstance(body, dict) else None
+        extra = set(body) - {"reason"} if isinstance(body, dict) else {"(body)"}
+        if extra or (raw_note is not None and not isinstance(raw_note, str)):
+            field = sorted(extra)[0] if extra else "reason"
+            return _invalid(field, 'the body may only be {"reason": "text"}')
+        if isinstance(raw_note, str):
+            if len(raw_note) > 200:
+                return _invalid("reason", "at most 200 characters")
+            note = raw_note.strip() or None
+    reason = f"zone {zone} silenced by {principal.id} ({principal.role})"
+    if note:
+        reason += f": {note}"
+    announcer = request.app[ANNOUNCER]
+    cancelled = []
+    for ann in announcer.registry.unfinished():
+        if zone in ann.spec.zones and announcer.cancel(ann.id, reason) is not None:
+            cancelled.append(ann.id)
+    request[AUDIT_DETAIL] = f"cancelled {len(cancelled)}: {', '.join(cancelled)}"[:500]
+    log.info("%s; cancelled %d announcement(s)", reason, len(cancelled))
+    return web.json_response({"zone": zone, "reason": reason, "cancelled": cancelled}, status=202)
+
+
+@requires(Role.DISPATCHER)
+async def list_audit(request: web.Request) -> web.Response:
+    """GET /v1/audit?since=&limit=: state-changing and refused calls, oldest first."""
+    try:
+        try:
+            limit = int(request.query.get("limit", "100"))
+        except ValueError:
+            raise _Invalid("limit", "must be an integer") from None
+        since = _query_time(request, "since")
+    except _Invalid as exc:
+        return _invalid(exc.field, str(exc))
+    store = request.app.get(STORE)
+    if store is None:
+        return _error(503, "store_unavailable", "no store: the audit log is only in the log")
+    await request.app[ACCESS].audit.flush()  # what was just done is in the answer
+    try:
+        rows = await store.list_audit(since=since, limit=max(1, min(limit, 1000)))
+    except StoreError as exc:
+        log.error("audit log not readable: %s", exc)
+        return _error(503, "store_unavailable", "the audit log could not be read")
+    return web.json_response({"audit": [r.as_dict() for r in rows]})
+
+
+@requires(Role.VIEWER)
 async def list_endpoints(request: web.Request) -> web.Response:
     now = request.app[CLOCK].monotonic_us()
     hub = request.app[HUB]
@@ -331,6 +510,7 @@ async def list_endpoints(request: web.Request) -> web.Response:
     return web.json_response({"endpoints": items})
 
 
+@requires(Role.VIEWER)
 async def list_events(request: web.Request) -> web.Response:
     """Supervision events (endpoint faults, recoveries), oldest first."""
     supervisor = request.app.get(SUPERVISOR)
@@ -338,6 +518,7 @@ async def list_events(request: web.Request) -> web.Response:
     return web.json_response({"events": [e.as_dict() for e in events]})
 
 
+@requires(Role.VIEWER)
 async def list_zones(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     arbiter = request.app[ANNOUNCER].arbiter
@@ -354,6 +535,7 @@ async def list_zones(request: web.Request) -> web.Response:
     return web.json_response({"zones": zones})
 
 
+@requires(PUBLIC)
 async def health(request: web.Request) -> web.Response:
     announcer = request.app[ANNOUNCER]
     fallback = announcer.speech.fallback
@@ -379,8 +561,13 @@ def build_app(
     store: AsyncStore | None = None,
     runner: ScheduleRunner | None = None,
     supervisor: Supervisor | None = None,
+    limiter: FailureLimiter | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=4 * 1024 * 1024)
+    """The API. Every route declares its role with ``@requires`` (undeclared: admin only)."""
+    app = web.Application(middlewares=[_errors, access_middleware], client_max_size=4 * 1024 * 1024)
+    access = Access.from_config(config, clock=clock, store=store, limiter=limiter)
+    app[ACCESS] = access
+    app.cleanup_ctx.append(access.audit.context)
     if supervisor is not None:
         app[SUPERVISOR] = supervisor
     if store is not None:
@@ -405,5 +592,7 @@ def build_app(
     app.router.add_get("/v1/endpoints", list_endpoints)
     app.router.add_get("/v1/zones", list_zones)
     app.router.add_get("/v1/events", list_events)
+    app.router.add_post("/v1/zones/{id}/silence", silence_zone)
+    app.router.add_get("/v1/audit", list_audit)
     app.router.add_get("/healthz", health)
     return app

@@ -22,6 +22,13 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from broadcaster.auth import (
+    FailureLimiter,
+    allowed_hosts,
+    host_allowed,
+    origin_allowed,
+    source_key,
+)
 from broadcaster.clock import Clock, wait_event_or_deadline
 from broadcaster.config import Config
 from broadcaster.model import StreamFormat
@@ -58,8 +65,18 @@ class EndpointServer:
         on_receipt: Callable[[str, wire.Receipt], None],
         on_join: Callable[[EndpointLink], None] = lambda link: None,
         on_playback: Callable[[str, wire.Playback], None] = lambda eid, msg: None,
+        limiter: FailureLimiter | None = None,
     ) -> None:
         st = config.streaming
+        a = config.auth
+        #: Wrong endpoint tokens per source address (the same rule as API tokens).
+        self.limiter = limiter or FailureLimiter(
+            burst=a.failed_attempts_burst,
+            refill_us=int(a.failed_attempts_refill_s * 1_000_000),
+            max_sources=a.failed_attempts_max_sources,
+        )
+        self._hosts = allowed_hosts(a.public_hosts, config.server.ws_host)
+        self._origins = frozenset(a.allowed_origins)
         self._hub = hub
         self._clock = clock
         self._on_receipt = on_receipt
@@ -138,10 +155,33 @@ class EndpointServer:
             log.log(level, "supervision: %s %s (%s)", ev.kind, ev.endpoint_id, ev.detail)
 
     def _check_path(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Refuse a handshake before the upgrade: path, Host, Origin, failed-attempt limit."""
         if request.path.split("?", 1)[0] != ENDPOINT_PATH:
             return connection.respond(
                 HTTPStatus.NOT_FOUND, f"PA endpoints connect to {ENDPOINT_PATH}\n"
             )
+        host = request.headers.get("Host")
+        if not host_allowed(host, self._hosts):
+            return connection.respond(
+                HTTPStatus.MISDIRECTED_REQUEST,
+                f"Host {host!r} is not a name of this service (add it to [auth] public_hosts)\n",
+            )
+        origin = request.headers.get("Origin")
+        if not origin_allowed(origin, self._origins):
+            return connection.respond(
+                HTTPStatus.FORBIDDEN,
+                f"Origin {origin!r} may not connect (add it to [auth] allowed_origins)\n",
+            )
+        peer = connection.remote_address[0] if connection.remote_address else None
+        wait_us = self.limiter.retry_after_us(source_key(peer), self._clock.monotonic_us())
+        if wait_us:
+            seconds = -(-wait_us // 1_000_000)
+            response = connection.respond(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                f"too many failed authentications from your address; retry in {seconds} s\n",
+            )
+            response.headers["Retry-After"] = str(seconds)
+            return response
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -154,6 +194,8 @@ class EndpointServer:
             formats=self._formats,
             settings=self._settings,
             now_us=clock.monotonic_us(),
+            limiter=self.limiter,
+            source=source_key(ws.remote_address[0] if ws.remote_address else None),
         )
         wake = asyncio.Event()
         outbox = Outbox(max_audio_us=self._max_audio_us, wake=wake.set)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+from broadcaster.auth import FailureLimiter
 from broadcaster.model import StreamFormat
 from broadcaster.streaming import wire
 from broadcaster.streaming.wire import CloseCode
@@ -103,8 +104,13 @@ class EndpointSession:
         formats: Mapping[str, StreamFormat],
         settings: SessionSettings,
         now_us: int,
+        limiter: FailureLimiter | None = None,
+        source: str = "unknown",
     ) -> None:
+        """``limiter`` counts wrong tokens per ``source`` (the peer's address key)."""
         self.session_id = session_id
+        self._limiter = limiter
+        self._source = source
         self._grants = grants
         self._formats = formats
         self._settings = settings
@@ -242,9 +248,22 @@ class EndpointSession:
 
     def _on_hello(self, hello: wire.Hello, now_us: int) -> None:
         # (The protocol version was checked while parsing, before the schema.)
+        limiter = self._limiter
+        if limiter is not None:
+            wait_us = limiter.retry_after_us(self._source, now_us)
+            if wait_us:  # refused before the token is even looked at
+                self._fail(
+                    "too_many_failed_attempts",
+                    "too many failed authentications from your address; "
+                    f"retry in {-(-wait_us // 1_000_000)} s",
+                    CloseCode.RATE_LIMITED,
+                )
+                return
         grant = self._grants.get(hello.endpoint_id)
         # One answer for an unknown id and a wrong token: do not reveal which ids exist.
         if grant is None or not grant.token_ok(hello.token):
+            if limiter is not None:
+                limiter.failure(self._source, now_us)
             self._fail("unauthorized", "unknown endpoint id or wrong token", CloseCode.UNAUTHORIZED)
             return
         forbidden = [z for z in hello.zones if z not in grant.zones]

@@ -375,3 +375,4 @@ class CloseCode:
     BAD_VERSION = 4009  # protocol version not supported
     REPLACED = 4010  # the same endpoint id connected again; the older link is closed
     LAGGING = 4011  # could not keep up: its queue overflowed for too long
+    RATE_LIMITED = 4029  # too many failed authentications from its address; retry later

@@ -18,10 +18,54 @@ from broadcaster.speech.espeak import EspeakEngine
 
 TOKENS = {"ep-a": "token-a", "ep-b": "token-b", "ep-c": "token-c", "ep-d": "token-d"}
 
+#: API tokens of the test configs: one per role, and an operator limited to "gate".
+API_TOKENS = {
+    "admin": "test-admin-token",
+    "dispatcher": "test-dispatcher-token",
+    "operator": "test-operator-token",
+    "operator2": "test-operator2-token",
+    "viewer": "test-viewer-token",
+    "gate-operator": "test-gate-operator-token",
+    "gate-dispatcher": "test-gate-dispatcher-token",
+}
 
-def make_config(store: str = ":memory:", **streaming: Any) -> Config:
+
+def api_tokens_config(limited_zone: str | None = "gate") -> list[dict[str, Any]]:
+    """The ``api_tokens`` entries for API_TOKENS (add them to a test's own config).
+
+    The zone-limited ones are limited to ``limited_zone`` (None: left out)."""
+    roles = {
+        "admin": "admin",
+        "dispatcher": "dispatcher",
+        "operator": "operator",
+        "operator2": "operator",
+        "viewer": "viewer",
+        "gate-operator": "operator",
+        "gate-dispatcher": "dispatcher",
+    }
+    out: list[dict[str, Any]] = []
+    for tid, token in API_TOKENS.items():
+        entry: dict[str, Any] = {"id": tid, "role": roles[tid], "token_hash": hash_token(token)}
+        if tid.startswith("gate-"):
+            if limited_zone is None:
+                continue
+            entry["zones"] = [limited_zone]
+        out.append(entry)
+    return out
+
+
+def bearer(who: str = "admin") -> dict[str, str]:
+    """The Authorization header of the test token ``who`` (a key of API_TOKENS)."""
+    return {"Authorization": f"Bearer {API_TOKENS[who]}"}
+
+
+def make_config(
+    store: str = ":memory:", *, auth: dict[str, Any] | None = None, **streaming: Any
+) -> Config:
     return parse_config(
         {
+            "auth": auth or {},
+            "api_tokens": api_tokens_config(),
             "server": {"http_port": 0, "ws_port": 0, "shutdown_timeout_s": 2},
             "store": {"path": store},
             "announcements": {"wait_for_endpoints_s": 0.3},
@@ -39,6 +83,9 @@ def make_config(store: str = ":memory:", **streaming: Any) -> Config:
 
 
 class Harness:
+    """Clients of a running service. ``post``/``get`` send the admin token unless told
+    ``as_=`` another key of API_TOKENS, or ``as_=None`` for no token."""
+
     def __init__(self, service: Service, tmp: Path) -> None:
         self.service = service
         self.tmp = tmp
@@ -62,15 +109,22 @@ class Harness:
         await asyncio.wait_for(ep.joined.wait(), 10)
         return ep
 
-    async def post(self, body: Any) -> tuple[int, Any]:
+    async def post(
+        self, body: Any, *, path: str = "/v1/announcements", as_: str | None = "admin"
+    ) -> tuple[int, Any]:
+        headers = bearer(as_) if as_ is not None else {}
         async with (
             aiohttp.ClientSession() as http,
-            http.post(f"{self.api}/v1/announcements", json=body) as r,
+            http.post(f"{self.api}{path}", json=body, headers=headers) as r,
         ):
             return r.status, await r.json()
 
-    async def get(self, path: str) -> tuple[int, Any]:
-        async with aiohttp.ClientSession() as http, http.get(f"{self.api}{path}") as r:
+    async def get(self, path: str, *, as_: str | None = "admin") -> tuple[int, Any]:
+        headers = bearer(as_) if as_ is not None else {}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{self.api}{path}", headers=headers) as r,
+        ):
             return r.status, await r.json()
 
     async def wait_final(self, ann_id: str, timeout_s: float = 60) -> dict[str, Any]:

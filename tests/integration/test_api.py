@@ -5,6 +5,8 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
+from .conftest import bearer
+
 pytestmark = pytest.mark.integration
 
 
@@ -35,7 +37,7 @@ async def test_bad_fields_are_422_naming_the_field(harness, body, field):
 
 async def test_invalid_json_is_400(harness):
     async with (
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(headers=bearer()) as http,
         http.post(
             f"{harness.api}/v1/announcements",
             data=b"{nope",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import sys
@@ -17,9 +18,20 @@ ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "broadcaster.cli"]
 
 
-async def run(*args: str, timeout: float = 60) -> tuple[int, str, str]:
+#: What `broadcaster announce` authenticates with (the demo config's operator token).
+ENV = {**os.environ, "BROADCASTER_TOKEN": "demo-operator-token"}
+
+
+async def run(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        *CLI, *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *CLI,
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=ENV if env is None else env,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     return proc.returncode or 0, out.decode(), err.decode()
@@ -183,3 +195,41 @@ async def test_port_in_use_is_a_clear_error(server):
         "serve", "--config", "configs/demo.toml", "--http-port", port, "--ws-port", "0"
     )
     assert rc == 2 and "cannot start" in err and "Traceback" not in err
+
+
+async def test_announce_without_a_token_is_refused_with_401(server):
+    env = {k: v for k, v in os.environ.items() if k != "BROADCASTER_TOKEN"}
+    rc, _out, err = await run(
+        "announce", "Hello", "--zone", "concourse", "--api", server.http, env=env
+    )
+    assert rc == 1
+    assert "401 unauthorized: missing bearer token" in err and "Traceback" not in err
+
+
+async def test_announce_token_option_wins_and_role_is_checked(server):
+    # A viewer token may read but not announce: 403 naming the role.
+    rc, _out, err = await run(
+        "announce",
+        "Hello",
+        "--zone",
+        "concourse",
+        "--api",
+        server.http,
+        "--token",
+        "demo-viewer-token",
+    )
+    assert rc == 1
+    assert "403 forbidden: role viewer may not POST /v1/announcements (needs operator" in err
+
+
+async def test_token_command_prints_the_api_token_lines_to_paste(tmp_path):
+    rc, out, _ = await run("token", "--role", "operator", "--id", "desk-1", "--zones", "a,b")
+    assert rc == 0
+    token = re.search(r"^token: (\S+)$", out, re.M)
+    assert token is not None and len(token[1]) >= 43  # 256 bits, url-safe base64
+    from broadcaster.config import hash_token
+
+    assert "[[api_tokens]]" in out and 'id = "desk-1"' in out and 'role = "operator"' in out
+    assert f'token_hash = "{hash_token(token[1])}"' in out and 'zones = ["a", "b"]' in out
+    rc, _, err = await run("token", "--role", "operator")
+    assert rc == 2 and "--id" in err

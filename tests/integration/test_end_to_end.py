@@ -128,8 +128,10 @@ async def test_cancel_reaches_the_endpoint(harness):
         await asyncio.sleep(0.02)
     from aiohttp import ClientSession
 
+    from .conftest import bearer
+
     async with (
-        ClientSession() as http,
+        ClientSession(headers=bearer()) as http,
         http.post(f"{harness.api}/v1/announcements/{created['id']}/cancel") as r,
     ):
         assert r.status == 202

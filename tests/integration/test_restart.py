@@ -35,6 +35,10 @@ id = "hall"
 id = "ep"
 token_hash = "{hash_token("t")}"
 zones = ["hall"]
+[[api_tokens]]
+id = "admin"
+role = "admin"
+token_hash = "{hash_token("test-admin-token")}"
 """
     )
 
@@ -96,7 +100,9 @@ async def test_kill_9_with_work_pending_loses_nothing_and_doubles_nothing(tmp_pa
     ep_task = asyncio.create_task(endpoint.run())
     try:
         await asyncio.wait_for(endpoint.joined.wait(), 10)
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(
+            headers={"Authorization": "Bearer test-admin-token"}
+        ) as http:
             ids = []
             for text in (
                 "First, a longer announcement that is playing when the server dies. " * 2,

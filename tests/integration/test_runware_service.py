@@ -10,7 +10,7 @@ from broadcaster.app import Service
 from broadcaster.config import hash_token, parse_config
 from tests.fakes.runware import FakeRunware
 
-from .conftest import TOKENS, Harness
+from .conftest import TOKENS, Harness, api_tokens_config
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +40,7 @@ def runware_config(fake, cache_dir, **speech):
                 },
             },
             "zones": [{"id": "hall"}],
+            "api_tokens": api_tokens_config(limited_zone=None),
             "endpoints": [
                 {"id": "ep-a", "token_hash": hash_token(TOKENS["ep-a"]), "zones": ["hall"]}
             ],

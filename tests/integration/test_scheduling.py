@@ -12,7 +12,7 @@ from broadcaster.app import Service
 from broadcaster.config import hash_token, parse_config
 from broadcaster.speech.espeak import EspeakEngine
 
-from .conftest import TOKENS, Harness
+from .conftest import TOKENS, Harness, api_tokens_config, bearer
 
 pytestmark = pytest.mark.integration
 
@@ -25,6 +25,7 @@ def config(store):
             "streaming": {"playout_delay_ms": 200},
             "announcements": {"wait_for_endpoints_s": 0.3},
             "scheduling": {"prerender_s": 60},
+            "api_tokens": api_tokens_config(),
             "zones": [{"id": "hall"}, {"id": "gate"}],
             "endpoints": [
                 {"id": "ep-a", "token_hash": hash_token(TOKENS["ep-a"]), "zones": ["hall", "gate"]}
@@ -61,7 +62,7 @@ async def test_trigger_renders_the_template_and_validates_variables(tmp_path):
         h = Harness(svc, tmp_path)
         ep = await h.endpoint("ep-a", ["hall"], ["pcm_s16le/8000"])
         try:
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession(headers=bearer()) as http:
                 url = f"{h.api}/v1/triggers/delay"
                 status, body = await request(
                     http, "POST", url, {"variables": {"time": "12:40", "minutes": 18}}
@@ -97,7 +98,7 @@ async def test_scheduled_one_shot_fires_on_time_and_the_endpoint_hears_it(tmp_pa
         ep = await h.endpoint("ep-a", ["hall"], ["opus/48000"])
         try:
             due = datetime.now(UTC) + timedelta(seconds=2)
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession(headers=bearer()) as http:
                 status, created = await request(
                     http,
                     "POST",
@@ -142,7 +143,7 @@ async def test_schedule_api_lists_pauses_resumes_and_deletes(tmp_path):
     async with Service(config(tmp_path / "s.db"), engine=EspeakEngine()) as svc:
         h = Harness(svc, tmp_path)
         try:
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession(headers=bearer()) as http:
                 base = f"{h.api}/v1/schedules"
                 body = {
                     "id": "nightly",
@@ -183,7 +184,7 @@ async def test_after_downtime_stale_firings_are_recorded_missed_not_played(tmp_p
         h = Harness(svc, tmp_path)
         try:
             start = datetime.now(UTC) - timedelta(seconds=595)  # every minute since ~10 min ago
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession(headers=bearer()) as http:
                 status, _ = await request(
                     http,
                     "POST",
@@ -208,7 +209,7 @@ async def test_after_downtime_stale_firings_are_recorded_missed_not_played(tmp_p
         h = Harness(svc, tmp_path)
         ep = await h.endpoint("ep-a", ["hall"], ["pcm_s16le/8000"])
         try:
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession(headers=bearer()) as http:
                 for _ in range(100):
                     _, hist = await request(http, "GET", f"{h.api}/v1/announcements?state=missed")
                     if hist["announcements"]:

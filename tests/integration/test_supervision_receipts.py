@@ -10,7 +10,7 @@ import pytest
 from broadcaster.app import Service
 from broadcaster.speech.espeak import EspeakEngine
 
-from .conftest import Harness, make_config
+from .conftest import Harness, bearer, make_config
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,10 @@ async def test_a_vanished_endpoint_is_reported_faulty_and_recovers(tmp_path):
             ep.stop()
 
             async def events():
-                async with aiohttp.ClientSession() as http, http.get(f"{h.api}/v1/events") as r:
+                async with (
+                    aiohttp.ClientSession(headers=bearer()) as http,
+                    http.get(f"{h.api}/v1/events") as r,
+                ):
                     return (await r.json())["events"]
 
             for _ in range(100):
