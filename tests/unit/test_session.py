@@ -234,3 +234,40 @@ def test_nothing_happens_after_close():
     s.receive_text(hello(), T0 + 1)
     s.tick(T0 + 100_000_000)
     assert out(s) == [] and s.take_events() == []
+
+
+def test_wrong_tokens_are_counted_per_source_and_then_refused_before_the_token_is_read():
+    from broadcaster.auth import FailureLimiter
+
+    limiter = FailureLimiter(burst=2, refill_us=10_000_000)
+
+    def session(source, now_us=T0):
+        return EndpointSession(
+            session_id="s",
+            grants=grants(),
+            formats=FORMATS,
+            settings=SETTINGS,
+            now_us=now_us,
+            limiter=limiter,
+            source=source,
+        )
+
+    for _ in range(2):
+        s = session("198.51.100.9")
+        s.receive_text(hello(token="guess"), T0)
+        assert s.close is not None and s.close.code == CloseCode.UNAUTHORIZED
+    # the bucket is empty: even the right token from that address is refused, with a reason
+    s = session("198.51.100.9")
+    s.receive_text(hello(), T0)
+    assert s.close is not None and s.close.code == CloseCode.RATE_LIMITED == 4029
+    assert s.close.reason == "too many failed authentications from your address; retry in 10 s"
+    err = json.loads(s.take_outgoing()[0])
+    assert err["type"] == "error" and err["code"] == "too_many_failed_attempts"
+    # another address is unaffected
+    s = session("198.51.100.10")
+    s.receive_text(hello(), T0)
+    assert s.state is SessionState.ACTIVE
+    # one refill period later the limited address may try again
+    s = session("198.51.100.9", T0 + 10_000_000)
+    s.receive_text(hello(), T0 + 10_000_000)
+    assert s.state is SessionState.ACTIVE

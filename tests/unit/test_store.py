@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from broadcaster.store import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     AnnouncementRow,
     AsyncStore,
+    AuditRow,
     ScheduleRow,
     Store,
     StoreError,
@@ -90,8 +92,10 @@ def test_open_creates_folders_schema_and_records_version(db_path: Path):
         rows = c.execute(
             "SELECT version, description, applied_at FROM schema_migrations"
         ).fetchall()
-    assert SCHEMA_VERSION == 1
-    assert [(v, a) for v, _, a in rows] == [(1, T0.isoformat(timespec="microseconds"))]
+    assert MIGRATIONS[-1].version == SCHEMA_VERSION
+    assert [(v, a) for v, _, a in rows] == [
+        (m.version, T0.isoformat(timespec="microseconds")) for m in MIGRATIONS
+    ]
 
 
 def test_reopening_is_idempotent_and_keeps_data(db_path: Path):
@@ -100,11 +104,11 @@ def test_reopening_is_idempotent_and_keeps_data(db_path: Path):
     s.close()
     for _ in range(2):
         s = Store.open(db_path)
-        assert s.schema_version() == 1
+        assert s.schema_version() == SCHEMA_VERSION
         assert s.get_announcement("a") is not None
         s.close()
     with raw(db_path) as c:
-        assert c.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == 1
+        assert c.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == len(MIGRATIONS)
 
 
 def test_applied_at_without_now_uses_a_sortable_utc_timestamp(db_path: Path):
@@ -120,7 +124,9 @@ def test_newer_schema_version_is_refused(db_path: Path):
     Store.open(db_path).close()
     with raw(db_path) as c:
         c.execute("INSERT INTO schema_migrations VALUES (7, 'from the future', '2030-01-01')")
-    with pytest.raises(StoreError, match=r"is at schema version 7; this broadcaster knows up to 1"):
+    with pytest.raises(
+        StoreError, match=rf"is at schema version 7; this broadcaster knows up to {SCHEMA_VERSION}"
+    ):
         Store.open(db_path)
 
 
@@ -518,7 +524,7 @@ async def test_async_store_round_trip(db_path: Path):
     s = await AsyncStore.open(db_path, now=T0)
     try:
         assert s.path == str(db_path)
-        assert await s.schema_version() == 1
+        assert await s.schema_version() == SCHEMA_VERSION
         await s.insert_announcement(ann("a", number=3))
         assert await s.update_announcement("a", state="playing", started_at=at(1))
         got = await s.get_announcement("a")
@@ -575,3 +581,80 @@ async def test_async_open_failure_raises_store_error(tmp_path: Path):
     path.write_bytes(b"\x00garbage" * 1000)
     with pytest.raises(StoreError, match=re.escape(str(path))):
         await AsyncStore.open(path)
+
+
+# --- audit log (migration 2) --------------------------------------------------------------
+
+
+def test_a_version_1_database_gains_the_audit_table_and_keeps_its_data(db_path: Path):
+    """Migration 2 applies on top of an existing version-1 database."""
+    import broadcaster.store as store_mod
+
+    v1 = store_mod.MIGRATIONS[:1]
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db_path)
+    conn.execute(
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
+        " description TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
+    for statement in store_mod._statements(v1[0].sql):
+        conn.execute(statement)
+    conn.execute("INSERT INTO schema_migrations VALUES (1, 'v1', '2024-01-01')")
+    conn.execute(
+        "INSERT INTO announcements (id, number, spec, state, created_at)"
+        " VALUES ('old', 1, '{}', 'finished', ?)",
+        (at(0).isoformat(),),
+    )
+    conn.commit()
+    conn.close()
+    s = Store.open(db_path, now=T0)
+    try:
+        assert s.schema_version() == SCHEMA_VERSION
+        assert s.get_announcement("old") is not None
+        s.insert_audit([AuditRow(at=at(0), method="POST", path="/v1/x", status=202)])
+        assert [r.path for r in s.list_audit()] == ["/v1/x"]
+    finally:
+        s.close()
+
+
+def test_audit_entries_round_trip_oldest_first_with_since_and_limit(db_path: Path):
+    s = Store.open(db_path, now=T0)
+    try:
+        rows = [
+            AuditRow(
+                at=at(i),
+                method="POST",
+                path=f"/v1/announcements/{i}/cancel",
+                status=202 if i % 2 else 403,
+                principal_id="desk-1",
+                role="operator",
+                source="10.0.0.7",
+                target_id=str(i),
+                created_id=None,
+                detail="role operator may not ..." if i % 2 == 0 else None,
+            )
+            for i in range(5)
+        ]
+        s.insert_audit(rows[:2])
+        s.insert_audit(rows[2:])
+        s.insert_audit([])
+        got = s.list_audit()
+        assert [r.target_id for r in got] == ["0", "1", "2", "3", "4"]
+        assert got[0].as_dict() == {
+            "seq": 1,
+            "at": at(0).isoformat(),
+            "principal_id": "desk-1",
+            "role": "operator",
+            "source": "10.0.0.7",
+            "method": "POST",
+            "path": "/v1/announcements/0/cancel",
+            "target_id": "0",
+            "status": 403,
+            "created_id": None,
+            "detail": "role operator may not ...",
+        }
+        assert [r.target_id for r in s.list_audit(since=at(3))] == ["3", "4"]
+        assert [r.target_id for r in s.list_audit(since=at(1), limit=2)] == ["1", "2"]
+        assert [r.target_id for r in s.list_audit(limit=2)] == ["3", "4"]  # the newest two
+    finally:
+        s.close()
