@@ -181,7 +181,7 @@ class Access:
         a = config.auth
         return cls(
             tokens=TokenTable(config.api_tokens),
-            limiter=limiter or limiter_from_config(config),
+            limiter=limiter if limiter is not None else limiter_from_config(config),
             hosts=allowed_hosts(a.public_hosts, config.server.http_host),
             origins=frozenset(a.allowed_origins),
             clock=clock,

@@ -70,10 +70,14 @@ class EndpointServer:
         st = config.streaming
         a = config.auth
         #: Wrong endpoint tokens per source address (the same rule as API tokens).
-        self.limiter = limiter or FailureLimiter(
-            burst=a.failed_attempts_burst,
-            refill_us=int(a.failed_attempts_refill_s * 1_000_000),
-            max_sources=a.failed_attempts_max_sources,
+        self.limiter = (
+            limiter
+            if limiter is not None
+            else FailureLimiter(
+                burst=a.failed_attempts_burst,
+                refill_us=int(a.failed_attempts_refill_s * 1_000_000),
+                max_sources=a.failed_attempts_max_sources,
+            )
         )
         self._hosts = allowed_hosts(a.public_hosts, config.server.ws_host)
         self._origins = frozenset(a.allowed_origins)

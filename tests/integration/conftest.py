@@ -60,11 +60,16 @@ def bearer(who: str = "admin") -> dict[str, str]:
 
 
 def make_config(
-    store: str = ":memory:", *, auth: dict[str, Any] | None = None, **streaming: Any
+    store: str = ":memory:",
+    *,
+    auth: dict[str, Any] | None = None,
+    templates: list[dict[str, Any]] | None = None,
+    **streaming: Any,
 ) -> Config:
     return parse_config(
         {
             "auth": auth or {},
+            "templates": templates or [],
             "api_tokens": api_tokens_config(),
             "server": {"http_port": 0, "ws_port": 0, "shutdown_timeout_s": 2},
             "store": {"path": store},
