@@ -96,7 +96,13 @@ async def test_no_or_wrong_token_is_401_and_healthz_stays_open(h):
 
 async def test_each_role_reads_and_the_viewer_is_refused_writes_naming_its_role(h):
     for who in ("viewer", "operator", "dispatcher", "admin"):
-        for path in ("/v1/announcements", "/v1/zones", "/v1/endpoints", "/v1/events"):
+        for path in (
+            "/v1/announcements",
+            "/v1/zones",
+            "/v1/endpoints",
+            "/v1/events",
+            "/v1/schedules",
+        ):
             status, _ = await h.get(path, as_=who)
             assert status == 200, (who, path)
     status, body = await h.post({"text": "hi", "zones": ["hall"]}, as_="viewer")

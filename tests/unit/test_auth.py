@@ -360,3 +360,20 @@ def test_origin_allow_list():
     assert not origin_allowed("https://evil.example", allowed)
     assert not origin_allowed("null", allowed)
     assert not origin_allowed("https://console.example", set())
+
+
+def test_defaults_are_the_documented_ones():
+    """README: 10 failures in a row, then one per 6 s; hosts localhost, 127.0.0.1, ::1
+    plus the listen address; no browser origin allowed."""
+    from broadcaster.api.access import Access, limiter_from_config
+
+    cfg = parse_config({"server": {"http_host": "10.0.0.5"}})
+    lim = limiter_from_config(cfg)
+    assert (lim.burst, lim.refill_us, lim.max_sources) == (10, 6_000_000, 10_000)
+    access = Access.from_config(cfg, clock=FakeClock(), store=None)
+    assert access.hosts == frozenset({"localhost", "127.0.0.1", "::1", "10.0.0.5"})
+    assert access.origins == frozenset()
+    assert cfg.auth.audit_queue_limit == 1000
+    wildcard = parse_config({"server": {"http_host": "0.0.0.0"}})
+    hosts = Access.from_config(wildcard, clock=FakeClock(), store=None).hosts
+    assert hosts == frozenset({"localhost", "127.0.0.1", "::1"})
