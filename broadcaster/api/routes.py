@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -482,7 +484,9 @@ async def list_audit(request: web.Request) -> web.Response:
     store = request.app.get(STORE)
     if store is None:
         return _error(503, "store_unavailable", "no store: the audit log is only in the log")
-    await request.app[ACCESS].audit.flush()  # what was just done is in the answer
+    # What was just done is in the answer (bounded: a stuck store does not hang the read).
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(request.app[ACCESS].audit.flush(), 2)
     try:
         rows = await store.list_audit(since=since, limit=max(1, min(limit, 1000)))
     except StoreError as exc:

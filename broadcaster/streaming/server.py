@@ -165,21 +165,25 @@ class EndpointServer:
                 HTTPStatus.NOT_FOUND, f"PA endpoints connect to {ENDPOINT_PATH}\n"
             )
         host = request.headers.get("Host")
+        peer = connection.remote_address[0] if connection.remote_address else None
         if not host_allowed(host, self._hosts):
+            log.warning("endpoint handshake from %s refused: Host %r is not ours", peer, host)
             return connection.respond(
                 HTTPStatus.MISDIRECTED_REQUEST,
                 f"Host {host!r} is not a name of this service (add it to [auth] public_hosts)\n",
             )
         origin = request.headers.get("Origin")
         if not origin_allowed(origin, self._origins):
+            log.warning("endpoint handshake from %s refused: Origin %r not allowed", peer, origin)
             return connection.respond(
                 HTTPStatus.FORBIDDEN,
                 f"Origin {origin!r} may not connect (add it to [auth] allowed_origins)\n",
             )
-        peer = connection.remote_address[0] if connection.remote_address else None
         wait_us = self.limiter.retry_after_us(source_key(peer), self._clock.monotonic_us())
         if wait_us:
             seconds = -(-wait_us // 1_000_000)
+            # (DEBUG: a guessing address would otherwise fill the log)
+            log.debug("endpoint handshake from %s refused: failed-attempt limit", peer)
             response = connection.respond(
                 HTTPStatus.TOO_MANY_REQUESTS,
                 f"too many failed authentications from your address; retry in {seconds} s\n",

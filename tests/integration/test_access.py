@@ -279,6 +279,13 @@ async def test_api_token_guessing_is_limited_per_address(h):
     # and the health check is never limited
     status, _, _ = await call(h, "GET", "/healthz")
     assert status == 200
+    # the refusals are audited, 401s and 429s alike
+    status, body, _ = await call(
+        h, "GET", "/v1/audit", headers=bearer("admin"), local_addr="127.0.0.2"
+    )
+    assert status == 200
+    statuses = [e["status"] for e in body["audit"] if e["path"] == "/v1/zones"]
+    assert statuses == [401, 401, 401, 401, 429, 429]
 
 
 async def hello(ws_url: str, token: str, *, local_addr: str | None = None) -> tuple[int, str]:

@@ -125,3 +125,17 @@ def test_a_stacked_replay_keeps_its_place():
     arb.submit("one", z("a"), 100, seq=seq_one)  # replayed afterwards, ahead of "two"
     arb.release("alarm")
     assert arb.decide().start == ["one"]
+
+
+def test_created_by_is_in_the_record_its_stored_form_and_comes_back_after_a_restart():
+    from broadcaster.journal import revive, row_as_dict, to_row
+
+    reg = Registry(history_limit=10)
+    ann = reg.create(spec(), now=datetime(2026, 1, 1, tzinfo=UTC), now_us=0)
+    assert ann.as_dict()["created_by"] is None  # a schedule's, or made internally
+    ann.created_by = "desk-1"
+    assert ann.as_dict()["created_by"] == "desk-1"
+    row = to_row(ann)
+    assert row.details["created_by"] == "desk-1"
+    assert row_as_dict(row)["created_by"] == "desk-1"
+    assert revive(row, Registry(history_limit=10), now_us=0).created_by == "desk-1"
