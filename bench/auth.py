@@ -8,8 +8,10 @@ In-process, in one run, against a no-auth baseline:
    POST (audited: the audit entry is formatted for the log at INFO into a null
    handler and queued; the store write happens later on the writer task).
 2. Whole requests over loopback (aiohttp server and client in this process):
-   the same trivial route with and without the middleware. Noisier; it shows
-   the share of the middleware in a real request.
+   the same trivial route with no middleware, a pass-through one and the access
+   middleware, interleaved. Much noisier (a request costs ~150-200 µs, mostly
+   the client and the HTTP machinery; on a shared machine the spread between
+   runs is larger than the middleware); it puts figure 1 in proportion.
 
     python bench/auth.py [--tokens 100] [--n 20000] [--http 2000]
 """
@@ -19,11 +21,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from unittest import mock
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
@@ -31,7 +33,7 @@ from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 # Run as a plain script from a checkout: the package need not be installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broadcaster.api.access import ACCESS, Access, access_middleware, requires
+from broadcaster.api.access import ACCESS, Access, Handler, access_middleware, requires
 from broadcaster.auth import Role
 from broadcaster.clock import SystemClock
 from broadcaster.config import hash_token, parse_config
@@ -62,8 +64,14 @@ async def write(request: web.Request) -> web.Response:
     return web.Response(text="ok", status=202)
 
 
-def build(tokens: int, *, with_auth: bool) -> web.Application:
-    app = web.Application(middlewares=[access_middleware] if with_auth else [])
+@web.middleware
+async def passthrough(request: web.Request, handler: Handler) -> web.StreamResponse:
+    return await handler(request)
+
+
+def build(tokens: int, *, middleware: str = "access") -> web.Application:
+    chosen = {"none": [], "passthrough": [passthrough], "access": [access_middleware]}
+    app = web.Application(middlewares=chosen[middleware])
     app[ACCESS] = Access.from_config(config(tokens), clock=SystemClock(), store=None)
     app.router.add_get("/v1/zones", read)
     app.router.add_post("/v1/announcements/{id}/cancel", write)
@@ -71,12 +79,18 @@ def build(tokens: int, *, with_auth: bool) -> web.Application:
 
 
 async def resolved(app: web.Application, method: str, path: str) -> web.Request:
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (
+        ("127.0.0.1", 50000) if name == "peername" else default
+    )
     req = make_mocked_request(
         method,
         path,
         headers={"Host": "127.0.0.1:8080", "Authorization": f"Bearer {TOKEN}"},
         app=app,
+        transport=transport,
     )
+    assert req.remote == "127.0.0.1"
     match = await app.router.resolve(req)
     match.add_app(app)
     req._match_info = match
@@ -94,7 +108,7 @@ async def per_call_us(fn: Callable[[], Awaitable[object]], n: int, repeat: int =
 
 
 async def direct(tokens: int, n: int) -> None:
-    app = build(tokens, with_auth=True)
+    app = build(tokens)
     get = await resolved(app, "GET", "/v1/zones")
     post = await resolved(app, "POST", "/v1/announcements/a1/cancel")
     base_get = await per_call_us(lambda: read(get), n)
@@ -112,29 +126,35 @@ async def direct(tokens: int, n: int) -> None:
     )
 
 
-async def over_http(tokens: int, n: int) -> None:
-    results: dict[bool, float] = {}
-    for with_auth in (False, True, False, True):
-        app = build(tokens, with_auth=with_auth)
-        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-            headers = {"Authorization": f"Bearer {TOKEN}"}
-            for _ in range(200):  # warm up
-                async with client.get("/v1/zones", headers=headers) as r:
-                    await r.read()
-            samples = []
-            t0 = time.perf_counter()
-            for _ in range(n):
-                async with client.get("/v1/zones", headers=headers) as r:
-                    assert r.status == 200
-                    await r.read()
-            samples.append((time.perf_counter() - t0) / n * 1e6)
-            results[with_auth] = min(results.get(with_auth, float("inf")), statistics.mean(samples))
+async def over_http(tokens: int, n: int, rounds: int = 3) -> None:
+    kinds = ("none", "passthrough", "access")
+    results: dict[str, float] = {}
+    for _ in range(rounds):  # interleaved, best of each: the machine is shared
+        for kind in kinds:
+            app = build(tokens, middleware=kind)
+            async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+                headers = {"Authorization": f"Bearer {TOKEN}"}
+                for _ in range(200):  # warm up
+                    async with client.get("/v1/zones", headers=headers) as r:
+                        await r.read()
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    async with client.get("/v1/zones", headers=headers) as r:
+                        assert r.status == 200
+                        await r.read()
+                per = (time.perf_counter() - t0) / n * 1e6
+                results[kind] = min(results.get(kind, float("inf")), per)
     print(
-        f"whole GET over loopback (aiohttp client + server, keep-alive), {n} requests, best of 2:"
+        f"whole GET over loopback (aiohttp client + server in this process, keep-alive), "
+        f"best of {rounds} x {n}:"
     )
     print(
-        f"  without middleware {results[False]:7.1f} µs   with {results[True]:7.1f} µs"
-        f"   difference {results[True] - results[False]:6.1f} µs/request"
+        f"  no middleware {results['none']:7.1f} µs   a pass-through middleware "
+        f"{results['passthrough']:7.1f} µs   access middleware {results['access']:7.1f} µs"
+    )
+    print(
+        f"  access - pass-through {results['access'] - results['passthrough']:6.1f} µs/request"
+        f"   access - none {results['access'] - results['none']:6.1f} µs/request"
     )
 
 

@@ -294,12 +294,12 @@ def test_limiter_memory_is_bounded_refilled_first_then_least_recent():
     lim.failure("b", t + 1_600_000)
     # "old-refilled" has refilled by now: it goes first, the limited ones stay
     lim.failure("c", t + 1_700_000)
-    assert len(lim) == 3
+    assert lim.tracked == 3
     assert lim.retry_after_us("a", t + 1_700_000) > 0
     assert lim.retry_after_us("b", t + 1_700_000) > 0
     # nothing refilled: the least recently failing one ("a") is forgotten
     lim.failure("d", t + 1_800_000)
-    assert len(lim) == 3
+    assert lim.tracked == 3
     assert lim.retry_after_us("a", t + 1_800_000) == 0
     assert lim.retry_after_us("b", t + 1_800_000) > 0
     with pytest.raises(ValueError):
