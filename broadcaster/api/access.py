@@ -289,10 +289,13 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
                 if header is None
                 else "unknown or malformed bearer token"
             )
+            challenge = 'Bearer realm="broadcaster"'
+            if header is not None:
+                challenge += ', error="invalid_token"'  # RFC 6750 section 3.1
             return _refuse(
                 request,
                 Refusal(401, "unauthorized", message),
-                headers={"WWW-Authenticate": 'Bearer realm="broadcaster"'},
+                headers={"WWW-Authenticate": challenge},
             )
         # A plain string key, as other modules read it (request.get("principal")).
         request["principal"] = principal

@@ -84,7 +84,8 @@ async def test_no_or_wrong_token_is_401_and_healthz_stays_open(h):
     for headers in ({}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic x"}):
         status, body, hdrs = await call(h, "GET", "/v1/announcements", headers=headers)
         assert status == 401 and body["error"] == "unauthorized", body
-        assert hdrs["WWW-Authenticate"].startswith("Bearer")
+        assert hdrs["WWW-Authenticate"].startswith('Bearer realm="broadcaster"')
+        assert ('error="invalid_token"' in hdrs["WWW-Authenticate"]) is bool(headers)
     status, body = await h.post({"text": "hi", "zones": ["hall"]}, as_=None)
     assert status == 401 and "missing bearer token" in body["message"]
     # an unknown route does not reveal itself without a token
