@@ -408,3 +408,24 @@ async def test_event_writes_that_fail_are_retried_and_counted():
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_the_store_keeps_the_newest_events_only(tmp_path: Path):
+    from broadcaster.store import EventRow, Store
+
+    clock = FakeClock()
+    store = Store.open(tmp_path / "p.db")
+    try:
+        now = clock.wall()
+        store.insert_events(
+            [
+                EventRow(i, now + timedelta(seconds=i), i, "k", "info", "s", "d")
+                for i in range(1, 11)
+            ]
+        )
+        assert store.prune_events(now - timedelta(days=1), keep=4) == 6
+        assert [r.id for r in store.list_events(limit=100)] == [7, 8, 9, 10]
+        assert store.prune_events(now + timedelta(seconds=9), keep=100) == 2  # by age
+        assert store.max_event_id() == 10
+    finally:
+        store.close()
