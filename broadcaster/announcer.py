@@ -875,6 +875,13 @@ class Announcer:
         # The state says what is verified: heard (playback receipts) in every zone or not.
         ann.coverage = zone_coverage(spec.zones, ann.deliveries, ann.endpoint_zones)
         final, why = coverage_outcome(ann.coverage)
+        # Playback receipts travel back over the network: give a missing one up to a
+        # playout delay (a later one still upgrades the state, see on_playback).
+        grace_end_us = clock.monotonic_us() + self.settings.lead_us
+        while final is AnnouncementState.UNCONFIRMED and clock.monotonic_us() < grace_end_us:
+            await clock.sleep_us(min(_ENDPOINT_POLL_US, grace_end_us - clock.monotonic_us()))
+            ann.coverage = zone_coverage(spec.zones, ann.deliveries, ann.endpoint_zones)
+            final, why = coverage_outcome(ann.coverage)
         self._finish(ann, final, why)
         self._coverage_event(ann)
 

@@ -429,3 +429,25 @@ def test_the_store_keeps_the_newest_events_only(tmp_path: Path):
         assert store.max_event_id() == 10
     finally:
         store.close()
+
+
+async def test_a_receipt_within_one_playout_delay_after_the_end_counts():
+    clock = FakeClock()
+    announcer, _, metrics = make_announcer(clock, {"a": ("hall",)})
+    task = asyncio.create_task(announcer.run())
+    ann = announcer.submit(spec())
+    await clock.advance_us(1000)
+    while ann.deliveries["a"].state != "sent":  # all audio out, no receipt yet
+        await clock.advance_us(10_000)
+    assert not ann.state.is_final  # waiting up to a playout delay for receipts
+    await clock.advance_us(100_000)
+    announcer.on_playback("a", _playback(ann.id, ann.number, "started"))
+    await clock.run_until_idle(limit_us=60_000_000)
+    assert ann.state is AnnouncementState.FINISHED
+    counted = metrics.registry.get_sample_value(
+        "broadcaster_announcements_total", {"state": "finished", "band": "routine"}
+    )
+    assert counted == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
