@@ -58,6 +58,7 @@ def to_row(ann: Announcement) -> AnnouncementRow:
             "speech_requests",
             "cache_hits",
             "endpoints",
+            "coverage",
         )
     }
     return AnnouncementRow(

@@ -233,6 +233,9 @@ async def test_events_survive_a_restart(tmp_path: Path):
     async with Service(make_config(store), engine=EspeakEngine()) as svc:
         h = Harness(svc, tmp_path)
         _, after = await h.get("/v1/events?limit=1000")
+        _, stored = await h.get(f"/v1/announcements/{ann['id']}")  # from the store now
+        assert stored["state"] == "partial" and stored["coverage"]["empty"]["heard"] is False
+        assert stored["coverage"]["hall"]["endpoints"] == ["ep-b"]
         kinds = [(e["kind"], e["subject"]) for e in after["events"]]
         assert ("endpoint_joined", "ep-b") in kinds
         assert ("coverage_fault", ann["id"]) in kinds
