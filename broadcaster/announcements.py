@@ -417,7 +417,9 @@ class Admission:
         for victim in victims.values():
             self.remove(victim.id)
         self._seq += 1
-        self.put(Waiting(ann_id, zone_set, priority, self._seq))
+        # One admitted before (a replay, a restored record) counts as the oldest of its
+        # priority: pushed out last among equals.
+        self.put(Waiting(ann_id, zone_set, priority, 0 if force else self._seq))
         return Verdict(True, push_out=tuple(victims.values()))
 
     def put(self, entry: Waiting) -> None:
