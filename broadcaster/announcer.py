@@ -181,6 +181,9 @@ class Announcer:
         #: Why the latest announcement spoken was spoken by the fallback engine (None:
         #: by the primary); for readiness.
         self.speech_fallback_reason: str | None = None
+        #: Per endpoint: when its output last started a stream, minus when that stream
+        #: was to start (server clock, from its playback receipt): its sync error.
+        self.playback_skew_us: dict[str, int] = {}
         # PyAV work leaves the event loop for these threads (tests may pass an inline one).
         self._executor = transcode_executor or ThreadPoolExecutor(
             max_workers=2, thread_name_prefix="transcode"
@@ -493,6 +496,8 @@ class Announcer:
             return  # an earlier (preempted) stream of it, or unknown
         if msg.event == "started":
             stats.started_at_us = msg.at_us
+            if msg.at_us is not None and ann.start_at_us is not None and not stats.late_join:
+                self.playback_skew_us[endpoint_id] = msg.at_us - ann.start_at_us
             if stats.state in ("queued", "sent", "missed"):
                 stats.state = "started"
         else:

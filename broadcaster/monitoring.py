@@ -286,6 +286,15 @@ class LiveCollector(Collector):
             late.add_metric([link.endpoint_id, "overflow"], c.dropped_overflow)
         yield rtt
         yield late
+        skew = GaugeMetricFamily(
+            "broadcaster_endpoint_playback_skew_seconds",
+            "Latest playback start as the endpoint reports it (its estimate of the server "
+            "clock) minus the scheduled start: the endpoint's clock offset error",
+            labels=["endpoint"],
+        )
+        for eid, skew_us in sorted(self.announcer.playback_skew_us.items()):
+            skew.add_metric([eid], skew_us / 1e6)
+        yield skew
         if self.events is not None:
             ev = CounterMetricFamily(
                 "broadcaster_events",

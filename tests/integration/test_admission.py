@@ -326,6 +326,7 @@ async def test_metrics_parse_and_have_the_families(tmp_path: Path):
         "broadcaster_endpoint_rtt_seconds",
         "broadcaster_store_write_errors",
         "broadcaster_events",
+        "broadcaster_endpoint_playback_skew_seconds",
     ):
         assert name in families, name
 
@@ -349,6 +350,12 @@ async def test_metrics_parse_and_have_the_families(tmp_path: Path):
         == 1
     )
     assert value("broadcaster_zones_uncovered", "broadcaster_zones_uncovered") == 2
+    skew = value(
+        "broadcaster_endpoint_playback_skew_seconds",
+        "broadcaster_endpoint_playback_skew_seconds",
+        endpoint="ep-b",
+    )
+    assert abs(skew) < 0.05  # the reference endpoint starts on time (loopback)
     assert value("broadcaster_store_write_errors", "broadcaster_store_write_errors_total") == 1
     assert (
         value(
