@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from broadcaster.config import Config, TemplateConfig
-from broadcaster.model import AnnouncementSpec, AnnouncementState
+from broadcaster.model import AnnouncementSpec, AnnouncementState, priority_band
 from broadcaster.streaming.hub import DeliveryStats
 
 
@@ -112,6 +112,11 @@ class Announcement:
     cache_hits: int = 0
     #: The API token id that asked for it (None: a schedule, or made internally).
     created_by: str | None = None
+    #: Per endpoint of its audience: which of *its* zones that endpoint plays in.
+    endpoint_zones: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Per zone: who played it and whether anyone is known to have heard it
+    #: (see :func:`zone_coverage`); filled in when it ends.
+    coverage: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         s = self.spec
@@ -159,6 +164,7 @@ class Announcement:
             "speech_requests": self.speech_requests,
             "cache_hits": self.cache_hits,
             "endpoints": {k: v.as_dict() for k, v in self.deliveries.items()},
+            "coverage": self.coverage,
         }
 
 
@@ -323,3 +329,198 @@ class ZoneArbiter:
         """Ids waiting, in the order they would be considered."""
         order = sorted(self._waiting.items(), key=lambda kv: (-kv[1][1], kv[1][2]))
         return [ann_id for ann_id, _ in order]
+
+
+# --- admission ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """An admitted announcement that has not started yet, as admission counts it."""
+
+    id: str
+    zones: frozenset[str]
+    priority: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Admission's answer: admitted (maybe pushing others out), or refused with a reason."""
+
+    admitted: bool
+    reason: str | None = None
+    #: Waiting announcements of lower priority pushed out to make room (to be dropped).
+    push_out: tuple[Waiting, ...] = ()
+
+
+class Admission:
+    """Which announcements may wait, per zone and priority band. Pure: no I/O, no clock.
+
+    Each (zone, band) has its own bound on waiting announcements (accepted, not
+    yet playing, including those waiting for a due time): ``band_limit`` for the
+    background, routine and operational bands, ``emergency_limit`` for the
+    emergency band. Load in one band or zone therefore never refuses an
+    announcement of another band or zone. When an arrival finds its (zone, band)
+    full, the lowest-priority waiting announcement of that band there (the
+    youngest among equals) is pushed out if its priority is lower than the
+    arrival's; otherwise the arrival is refused. An announcement in several zones
+    counts once in each.
+    """
+
+    def __init__(
+        self, *, band_limit: int, emergency_limit: int, emergency_priority: int = 224
+    ) -> None:
+        self.band_limit = band_limit
+        self.emergency_limit = emergency_limit
+        self.emergency_priority = emergency_priority
+        self._waiting: dict[str, tuple[Waiting, str]] = {}  # id -> (entry, band)
+        self._buckets: dict[tuple[str, str], dict[str, Waiting]] = {}
+        self._seq = 0
+
+    def band(self, priority: int) -> str:
+        if priority >= self.emergency_priority:
+            return "emergency"
+        name = priority_band(priority)
+        return "operational" if name == "emergency" else name
+
+    def limit(self, band: str) -> int:
+        return self.emergency_limit if band == "emergency" else self.band_limit
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def __contains__(self, ann_id: object) -> bool:
+        return ann_id in self._waiting
+
+    def admit(
+        self, ann_id: str, zones: Iterable[str], priority: int, *, force: bool = False
+    ) -> Verdict:
+        """Admit (and count) an announcement, or refuse it; ``force`` always admits.
+
+        ``force`` is for announcements admitted before (restored after a restart,
+        replayed after a preemption): counted again, never refused, pushing none out.
+        """
+        zone_set = frozenset(zones)
+        band = self.band(priority)
+        limit = self.limit(band)
+        victims: dict[str, Waiting] = {}
+        if not force:
+            for zone in sorted(zone_set):
+                bucket = self._buckets.get((zone, band), {})
+                members = [w for w in bucket.values() if w.id not in victims]
+                if len(members) < limit:
+                    continue
+                lower = [w for w in members if w.priority < priority]
+                if not lower:
+                    return Verdict(
+                        False,
+                        f"zone {zone}: {len(members)} {band} announcement(s) already waiting "
+                        f"(limit {limit} per zone and band), none of lower priority than "
+                        f"{priority}",
+                    )
+                victim = min(lower, key=lambda w: (w.priority, -w.seq))
+                victims[victim.id] = victim
+        for victim in victims.values():
+            self.remove(victim.id)
+        self._seq += 1
+        # One admitted before (a replay, a restored record) counts as the oldest of its
+        # priority: pushed out last among equals.
+        self.put(Waiting(ann_id, zone_set, priority, 0 if force else self._seq))
+        return Verdict(True, push_out=tuple(victims.values()))
+
+    def put(self, entry: Waiting) -> None:
+        """Count an entry as waiting again (undo of a push-out whose arrival failed)."""
+        self.remove(entry.id)
+        band = self.band(entry.priority)
+        self._waiting[entry.id] = (entry, band)
+        for zone in entry.zones:
+            self._buckets.setdefault((zone, band), {})[entry.id] = entry
+
+    def remove(self, ann_id: str) -> bool:
+        """No longer waiting (started, cancelled, expired, dropped)."""
+        found = self._waiting.pop(ann_id, None)
+        if found is None:
+            return False
+        entry, band = found
+        for zone in entry.zones:
+            bucket = self._buckets.get((zone, band))
+            if bucket is not None:
+                bucket.pop(ann_id, None)
+                if not bucket:
+                    del self._buckets[(zone, band)]
+        return True
+
+    def depths(self) -> dict[tuple[str, str], int]:
+        """Waiting announcements per (zone, band), for metrics and the API."""
+        return {key: len(bucket) for key, bucket in self._buckets.items()}
+
+    def band_depths(self) -> dict[str, int]:
+        """Waiting announcements per band (each counted once)."""
+        out: dict[str, int] = {}
+        for _, band in self._waiting.values():
+            out[band] = out.get(band, 0) + 1
+        return out
+
+
+# --- coverage -------------------------------------------------------------------------------
+
+#: Delivery states in which the endpoint itself said its output started playing.
+_HEARD = ("started", "finished")
+
+
+def zone_coverage(
+    zones: Sequence[str],
+    deliveries: Mapping[str, DeliveryStats],
+    endpoint_zones: Mapping[str, Iterable[str]],
+) -> dict[str, dict[str, object]]:
+    """Per zone: its endpoints, how many started/finished playing, and whether it was heard.
+
+    ``heard`` is True when at least one endpoint of the zone reported (playback
+    receipt) that its output started; "unconfirmed" when none did but the whole
+    audio was sent to at least one endpoint there that is still connected
+    (delivery state ``sent``: an endpoint that sends no playback receipts);
+    False otherwise (no endpoint, or all of them left, were cancelled or missed it).
+    """
+    out: dict[str, dict[str, object]] = {}
+    for zone in zones:
+        eps = sorted(eid for eid, zs in endpoint_zones.items() if zone in zs and eid in deliveries)
+        states = [deliveries[eid].state for eid in eps]
+        started = sum(1 for s in states if s in _HEARD)
+        sent = sum(1 for s in states if s == "sent")
+        heard: bool | str = True if started else ("unconfirmed" if sent else False)
+        out[zone] = {
+            "endpoints": eps,
+            "started": started,
+            "finished": sum(1 for s in states if s == "finished"),
+            "sent_unconfirmed": sent,
+            "heard": heard,
+        }
+    return out
+
+
+def coverage_outcome(
+    coverage: Mapping[str, Mapping[str, object]],
+) -> tuple[AnnouncementState, str | None]:
+    """The final state of an announcement that played, from its zone coverage.
+
+    finished: heard (verified) in every zone; unconfirmed: every zone got the
+    audio but some has no playback receipt; partial: nobody heard it in some
+    zone (but somebody did or may have elsewhere); failed: in none.
+    """
+    missed = [z for z, c in coverage.items() if c["heard"] is False]
+    unconfirmed = [z for z, c in coverage.items() if c["heard"] == "unconfirmed"]
+    if missed and len(missed) == len(coverage):
+        return AnnouncementState.FAILED, f"heard in none of its zones ({', '.join(missed)})"
+    if missed:
+        why = [
+            f"{z} ({'no endpoint' if not coverage[z]['endpoints'] else 'every endpoint missed it'})"
+            for z in missed
+        ]
+        return AnnouncementState.PARTIAL, f"not heard in zone(s) {', '.join(why)}"
+    if unconfirmed:
+        return (
+            AnnouncementState.UNCONFIRMED,
+            f"audio sent but no playback receipt from zone(s) {', '.join(unconfirmed)}",
+        )
+    return AnnouncementState.FINISHED, None

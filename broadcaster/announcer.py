@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from broadcaster.announcements import Announcement, Registry, ZoneArbiter
+from broadcaster.announcements import (
+    Admission,
+    Announcement,
+    Registry,
+    Waiting,
+    ZoneArbiter,
+    coverage_outcome,
+    zone_coverage,
+)
 from broadcaster.audio.chimes import ChimeError, chime_pcm, load_chime_file
 from broadcaster.audio.loudness import LoudnessNormalizer
 from broadcaster.audio.pacer import Pacer
@@ -73,7 +81,31 @@ class _Live:
 
 
 class QueueFull(Exception):
-    """Too many announcements are waiting; the API answers 503."""
+    """Not admitted: its band's queue is full in one of its zones; the API answers 503.
+
+    ``record`` is the announcement's record, in state ``refused`` with the reason
+    (kept in the registry and the journal like any other).
+    """
+
+    def __init__(self, reason: str, record: Announcement | None = None) -> None:
+        super().__init__(reason)
+        self.record = record
+
+
+class EventSink(Protocol):
+    """Where faults go (the service's event log): one call per event."""
+
+    def emit(self, kind: str, severity: str, subject: str, detail: str) -> object: ...
+
+
+class Observer(Protocol):
+    """What the metrics want to hear of (counted at the source, read at scrape time)."""
+
+    def announcement_final(self, ann: Announcement) -> None: ...
+
+    def first_audio(self, engine: str, seconds: float) -> None: ...
+
+    def speech_failed(self, engine: str) -> None: ...
 
 
 class AlreadyClaimed(Exception):
@@ -97,9 +129,13 @@ class PlayoutSettings:
     lead_us: int
     opus_bitrate_bps: int
     first_segment_max_chars: int
+    #: Waiting announcements per zone and band (background, routine, operational).
     queue_limit: int
     #: How long an announcement waits for an endpoint when its zones have none.
     wait_for_endpoints_us: int = 0
+    #: Waiting emergencies per zone.
+    emergency_queue_limit: int = 1000
+    emergency_priority: int = 224
     audio: AudioSettings = field(default_factory=lambda: AudioSettings())
 
 
@@ -123,6 +159,8 @@ class Announcer:
         registry: Registry,
         transcode_executor: Executor | None = None,
         journal: Journal | None = None,
+        events: EventSink | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.engine = engine
         self.speech = EngineChain(engine, fallback, clock=clock, policy=fallback_policy)
@@ -131,6 +169,21 @@ class Announcer:
         self.settings = settings
         self.registry = registry
         self.arbiter = ZoneArbiter()
+        self.admission = Admission(
+            band_limit=settings.queue_limit,
+            emergency_limit=settings.emergency_queue_limit,
+            emergency_priority=settings.emergency_priority,
+        )
+        self.events = events
+        self.observer = observer
+        #: When speech was asked for, for announcements not prepared ahead (metrics).
+        self._speech_asked_us: dict[str, int] = {}
+        #: Why the latest announcement spoken was spoken by the fallback engine (None:
+        #: by the primary); for readiness.
+        self.speech_fallback_reason: str | None = None
+        #: Per endpoint: when its output last started a stream, minus when that stream
+        #: was to start (server clock, from its playback receipt): its sync error.
+        self.playback_skew_us: dict[str, int] = {}
         # PyAV work leaves the event loop for these threads (tests may pass an inline one).
         self._executor = transcode_executor or ThreadPoolExecutor(
             max_workers=2, thread_name_prefix="transcode"
@@ -182,14 +235,48 @@ class Announcer:
         ann = self._create(spec, due_at=due_at, expires_at=expires_at)
         ann.schedule_id, ann.fire_at = schedule_id, fire_at
         ann.created_by = created_by
+        verdict = self.admission.admit(ann.id, spec.zones, spec.priority)
+        if not verdict.admitted:
+            reason = verdict.reason or "not admitted"
+            await asyncio.shield(self._store_refused(ann, reason, persist))
+            raise QueueFull(reason, ann)
         # Shielded: once the write has begun, the record is scheduled even if the
         # caller goes away (an HTTP client hanging up), so stored == in memory.
-        await asyncio.shield(self._store_and_schedule(ann, persist))
+        await asyncio.shield(self._store_and_schedule(ann, persist, verdict.push_out))
         return ann
 
     async def _store_and_schedule(
-        self, ann: Announcement, persist: Callable[[Announcement], Awaitable[bool]] | None
+        self,
+        ann: Announcement,
+        persist: Callable[[Announcement], Awaitable[bool]] | None,
+        push_out: tuple[Waiting, ...] = (),
     ) -> None:
+        try:
+            if persist is not None:
+                if not await persist(ann):
+                    raise AlreadyClaimed(ann.fire_at)
+            elif self.journal is not None:
+                await self.journal.record_new(ann)
+        except BaseException:
+            self.registry.forget(ann.id)
+            self.admission.remove(ann.id)
+            for entry in push_out:  # not admitted after all: they keep their places
+                if self._is_waiting(entry.id):
+                    self.admission.put(entry)
+            raise
+        self._schedule(ann)
+        self._push_out(push_out, ann)
+
+    async def _store_refused(
+        self,
+        ann: Announcement,
+        reason: str,
+        persist: Callable[[Announcement], Awaitable[bool]] | None,
+    ) -> None:
+        """Keep a record of a refusal (with its firing claim, for a schedule's firing)."""
+        self._settle(ann, AnnouncementState.REFUSED, reason)
+        if ann.spec.priority >= self.settings.emergency_priority:
+            self._emit("emergency_refused", "error", ann.id, reason)
         try:
             if persist is not None:
                 if not await persist(ann):
@@ -197,10 +284,33 @@ class Announcer:
                     raise AlreadyClaimed(ann.fire_at)
             elif self.journal is not None:
                 await self.journal.record_new(ann)
-        except BaseException:
-            self.registry.forget(ann.id)
+        except AlreadyClaimed:
             raise
-        self._schedule(ann)
+        except Exception:
+            log.exception("could not record refused announcement %s", ann.id)
+
+    def _is_waiting(self, ann_id: str) -> bool:
+        return ann_id in self._timers or ann_id in self.arbiter.queued()
+
+    def _push_out(self, victims: tuple[Waiting, ...], winner: Announcement) -> None:
+        """Drop waiting announcements pushed out of a full queue by ``winner``."""
+        band = self.admission.band(winner.spec.priority)
+        for entry in victims:
+            ann = self.registry.get(entry.id)
+            if ann is None or ann.state.is_final:
+                continue
+            # It may have started meanwhile (the winner's write took a moment): then it
+            # is no longer waiting and keeps playing.
+            if self._timers.pop(entry.id, None) is None and not self.arbiter.withdraw(entry.id):
+                continue
+            self._drop_prepared(entry.id)
+            shared = sorted(entry.zones & frozenset(winner.spec.zones))
+            reason = (
+                f"pushed out by {band} announcement {winner.id} (priority "
+                f"{winner.spec.priority}): queue full in zone(s) {', '.join(shared)}"
+            )
+            self._finish(ann, AnnouncementState.DROPPED, reason)
+            self._emit("announcement_dropped", "warning", ann.id, reason)
 
     def submit(
         self,
@@ -211,7 +321,14 @@ class Announcer:
     ) -> Announcement:
         """Accept an announcement without waiting for the journal (tests, no store)."""
         ann = self._create(spec, due_at=due_at, expires_at=expires_at)
+        verdict = self.admission.admit(ann.id, spec.zones, spec.priority)
+        if not verdict.admitted:
+            reason = verdict.reason or "not admitted"
+            self._settle(ann, AnnouncementState.REFUSED, reason)
+            self._notify(ann)
+            raise QueueFull(reason, ann)
         self._schedule(ann)
+        self._push_out(verdict.push_out, ann)
         if self.journal is not None:
             self._mark_dirty(ann)
         return ann
@@ -219,16 +336,19 @@ class Announcer:
     def restore(self, ann: Announcement) -> None:
         """Take back an unfinished record after a restart (it is already in the journal)."""
         self.registry.adopt(ann)
+        self.admission.admit(ann.id, ann.spec.zones, ann.spec.priority, force=True)
         self._schedule(ann)
 
     def _create(
         self, spec: AnnouncementSpec, *, due_at: datetime | None, expires_at: datetime | None
     ) -> Announcement:
-        if self.waiting >= self.settings.queue_limit:
-            raise QueueFull(f"{self.waiting} announcements are already waiting")
         ann = self.registry.create(spec, now=self.clock.wall(), now_us=self.clock.monotonic_us())
         ann.due_at, ann.expires_at = due_at, expires_at
         return ann
+
+    def playing_ids(self) -> list[str]:
+        """Announcements with a playout task now."""
+        return list(self._tasks)
 
     @property
     def waiting(self) -> int:
@@ -378,12 +498,20 @@ class Announcer:
             return  # an earlier (preempted) stream of it, or unknown
         if msg.event == "started":
             stats.started_at_us = msg.at_us
+            if msg.at_us is not None and ann.start_at_us is not None and not stats.late_join:
+                self.playback_skew_us[endpoint_id] = msg.at_us - ann.start_at_us
             if stats.state in ("queued", "sent", "missed"):
                 stats.state = "started"
         else:
             stats.finished_at_us = msg.at_us
             if stats.state in ("queued", "started", "sent", "missed"):
                 stats.state = "finished"
+        if ann.state in (AnnouncementState.UNCONFIRMED, AnnouncementState.PARTIAL):
+            # A receipt that came after the end: the coverage (and state) it proves.
+            ann.coverage = zone_coverage(ann.spec.zones, ann.deliveries, ann.endpoint_zones)
+            state, reason = coverage_outcome(ann.coverage)
+            if state is not ann.state and state is not AnnouncementState.FAILED:
+                ann.state, ann.reason = state, reason
         if self.journal is not None:
             self._mark_dirty(ann)
 
@@ -411,6 +539,9 @@ class Announcer:
                 continue
             stats = DeliveryStats(link.endpoint_id, key, late_join=True)
             ann.deliveries[link.endpoint_id] = stats
+            ann.endpoint_zones[link.endpoint_id] = tuple(
+                z for z in ann.spec.zones if z in link.zones
+            )
             link.outbox.put_control(live.started[key])
             for play_at, duration, frame in live.recent[key]:
                 if play_at > now:
@@ -457,6 +588,7 @@ class Announcer:
                 self._flush_preempted(loser_ann, winner)
                 task.cancel()
         for ann_id in decision.start:
+            self.admission.remove(ann_id)  # playing: no longer waiting
             ann = self.registry.get(ann_id)
             if ann is None:  # pragma: no cover - registry keeps unfinished ones
                 self.arbiter.release(ann_id)
@@ -539,6 +671,8 @@ class Announcer:
             cause = _leaf(exc)
             if isinstance(cause, SpeechError):
                 log.error("announcement %s: speech engine %s failed: %s", ann.id, ann.engine, cause)
+                if self.observer is not None:
+                    self.observer.speech_failed(ann.engine or self.engine.name)
                 self._abort(ann, AnnouncementState.FAILED, f"speech engine failed: {cause}")
             else:  # a bug must not take the server down, but must be visible
                 log.error("announcement %s failed", ann.id, exc_info=cause)
@@ -596,6 +730,7 @@ class Announcer:
         self.registry.renumber(ann)
         ann.state = AnnouncementState.QUEUED
         ann.first_audio_sent_us = None
+        self.admission.admit(ann.id, ann.spec.zones, ann.spec.priority, force=True)
         self.arbiter.submit(ann.id, frozenset(ann.spec.zones), ann.spec.priority, seq=seq)
         self._notify(ann)
 
@@ -611,12 +746,12 @@ class Announcer:
             while not audience and clock.monotonic_us() < deadline:
                 await clock.sleep_us(_ENDPOINT_POLL_US)
                 audience = self.hub.audience(spec.zones)
+        ann.endpoint_zones = {}
         if not audience:
-            self._finish(
-                ann,
-                AnnouncementState.FAILED,
-                f"no endpoint connected in zone(s) {', '.join(spec.zones)}",
-            )
+            ann.coverage = zone_coverage(spec.zones, ann.deliveries, ann.endpoint_zones)
+            reason = f"no endpoint connected in zone(s) {', '.join(spec.zones)}"
+            self._finish(ann, AnnouncementState.FAILED, reason)
+            self._coverage_event(ann)
             return
         by_format: dict[str, list[EndpointLink]] = {}
         formats: dict[str, StreamFormat] = {}
@@ -624,9 +759,12 @@ class Announcer:
             by_format.setdefault(link.format.key, []).append(link)
             formats[link.format.key] = link.format
             ann.deliveries[link.endpoint_id] = DeliveryStats(link.endpoint_id, link.format.key)
+            ann.endpoint_zones[link.endpoint_id] = tuple(z for z in spec.zones if z in link.zones)
         ann.formats = sorted(formats)
         self._audiences[ann.id] = audience
 
+        if ann.id not in self._prepared:  # not made ahead: its first audio is timed
+            self._speech_asked_us[ann.id] = clock.monotonic_us()
         prepared = self._prepare(ann)
         now = clock.monotonic_us()
         start_us = now + self.settings.lead_us
@@ -741,7 +879,43 @@ class Announcer:
                 continue  # the endpoint's own receipts say it
             # No receipt (yet): all audio went out to a connected endpoint, or it left.
             stats.state = "sent" if self.hub.is_current(link) else "missed"
-        self._finish(ann, AnnouncementState.FINISHED, None)
+        # The state says what is verified: heard (playback receipts) in every zone or not.
+        ann.coverage = zone_coverage(spec.zones, ann.deliveries, ann.endpoint_zones)
+        final, why = coverage_outcome(ann.coverage)
+        # Playback receipts travel back over the network: give a missing one up to a
+        # playout delay (a later one still upgrades the state, see on_playback).
+        grace_end_us = clock.monotonic_us() + self.settings.lead_us
+        while final is AnnouncementState.UNCONFIRMED and clock.monotonic_us() < grace_end_us:
+            await clock.sleep_us(min(_ENDPOINT_POLL_US, grace_end_us - clock.monotonic_us()))
+            ann.coverage = zone_coverage(spec.zones, ann.deliveries, ann.endpoint_zones)
+            final, why = coverage_outcome(ann.coverage)
+        self._finish(ann, final, why)
+        self._coverage_event(ann)
+
+    def _coverage_event(self, ann: Announcement) -> None:
+        """A fault event for zones nobody heard (error level for an emergency)."""
+        emergency = ann.spec.priority >= self.settings.emergency_priority
+        missed = [z for z, c in ann.coverage.items() if c["heard"] is False]
+        unconfirmed = [z for z, c in ann.coverage.items() if c["heard"] == "unconfirmed"]
+        what = "emergency" if emergency else "announcement"
+        if missed:
+            self._emit(
+                "coverage_fault",
+                "error" if emergency else "warning",
+                ann.id,
+                f"{what} not heard in zone(s) {', '.join(missed)} ({ann.state.value})",
+            )
+        elif unconfirmed and emergency:
+            self._emit(
+                "coverage_unconfirmed",
+                "warning",
+                ann.id,
+                f"{what}: no playback receipt from zone(s) {', '.join(unconfirmed)}",
+            )
+
+    def _emit(self, kind: str, severity: str, subject: str, detail: str) -> None:
+        if self.events is not None:
+            self.events.emit(kind, severity, subject, detail)
 
     async def _produce(
         self,
@@ -772,6 +946,10 @@ class Announcer:
         outcome = prepared.outcome
         try:
             async for block in prepared.blocks():
+                asked_us = self._speech_asked_us.pop(ann.id, None)
+                if asked_us is not None and self.observer is not None:
+                    waited_s = (self.clock.monotonic_us() - asked_us) / 1e6
+                    self.observer.first_audio(outcome.engine, waited_s)
                 if ann.engine != outcome.engine:
                     ann.engine = outcome.engine
                     if outcome.fallback_reason:
@@ -791,8 +969,11 @@ class Announcer:
                     await queue.put(batch)
         finally:
             ann.engine = outcome.engine
+            self.speech_fallback_reason = outcome.fallback_reason
             if outcome.fallback_reason and outcome.fallback_reason not in ann.warnings:
                 ann.warnings.append(outcome.fallback_reason)
+                if self.observer is not None:
+                    self.observer.speech_failed(self.engine.name)
             ann.cost = outcome.meta.cost
             ann.speech_requests = outcome.meta.requests
             ann.cache_hits = outcome.meta.cache_hits
@@ -827,13 +1008,21 @@ class Announcer:
     def _finish(self, ann: Announcement, state: AnnouncementState, reason: str | None) -> None:
         if ann.state.is_final:
             return
+        self._settle(ann, state, reason)
+        self._notify(ann)
+
+    def _settle(self, ann: Announcement, state: AnnouncementState, reason: str | None) -> None:
+        """Give a record its final state (the journal write is the caller's)."""
         ann.state = state
         ann.reason = reason
         ann.finished_at = self.clock.wall()
+        self.admission.remove(ann.id)
+        self._speech_asked_us.pop(ann.id, None)
         self.registry.finished(ann)
         level = logging.INFO if state is AnnouncementState.FINISHED else logging.WARNING
         log.log(level, "announcement %s %s%s", ann.id, state.value, f": {reason}" if reason else "")
-        self._notify(ann)
+        if self.observer is not None:
+            self.observer.announcement_final(ann)
 
     def _notify(self, ann: Announcement) -> None:
         if self.journal is not None:

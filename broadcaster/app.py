@@ -26,7 +26,9 @@ from broadcaster.announcer import Announcer, AudioSettings, PlayoutSettings
 from broadcaster.api.routes import build_app
 from broadcaster.clock import Clock, SystemClock
 from broadcaster.config import Config
+from broadcaster.events import EventLog
 from broadcaster.journal import StoreJournal, recover
+from broadcaster.monitoring import LiveCollector, ServiceMetrics, service_readiness
 from broadcaster.scheduling.runner import ScheduleRunner
 from broadcaster.speech.chain import FallbackPolicy
 from broadcaster.speech.engine import SpeechEngine
@@ -130,6 +132,12 @@ class Service:
         self.runner: ScheduleRunner | None = None
         self._runner_task: asyncio.Task[None] | None = None
         self.journal: StoreJournal | None = None
+        #: Faults and recoveries, kept in the store: ``service.events.emit(kind,
+        #: severity, subject, detail)`` from anywhere in the service.
+        self.events: EventLog | None = None
+        self._events_task: asyncio.Task[None] | None = None
+        #: The service's Prometheus registry and counters (GET /metrics).
+        self.metrics = ServiceMetrics(config.announcements.emergency_priority)
         self.http_port = 0
         self.ws_port = 0
 
@@ -146,6 +154,8 @@ class Service:
         log.info("speech engine: %s (%s)", self.engine.name, why)
         self.store = await AsyncStore.open(self._store_path(), now=self.clock.wall())
         self.journal = StoreJournal(self.store)
+        self.events = await EventLog.open(self.clock, self.store, keep_days=cfg.store.keep_days)
+        self._events_task = asyncio.create_task(self.events.run(), name="event-log")
         pruned = await self.store.prune_announcements(
             self.clock.wall() - timedelta(days=cfg.store.keep_days)
         )
@@ -167,11 +177,15 @@ class Service:
             hub=self.hub,
             clock=self.clock,
             registry=registry,
+            events=self.events,
+            observer=self.metrics,
             settings=PlayoutSettings(
                 lead_us=cfg.streaming.playout_delay_ms * 1000,
                 opus_bitrate_bps=cfg.streaming.opus_bitrate_bps,
                 first_segment_max_chars=cfg.speech.first_segment_max_chars,
                 queue_limit=cfg.announcements.queue_limit,
+                emergency_queue_limit=cfg.announcements.emergency_queue_limit,
+                emergency_priority=cfg.announcements.emergency_priority,
                 wait_for_endpoints_us=int(cfg.announcements.wait_for_endpoints_s * 1e6),
                 audio=AudioSettings(
                     normalize=cfg.audio.normalize,
@@ -203,6 +217,18 @@ class Service:
             on_join=self.announcer.on_join,
             on_playback=self.announcer.on_playback,
         )
+        supervisor = self.endpoint_server.supervisor
+        supervisor.on_event = self.events.from_supervision
+        self.metrics.attach(
+            LiveCollector(
+                config=cfg,
+                hub=self.hub,
+                announcer=self.announcer,
+                supervisor=supervisor,
+                events=self.events,
+                now_us=self.clock.monotonic_us,
+            )
+        )
         await self.endpoint_server.start(cfg.server.ws_host, cfg.server.ws_port)
         self.ws_port = self.endpoint_server.port
         log.info("PA endpoints: ws://%s:%d%s", cfg.server.ws_host, self.ws_port, ENDPOINT_PATH)
@@ -213,8 +239,17 @@ class Service:
             clock=self.clock,
             store=self.store,
             runner=self.runner,
-            supervisor=self.endpoint_server.supervisor,
+            supervisor=supervisor,
             limiter=self.endpoint_server.limiter,  # one failed-attempt budget per address
+            events=self.events,
+            metrics=self.metrics,
+            readiness=service_readiness(
+                config=cfg,
+                hub=self.hub,
+                announcer=self.announcer,
+                supervisor=supervisor,
+                store=self.store,
+            ),
         )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -254,6 +289,13 @@ class Service:
         if self.store is not None:
             # Let the journal writer catch up with the last state changes.
             await self._drain_journal(timeout)
+            if self._events_task is not None:
+                self._events_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._events_task
+                self._events_task = None
+            if self.events is not None:
+                await self.events.flush()
             await self.store.close()
             self.store = None
         if self._engine is not None:

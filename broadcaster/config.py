@@ -163,8 +163,14 @@ class AnnouncementsConfig(_Section):
     max_text_chars: int = Field(default=20000, ge=100, le=100_000)
     #: Finished announcements kept in memory for GET /v1/announcements/{id}; oldest go first.
     history_limit: int = Field(default=1000, ge=10, le=1_000_000)
-    #: Announcements waiting for a busy zone; beyond this the API answers 503.
-    queue_limit: int = Field(default=1000, ge=1, le=1_000_000)
+    #: Announcements that may wait (for a busy zone or their due time) per zone and per
+    #: priority band (background, routine, operational). A full band refuses a new
+    #: announcement of that band there (API 503) unless it may push out a waiting one
+    #: of lower priority; other bands and zones are never affected.
+    queue_limit: int = Field(default=200, ge=1, le=1_000_000)
+    #: The same bound for the emergency band, per zone (much larger: an emergency is
+    #: refused only when this many emergencies already wait in one of its zones).
+    emergency_queue_limit: int = Field(default=1000, ge=1, le=1_000_000)
     default_priority: int = Field(default=100, ge=0, le=255)
     #: An announcement whose zones have no endpoint connected waits this long for one
     #: (endpoints reconnecting after a blip or a restart) before it fails.

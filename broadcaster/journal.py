@@ -59,6 +59,7 @@ def to_row(ann: Announcement) -> AnnouncementRow:
             "cache_hits",
             "endpoints",
             "created_by",
+            "coverage",
         )
     }
     return AnnouncementRow(

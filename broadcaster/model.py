@@ -181,6 +181,17 @@ class AnnouncementState(enum.StrEnum):
     MISSED = "missed"
     #: Its expiry passed before it could start.
     EXPIRED = "expired"
+    #: Never admitted: the waiting queue of its priority band was full in one of its
+    #: zones (the reason names the zone and the bound). Recorded, never played.
+    REFUSED = "refused"
+    #: Admitted, then pushed out of a full queue by a higher priority before it started.
+    DROPPED = "dropped"
+    #: Played, but in at least one of its zones nobody could hear it (no endpoint, or
+    #: every endpoint there missed it); ``zones`` in the record says which.
+    PARTIAL = "partial"
+    #: Played and all audio sent to every zone, but some zone's endpoints sent no
+    #: playback receipt, so that it was heard is not verified there.
+    UNCONFIRMED = "unconfirmed"
 
     @property
     def is_final(self) -> bool:

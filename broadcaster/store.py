@@ -142,6 +142,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX audit_at ON audit (at);
         """,
     ),
+    Migration(
+        3,
+        "events (supervision and other faults, in wall time)",
+        """
+        CREATE TABLE events (
+            id       INTEGER PRIMARY KEY,
+            at       TEXT NOT NULL,
+            at_us    INTEGER NOT NULL,
+            kind     TEXT NOT NULL,
+            severity TEXT NOT NULL,
+            subject  TEXT NOT NULL,
+            detail   TEXT NOT NULL
+        );
+        CREATE INDEX events_at ON events (at);
+        """,
+    ),
 )
 
 #: The newest schema version this code knows.
@@ -216,6 +232,17 @@ class AuditRow:
             "created_id": self.created_id,
             "detail": self.detail,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    id: int
+    at: datetime  # wall time (UTC)
+    at_us: int  # the server's monotonic clock
+    kind: str
+    severity: str  # info | warning | error
+    subject: str  # what it is about: an endpoint id, an announcement id, "store", ...
+    detail: str
 
 
 class _Unset(enum.Enum):
@@ -295,6 +322,18 @@ def _firing(r: sqlite3.Row) -> FiringRow:
         coalesced=r["coalesced"],
         reason=r["reason"],
         announcement_id=r["announcement_id"],
+    )
+
+
+def _event(r: sqlite3.Row) -> EventRow:
+    return EventRow(
+        id=r["id"],
+        at=_dt(r["at"]),
+        at_us=r["at_us"],
+        kind=r["kind"],
+        severity=r["severity"],
+        subject=r["subject"],
+        detail=r["detail"],
     )
 
 
@@ -800,6 +839,51 @@ class Store:
             )
             for r in rows
         ]
+    # --- events -------------------------------------------------------------------------
+
+    def insert_events(self, events: Collection[EventRow]) -> None:
+        """Store events (ids given by the caller); one already stored is left as it is."""
+        if not events:
+            return
+        with self._write(f"insert {len(events)} event(s)") as c:
+            c.executemany(
+                "INSERT INTO events (id, at, at_us, kind, severity, subject, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                [
+                    (e.id, _ts(e.at), e.at_us, e.kind, e.severity, e.subject, e.detail)
+                    for e in events
+                ],
+            )
+
+    def list_events(self, since: datetime | None = None, limit: int = 100) -> list[EventRow]:
+        """Oldest first: from ``since`` (inclusive) on, or else the newest ``limit``."""
+        if since is not None:
+            rows = self._query(
+                "list events",
+                "SELECT * FROM events WHERE at >= ? ORDER BY id LIMIT ?",
+                (_ts(since), max(0, limit)),
+            )
+            return [_event(r) for r in rows]
+        rows = self._query(
+            "list events", "SELECT * FROM events ORDER BY id DESC LIMIT ?", (max(0, limit),)
+        )
+        return [_event(r) for r in reversed(rows)]
+
+    def max_event_id(self) -> int:
+        rows = self._query("max event id", "SELECT max(id) FROM events")
+        return int(rows[0][0] or 0)
+
+    def prune_events(self, before: datetime, keep: int) -> int:
+        """Delete events older than ``before``, and all but the newest ``keep``."""
+        with self._write("prune events") as c:
+            cur = c.execute("DELETE FROM events WHERE at < ?", (_ts(before),))
+            removed = cur.rowcount
+            cur = c.execute(
+                "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC"
+                " LIMIT 1 OFFSET ?)",
+                (max(0, keep),),
+            )
+            return removed + cur.rowcount
 
 
 # --- the async adapter ------------------------------------------------------------------
@@ -890,3 +974,7 @@ class AsyncStore:
     prune_firings = _in_worker(Store.prune_firings)
     insert_audit = _in_worker(Store.insert_audit)
     list_audit = _in_worker(Store.list_audit)
+    insert_events = _in_worker(Store.insert_events)
+    list_events = _in_worker(Store.list_events)
+    max_event_id = _in_worker(Store.max_event_id)
+    prune_events = _in_worker(Store.prune_events)

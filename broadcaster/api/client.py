@@ -7,8 +7,10 @@ from typing import Any
 import aiohttp
 
 from broadcaster.clock import Clock, SystemClock
+from broadcaster.model import AnnouncementState
 
-_FINAL = {"finished", "cancelled", "failed"}
+#: Every final state (refused, dropped, partial, unconfirmed, missed, expired too).
+_FINAL = {s.value for s in AnnouncementState if s.is_final}
 
 
 class ApiError(Exception):

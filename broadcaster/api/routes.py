@@ -27,7 +27,9 @@ from broadcaster.auth import (
 )
 from broadcaster.clock import Clock
 from broadcaster.config import Config, ScheduleConfig
+from broadcaster.events import EventLog
 from broadcaster.journal import row_as_dict
+from broadcaster.monitoring import Readiness, ServiceMetrics
 from broadcaster.scheduling.runner import ScheduleError, ScheduleRunner
 from broadcaster.scheduling.templates import TemplateError
 from broadcaster.store import AsyncStore, StoreError
@@ -57,6 +59,9 @@ CLOCK: web.AppKey[Clock] = web.AppKey("clock", object)  # type: ignore[arg-type]
 STORE: web.AppKey[AsyncStore] = web.AppKey("store", AsyncStore)
 RUNNER: web.AppKey[ScheduleRunner] = web.AppKey("runner", ScheduleRunner)
 SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor", Supervisor)
+EVENTS: web.AppKey[EventLog] = web.AppKey("events", EventLog)
+METRICS: web.AppKey[ServiceMetrics] = web.AppKey("metrics", ServiceMetrics)
+READINESS: web.AppKey[Readiness] = web.AppKey("readiness", Readiness)
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -215,7 +220,15 @@ async def _announce(
             spec, due_at=due_at, expires_at=expires_at, created_by=principal.id
         )
     except QueueFull as exc:
-        return _error(503, "queue_full", str(exc))
+        # Not admitted; the refusal is kept as a record (state "refused") with the reason.
+        record = exc.record.id if exc.record is not None else None
+        return _error(
+            503,
+            "queue_full",
+            str(exc),
+            id=record,
+            location=f"/v1/announcements/{record}" if record else None,
+        )
     except StoreError as exc:
         log.error("announcement not accepted: %s", exc)
         return _error(503, "store_unavailable", "the announcement could not be stored")
@@ -516,10 +529,60 @@ async def list_endpoints(request: web.Request) -> web.Response:
 
 @requires(Role.VIEWER)
 async def list_events(request: web.Request) -> web.Response:
-    """Supervision events (endpoint faults, recoveries), oldest first."""
+    """Events (endpoint faults and recoveries, coverage faults, ...), oldest first.
+
+    ``?since=`` (ISO 8601): from then on; else the newest ``?limit=`` (default 100).
+    """
+    try:
+        try:
+            limit = int(request.query.get("limit", "100"))
+        except ValueError:
+            raise _Invalid("limit", "must be an integer") from None
+        since = _query_time(request, "since")
+    except _Invalid as exc:
+        return _invalid_query(exc)
+    limit = max(1, min(limit, 1000))
+    log_ = request.app.get(EVENTS)
+    if log_ is not None:
+        try:
+            events = await log_.list(since=since, limit=limit)
+        except StoreError as exc:
+            log.error("events cannot be read: %s", exc)
+            return _error(503, "store_unavailable", "events cannot be read from the store")
+        return web.json_response({"events": [e.as_dict() for e in events]})
     supervisor = request.app.get(SUPERVISOR)
-    events = supervisor.events() if supervisor is not None else []
-    return web.json_response({"events": [e.as_dict() for e in events]})
+    found = supervisor.events(limit) if supervisor is not None else []
+    return web.json_response({"events": [e.as_dict() for e in found]})
+
+
+def _invalid_query(exc: _Invalid) -> web.Response:
+    return _error(
+        422,
+        "validation_failed",
+        "invalid query",
+        fields=[{"field": exc.field, "message": str(exc)}],
+    )
+
+
+@requires(PUBLIC)
+async def readiness_route(request: web.Request) -> web.Response:
+    """GET /readyz: 200 when ready; 503 with the reasons when not."""
+    checks = request.app.get(READINESS)
+    reasons = checks.reasons() if checks is not None else []
+    if reasons:
+        return web.json_response({"ready": False, "reasons": reasons}, status=503)
+    return web.json_response({"ready": True, "reasons": []})
+
+
+@requires(Role.VIEWER)
+async def _metrics_route(request: web.Request) -> web.Response:
+    """GET /metrics: the Prometheus text exposition of the service's registry."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return web.Response(
+        body=generate_latest(request.app[METRICS].registry),
+        headers={"Content-Type": CONTENT_TYPE_LATEST},
+    )
 
 
 @requires(Role.VIEWER)
@@ -566,6 +629,9 @@ def build_app(
     runner: ScheduleRunner | None = None,
     supervisor: Supervisor | None = None,
     limiter: FailureLimiter | None = None,
+    events: EventLog | None = None,
+    metrics: ServiceMetrics | None = None,
+    readiness: Readiness | None = None,
 ) -> web.Application:
     """The API. Every route declares its role with ``@requires`` (undeclared: admin only)."""
     app = web.Application(middlewares=[_errors, access_middleware], client_max_size=4 * 1024 * 1024)
@@ -574,6 +640,13 @@ def build_app(
     app.cleanup_ctx.append(access.audit.context)
     if supervisor is not None:
         app[SUPERVISOR] = supervisor
+    if events is not None:
+        app[EVENTS] = events
+    if readiness is not None:
+        app[READINESS] = readiness
+    if metrics is not None:
+        app[METRICS] = metrics
+        app.router.add_get("/metrics", _metrics_route)
     if store is not None:
         app[STORE] = store
     if runner is not None:
@@ -599,4 +672,5 @@ def build_app(
     app.router.add_post("/v1/zones/{id}/silence", silence_zone)
     app.router.add_get("/v1/audit", list_audit)
     app.router.add_get("/healthz", health)
+    app.router.add_get("/readyz", readiness_route)
     return app

@@ -268,12 +268,13 @@ class ScheduleRunner:
         )
 
         async def claim(ann: Any) -> bool:
+            refused = ann.state is AnnouncementState.REFUSED  # not admitted: recorded so
             return await self.store.claim_firing_with_announcement(
                 spec.id,
                 firing.fire_at,
-                decision=decision,
+                decision="refused" if refused else decision,
                 coalesced=firing.coalesced,
-                reason=reason,
+                reason=ann.reason if refused else reason,
                 announcement=to_row(ann),
             )
 
@@ -292,7 +293,16 @@ class ScheduleRunner:
                 log.info("schedule %s: firing %s was already handled", spec.id, firing.fire_at)
                 return
             except QueueFull as exc:
-                log.error("schedule %s: firing %s dropped: %s", spec.id, firing.fire_at, exc)
+                # The firing is claimed with decision "refused" and its announcement
+                # recorded as "refused" with the reason (see claim above).
+                record = exc.record.id if exc.record is not None else "?"
+                log.error(
+                    "schedule %s: firing %s refused (announcement %s): %s",
+                    spec.id,
+                    firing.fire_at,
+                    record,
+                    exc,
+                )
                 return
             if reason:
                 ann.warnings.append(reason)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -54,6 +55,9 @@ class Supervisor:
     timeout_us: int
     endpoints: list[str]
     max_events: int = 1000
+    #: Where each event goes as well (the service's event log, which stamps wall
+    #: time and keeps it in the store).
+    on_event: Callable[[SupervisionEvent], None] | None = None
     _states: dict[str, _State] = field(default_factory=dict)
     _events: deque[SupervisionEvent] = field(default_factory=deque)
 
@@ -99,6 +103,10 @@ class Supervisor:
         pending = [st.fault_at_us for st in self._states.values() if st.fault_at_us is not None]
         return min(pending) if pending else None
 
+    def statuses(self) -> dict[str, EndpointStatus]:
+        """Every supervised endpoint's status (for readiness and metrics)."""
+        return {eid: st.status for eid, st in self._states.items()}
+
     def status(self, endpoint_id: str) -> dict[str, object]:
         st = self._states.get(endpoint_id, _State())
         return {"status": st.status.value, "since_us": st.since_us, "detail": st.detail}
@@ -119,4 +127,6 @@ class Supervisor:
     ) -> list[SupervisionEvent]:
         event = SupervisionEvent(kind, endpoint_id, now_us, detail)
         self._events.append(event)
+        if self.on_event is not None:
+            self.on_event(event)
         return [event]
