@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from broadcaster.app import Service
+from broadcaster.model import AnnouncementState
 from broadcaster.config import Config, hash_token, parse_config
 from broadcaster.endpoint import ReferenceEndpoint
 from broadcaster.speech.espeak import EspeakEngine
@@ -136,7 +137,7 @@ class Harness:
         async def poll() -> dict[str, Any]:
             while True:
                 _, body = await self.get(f"/v1/announcements/{ann_id}")
-                if body["state"] in ("finished", "cancelled", "failed"):
+                if AnnouncementState(body["state"]).is_final:
                     return body
                 await asyncio.sleep(0.05)
 

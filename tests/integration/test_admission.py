@@ -16,7 +16,7 @@ from broadcaster.app import Service
 from broadcaster.config import Config, hash_token, parse_config
 from broadcaster.speech.espeak import EspeakEngine
 
-from .conftest import TOKENS, Harness, make_config
+from .conftest import TOKENS, Harness, api_tokens_config, bearer, make_config
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,7 @@ async def wait_state(
 async def post_many(h: Harness, bodies: list[dict[str, Any]]) -> list[tuple[int, Any]]:
     """POST in parallel batches over one session (the way a burst of callers would)."""
     out: list[tuple[int, Any]] = []
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=bearer()) as http:
 
         async def one(body: dict[str, Any]) -> tuple[int, Any]:
             async with http.post(f"{h.api}/v1/announcements", json=body) as r:
@@ -140,6 +140,7 @@ def schedule_config(store: Path) -> Config:
                 {"id": "ep-d", "token_hash": hash_token(TOKENS["ep-d"]), "zones": ["gate"]}
             ],
             "templates": [{"name": "notice", "text": "Mind the gap.", "zones": ["gate"]}],
+            "api_tokens": api_tokens_config(),
         },
         "admission-test",
     )
@@ -155,7 +156,7 @@ async def test_a_scheduled_firing_that_cannot_be_admitted_is_recorded(tmp_path: 
             status, _ = await h.post({"text": "Waiting.", "zones": ["gate"]})
             assert status == 202  # the routine band of gate is now full (limit 1)
             async with (
-                aiohttp.ClientSession() as http,
+                aiohttp.ClientSession(headers=bearer()) as http,
                 http.post(
                     f"{h.api}/v1/schedules",
                     json={
@@ -246,7 +247,7 @@ async def test_events_survive_a_restart(tmp_path: Path):
         assert joined["endpoint_id"] == "ep-b" and joined["at"].endswith("+00:00")
         since = joined["at"]
         async with (
-            aiohttp.ClientSession() as http,
+            aiohttp.ClientSession(headers=bearer()) as http,
             http.get(f"{h.api}/v1/events", params={"since": since}) as r,
         ):
             listed = (await r.json())["events"]
@@ -284,6 +285,7 @@ async def test_readyz_gives_reasons_and_healthz_stays_live(tmp_path: Path):
             "endpoints": [
                 {"id": "ep-b", "token_hash": hash_token(TOKENS["ep-b"]), "zones": ["hall"]}
             ],
+            "api_tokens": api_tokens_config(limited_zone=None),
         },
         "ready-test",
     )
@@ -306,7 +308,7 @@ async def test_metrics_parse_and_have_the_families(tmp_path: Path):
             assert (await wait_state(h, ann["id"]))["state"] == "finished"
             assert svc.metrics is not None
             svc.metrics.store_write_errors.inc()  # the hook other parts call
-            async with aiohttp.ClientSession() as http, http.get(f"{h.api}/metrics") as r:
+            async with aiohttp.ClientSession(headers=bearer()) as http, http.get(f"{h.api}/metrics") as r:
                 assert r.status == 200
                 assert r.headers["Content-Type"].startswith("text/plain")
                 text = await r.text()
