@@ -86,15 +86,19 @@ def cmd_listen(args: argparse.Namespace) -> int:
             StreamFormat.parse(key)
         except ValueError as exc:
             return _fail(f"--format {key}: {exc}")
-    endpoint = ReferenceEndpoint(
-        url=args.url,
-        endpoint_id=args.endpoint,
-        token=args.token,
-        zones=args.zone,
-        formats=args.format,
-        out_dir=Path(args.out),
-        max_announcements=args.count,
-    )
+    try:
+        endpoint = ReferenceEndpoint(
+            url=args.url,
+            endpoint_id=args.endpoint,
+            token=args.token,
+            zones=args.zone,
+            formats=args.format,
+            out_dir=Path(args.out),
+            max_announcements=args.count,
+            ca_file=args.ca_file,
+        )
+    except ValueError as exc:
+        return _fail(f"--ca-file {exc}")
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -130,7 +134,9 @@ def cmd_announce(args: argparse.Namespace) -> int:
             body[name] = value
     try:
         result = asyncio.run(
-            announce_and_wait(args.api, body, wait=args.wait, timeout_s=args.timeout)
+            announce_and_wait(
+                args.api, body, wait=args.wait, timeout_s=args.timeout, ca_file=args.ca_file
+            )
         )
     except ApiError as exc:
         return _fail(str(exc), 1)
@@ -222,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--out", default="received", help="folder for the WAV files")
     li.add_argument("--count", type=int, help="exit after this many announcements")
     li.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    li.add_argument("--ca-file", help="PEM CA certificate to trust for a wss:// server")
     li.set_defaults(func=cmd_listen)
 
     a = sub.add_parser("announce", help="send an announcement through the HTTP API")
@@ -238,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--wait", action="store_true", help="wait for the end and print deliveries")
     a.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait")
     a.add_argument("--api", default=DEFAULT_API, help=f"API base URL (default {DEFAULT_API})")
+    a.add_argument("--ca-file", help="PEM CA certificate to trust for an https:// API")
     a.set_defaults(func=cmd_announce)
 
     t = sub.add_parser("token", help="make an endpoint token and the hash for the config")

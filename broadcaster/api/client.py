@@ -7,6 +7,7 @@ from typing import Any
 import aiohttp
 
 from broadcaster.clock import Clock, SystemClock
+from broadcaster.edge import client_tls_context
 
 _FINAL = {"finished", "cancelled", "failed"}
 
@@ -39,12 +40,22 @@ async def announce_and_wait(
     timeout_s: float = 600.0,
     poll_interval_s: float = 0.25,
     clock: Clock | None = None,
+    ca_file: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """POST the announcement; with ``wait`` poll until it reaches a final state."""
+    """POST the announcement; with ``wait`` poll until it reaches a final state.
+
+    ``ca_file`` (PEM) is trusted besides the system CAs for an https:// API.
+    """
     clock = clock or SystemClock()
     base = base_url.rstrip("/")
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        tls = client_tls_context(ca_file)
+    except ValueError as exc:
+        raise ApiError(f"--ca-file {exc}") from None
+    try:
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=30), connector=aiohttp.TCPConnector(ssl=tls)
+        ) as http:
             async with http.post(f"{base}/v1/announcements", json=body) as resp:
                 created = await _json(resp)
                 if resp.status != 202:

@@ -380,7 +380,7 @@ def build_app(
     runner: ScheduleRunner | None = None,
     supervisor: Supervisor | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=4 * 1024 * 1024)
+    app = web.Application(middlewares=[_errors], client_max_size=config.limits.max_body_bytes)
     if supervisor is not None:
         app[SUPERVISOR] = supervisor
     if store is not None:
