@@ -260,6 +260,17 @@ zones = ["hall"]
         assert await asyncio.wait_for(server.wait(), 20) == 0
 
 
+async def test_tls_handshake_must_finish_within_the_header_timeout(tls_files, tmp_path):
+    tls_files.pop("ca_file")
+    cfg = config(tmp_path, tls=tls_files, header_timeout_s=0.6)
+    async with Service(cfg, engine=EspeakEngine()) as svc:
+        for port in (svc.http_port, svc.ws_port):
+            reader, writer = await open_raw(port)  # TCP only: no ClientHello
+            took = await closed_after(reader, 10)
+            assert 0.5 <= took < 3, (port, took)
+            writer.close()
+
+
 # --- limits -----------------------------------------------------------------------------
 
 
@@ -313,7 +324,7 @@ async def test_websocket_flood_from_one_address_never_keeps_an_endpoint_out(
     [{"max_ws_per_address": 2, "max_ws_connections": 4, "header_timeout_s": 20}],
     indirect=True,
 )
-async def test_websocket_total_limit_refuses_with_503(service):
+async def test_websocket_total_limit_refuses_with_503(service, tmp_path):
     port = service.ws_port
     held = [await open_raw(port, src) for src in ("127.0.0.2", "127.0.0.2", "127.0.0.3")]
     held.append(await open_raw(port, "127.0.0.4"))
@@ -332,7 +343,33 @@ async def test_websocket_total_limit_refuses_with_503(service):
     reader, writer = await open_raw(port, "127.0.0.5")
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(reader.read(1), 0.3)  # admitted: waits for our handshake
-    writer.close()
+    held.append((reader, writer))
+
+    # The reference endpoint takes the 503 as "retry with backoff", and joins once a
+    # slot is free.
+    ep = ReferenceEndpoint(
+        url=f"ws://127.0.0.1:{port}/v1/endpoint",
+        endpoint_id="ep-a",
+        token=TOKENS["ep-a"],
+        zones=["hall"],
+        formats=["pcm_s16le/16000"],
+        out_dir=tmp_path / "a",
+    )
+    task = asyncio.create_task(ep.run())
+    try:
+        for _ in range(200):
+            if service.endpoint_server.guard.gate.counters.refused_total_limit >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert service.endpoint_server.guard.gate.counters.refused_total_limit >= 2
+        assert not ep.joined.is_set()
+        held.pop(0)[1].close()
+        await asyncio.wait_for(ep.joined.wait(), 10)
+    finally:
+        ep.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     for _, w in held:
         w.close()
 

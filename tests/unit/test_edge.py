@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import resource
+import ssl
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,7 @@ def test_refusal_response_is_a_complete_503_with_a_json_reason():
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
     assert f"Content-Length: {len(body)}".encode() in head and b"Connection: close" in head
+    assert b"Content-Type: application/json" in head
     assert json.loads(body)["error"] == "too_many_connections"
     assert b"limit 4" in refusal_response(TOTAL, gate)
 
@@ -189,6 +191,8 @@ def test_tls_files_must_exist_and_be_a_pair(tmp_path: Path):
         }
     )
     assert cfg.server.http_scheme == "https" and cfg.server.ws_scheme == "wss"
+    assert cfg.server.tls is not None
+    assert cfg.server.tls.server_context().minimum_version == ssl.TLSVersion.TLSv1_2
     assert parse_config({}).server.ws_scheme == "ws"
 
 
