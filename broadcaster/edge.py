@@ -511,5 +511,12 @@ def ensure_file_limit(
             f"file descriptors, but the hard limit (ulimit -Hn) is {hard}: lower those "
             "limits or raise the hard limit"
         )
-    setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    try:
+        setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    except (OSError, ValueError) as exc:
+        raise FileLimitError(
+            f"limits: cannot raise the file-descriptor limit from {soft} to the {need} the "
+            f"connection limits need ({exc}): lower limits.max_http_connections and "
+            "limits.max_ws_connections, or raise ulimit -n"
+        ) from None
     return f"file descriptors: soft limit raised from {soft} to {need} (hard limit {hard})"

@@ -271,6 +271,26 @@ async def test_tls_handshake_must_finish_within_the_header_timeout(tls_files, tm
             writer.close()
 
 
+async def test_serve_refuses_limits_beyond_the_hard_file_limit(tmp_path):
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > 900_000:
+        pytest.skip(f"hard RLIMIT_NOFILE {hard} fits any allowed limit")
+    cfg = tmp_path / "big.toml"
+    cfg.write_text(
+        f'[limits]\nmax_ws_connections = 1000000\n[store]\npath = "{tmp_path / "s.sqlite3"}"\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "serve", "--config", str(cfg), cwd=ROOT, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    text = err.decode()
+    assert proc.returncode == 2, text
+    assert "cannot start: limits: max_http_connections (512) + max_ws_connections (1000000)" in text
+    assert f"the hard limit (ulimit -Hn) is {hard}" in text and "Traceback" not in text
+
+
 # --- limits -----------------------------------------------------------------------------
 
 

@@ -126,6 +126,16 @@ def test_file_limit_below_the_hard_limit_refuses_with_the_keys_named():
     assert isinstance(e.value, OSError)  # `serve` reports it as "cannot start: ..."
 
 
+def test_file_limit_that_cannot_be_raised_is_a_clear_error():
+    def refuse(_: int, __: tuple[int, int]) -> None:
+        raise ValueError("not allowed to raise maximum limit")
+
+    with pytest.raises(FileLimitError, match="cannot raise the file-descriptor limit from 1024"):
+        ensure_file_limit(
+            _limits(), getrlimit=lambda _: (1024, resource.RLIM_INFINITY), setrlimit=refuse
+        )
+
+
 def test_file_limit_unlimited_soft_is_enough():
     msg = ensure_file_limit(
         _limits(),
