@@ -146,7 +146,8 @@ class ReferenceEndpoint:
         self.url = url
         #: For wss:// URLs: verify the server against the system CAs and ``ca_file``
         #: (a private CA, PEM). Raises ValueError at once when the file is unusable.
-        self._ssl = client_tls_context(ca_file) if url.startswith("wss://") else None
+        tls = client_tls_context(ca_file)
+        self._ssl = tls if url.startswith("wss://") else None
         self.endpoint_id = endpoint_id
         self.token = token
         self.zones = zones
