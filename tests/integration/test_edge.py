@@ -476,3 +476,35 @@ async def test_idle_keepalive_connection_is_closed(service):
     # Idle since the last answer (0.5 s ago): closed when 1 s of idleness is over.
     assert 0.3 <= took < 2.5, took
     writer.close()
+
+    # The next request's headers, begun and never finished, get the same bound.
+    reader, writer = await open_raw(service.http_port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    took = await closed_after(reader, 10)
+    assert 0.8 <= took < 2.5, took
+    writer.close()
+
+
+async def test_listen_names_an_unusable_ca_file(tmp_path):
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "listen",
+        "--url",
+        "wss://127.0.0.1:9/v1/endpoint",
+        "--ca-file",
+        str(tmp_path / "nope.pem"),
+        "--endpoint",
+        "ep-a",
+        "--token",
+        "t",
+        "--zone",
+        "hall",
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert f"--ca-file {tmp_path / 'nope.pem'}: no such file" in err.decode()
