@@ -45,6 +45,13 @@ def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[CONFIG].limits.max_body_bytes
+        return _error(
+            413,
+            "request_entity_too_large",
+            f"the request body is over the limit of {limit} bytes (limits.max_body_bytes)",
+        )
     except web.HTTPException as exc:
         if exc.content_type == "application/json":
             raise

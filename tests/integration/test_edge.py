@@ -425,7 +425,11 @@ async def test_body_over_the_limit_gets_413(service):
         big = {"text": "x" * 4096, "zones": ["hall"]}
         async with http.post(url, json=big) as r:
             assert r.status == 413
-            assert (await r.json())["error"] == "request_entity_too_large"
+            assert await r.json() == {
+                "error": "request_entity_too_large",
+                "message": "the request body is over the limit of 2048 bytes "
+                "(limits.max_body_bytes)",
+            }
         # Just under the limit: read and judged on its content (422: the text is not the
         # problem, the zone is).
         ok = {"text": "x" * 1500, "zones": ["moon"]}
