@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import resource
 import ssl
 from pathlib import Path
@@ -10,11 +12,14 @@ from pathlib import Path
 import pytest
 import trustme
 
+from broadcaster.clock import FakeClock
 from broadcaster.config import ConfigError, LimitsConfig, hash_token, parse_config
 from broadcaster.edge import (
     PER_ADDRESS,
+    REFUSAL_LOG_INTERVAL_US,
     TOTAL,
     ConnectionGate,
+    EdgeGuard,
     FileLimitError,
     HeaderDeadlines,
     client_tls_context,
@@ -228,3 +233,57 @@ def test_ws_total_leaves_room_for_every_configured_endpoint():
     assert "plus the 3 configured endpoint(s)" in msg
     data["limits"]["max_ws_connections"] = 6
     assert parse_config(data).limits.max_ws_connections == 6
+
+
+# --- the guard's task, on a fake clock ----------------------------------------------------
+
+
+class _Peer(asyncio.BaseTransport):
+    def __init__(self, host: str) -> None:
+        super().__init__()
+        self._host = host
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return (self._host, 40000) if name == "peername" else default
+
+
+async def test_guard_closes_connections_past_their_header_deadline():
+    clock = FakeClock()
+    guard = EdgeGuard("t", clock=clock, max_total=10, max_per_address=5, header_timeout_s=2.0)
+    guard.start()
+    closed: list[str] = []
+    try:
+        guard.expect_headers("slow", lambda: closed.append("slow"))
+        await clock.advance_us(1_000_000)
+        guard.expect_headers("quick", lambda: closed.append("quick"))
+        guard.headers_done("quick")  # its headers came in time
+        guard.expect_headers("late", lambda: closed.append("late"))
+        await clock.advance_us(999_999)
+        assert closed == []
+        await clock.advance_us(1)
+        assert closed == ["slow"]
+        await clock.advance_us(1_000_000)
+        assert closed == ["slow", "late"] and guard.header_timeouts == 2
+    finally:
+        await guard.stop()
+
+
+async def test_guard_logs_a_flood_in_summaries(caplog):
+    caplog.set_level(logging.WARNING, logger="broadcaster.edge")
+    clock = FakeClock()
+    guard = EdgeGuard("API", clock=clock, max_total=100, max_per_address=1, header_timeout_s=None)
+    guard.start()
+    try:
+        assert guard.admit(_Peer("::ffff:10.1.1.1")) == ("10.1.1.1", None)
+        for _ in range(1000):
+            assert guard.admit(_Peer("10.1.1.1"))[1] == PER_ADDRESS
+            await asyncio.sleep(0)
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 1 and "refused 1 connection(s)" in lines[0]
+        await clock.advance_us(REFUSAL_LOG_INTERVAL_US)
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 2 and "refused 999 connection(s)" in lines[1]
+        await clock.advance_us(10 * REFUSAL_LOG_INTERVAL_US)
+        assert len(caplog.records) == 2  # nothing new, nothing logged
+    finally:
+        await guard.stop()
