@@ -11,6 +11,8 @@ small WebSocket limits, then:
    open, every further one gets the 503;
 3. measures the endpoint's join again, from 127.0.0.1, during the flood.
 
+With ``--target http`` the same against the HTTP API, measuring GET /healthz.
+
 Prints refusals answered per second, the join times before and during the flood,
 and how many log lines the refusals produced. Everything stays on 127.0.0.0/8.
 
@@ -30,6 +32,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import aiohttp
 
 from broadcaster.app import Service
 from broadcaster.config import hash_token, parse_config
@@ -94,10 +98,18 @@ async def join_once(port: int, out: Path) -> float:
             await task
 
 
-async def joins(port: int, n: int, out: Path) -> list[float]:
+async def health_once(port: int) -> float:
+    t0 = time.perf_counter()
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/healthz") as r:
+        assert r.status == 200, r.status
+        await r.read()
+    return (time.perf_counter() - t0) * 1000
+
+
+async def joins(target: str, port: int, n: int, out: Path) -> list[float]:
     times = []
     for _ in range(n):
-        times.append(await join_once(port, out))
+        times.append(await (join_once(port, out) if target == "ws" else health_once(port)))
         await asyncio.sleep(0.05)
     return times
 
@@ -124,8 +136,8 @@ async def main(args: argparse.Namespace) -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         async with Service(cfg, engine=EspeakEngine()) as svc:
-            port = svc.ws_port
-            quiet = await joins(port, args.joins, Path(tmp))
+            port = svc.ws_port if args.target == "ws" else svc.http_port
+            quiet = await joins(args.target, port, args.joins, Path(tmp))
             flood = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-c",
@@ -136,13 +148,16 @@ async def main(args: argparse.Namespace) -> None:
                 stdout=subprocess.PIPE,
             )
             await asyncio.sleep(1.0)  # let the flood fill its address's slots
-            during = await joins(port, args.joins, Path(tmp))
+            during = await joins(args.target, port, args.joins, Path(tmp))
             out, _ = await flood.communicate()
             counts = json.loads(out)
-            assert svc.endpoint_server is not None
-            gate = svc.endpoint_server.guard.gate.counters
+            assert svc.endpoint_server is not None and svc.http_guard is not None
+            guard = svc.endpoint_server.guard if args.target == "ws" else svc.http_guard
+            gate = guard.gate.counters
     n = args.per_address
-    print(f"limits: {n} WebSocket connections per address, {2 * n} in all")
+    kind = "WebSocket" if args.target == "ws" else "HTTP"
+    what = "endpoint join" if args.target == "ws" else "GET /healthz"
+    print(f"limits: {n} {kind} connections per address, {2 * n} in all")
     print(f"flood: {args.concurrency} connections at a time from 127.0.0.2 for {args.seconds:g} s")
     print(
         f"  refused with 503: {counts['refused_503']} "
@@ -155,8 +170,8 @@ async def main(args: argparse.Namespace) -> None:
         f"in all {gate.refused_total_limit}"
     )
     print(f"  refusal log lines: {lines.refusal_lines}")
-    print(f"endpoint join from 127.0.0.1, quiet:       {summary(quiet)}")
-    print(f"endpoint join from 127.0.0.1, under flood: {summary(during)}")
+    print(f"{what} from 127.0.0.1, quiet:       {summary(quiet)}")
+    print(f"{what} from 127.0.0.1, under flood: {summary(during)}")
 
 
 if __name__ == "__main__":
@@ -165,4 +180,5 @@ if __name__ == "__main__":
     p.add_argument("--joins", type=int, default=20)
     p.add_argument("--concurrency", type=int, default=200)
     p.add_argument("--per-address", type=int, default=50)
+    p.add_argument("--target", choices=["ws", "http"], default="ws", help="which listener")
     asyncio.run(main(p.parse_args()))
