@@ -385,6 +385,11 @@ def _write_server_config(path: Path, n: int, fmt: Fmt, http_port: int, ws_port: 
         'path = ":memory:"',
         "[logging]",
         'level = "WARNING"',
+        # Every generated endpoint connects from 127.0.0.1: room for all of them from one
+        # address (and, as the config requires, for each configured endpoint besides).
+        "[limits]",
+        f"max_ws_per_address = {n + 100}",
+        f"max_ws_connections = {2 * n + 200}",
         "[[zones]]",
         f'id = "{ZONE}"',
     ]

@@ -26,6 +26,7 @@ from broadcaster.announcer import Announcer, AudioSettings, PlayoutSettings
 from broadcaster.api.routes import build_app
 from broadcaster.clock import Clock, SystemClock
 from broadcaster.config import Config
+from broadcaster.edge import EdgeGuard, GatedSite, ensure_file_limit
 from broadcaster.events import EventLog
 from broadcaster.journal import StoreJournal, recover
 from broadcaster.monitoring import LiveCollector, ServiceMetrics, service_readiness
@@ -126,7 +127,9 @@ class Service:
         self.announcer: Announcer | None = None
         self.endpoint_server: EndpointServer | None = None
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._site: GatedSite | None = None
+        #: Connection admission of the HTTP API (counters for health and metrics).
+        self.http_guard: EdgeGuard | None = None
         self._announcer_task: asyncio.Task[None] | None = None
         self.store: AsyncStore | None = None
         self.runner: ScheduleRunner | None = None
@@ -148,6 +151,8 @@ class Service:
 
     async def start(self) -> None:
         cfg = self.config
+        log.info("%s", ensure_file_limit(cfg.limits))
+        tls = cfg.server.tls.server_context() if cfg.server.tls is not None else None
         why = "given"
         if self._engine is None:
             self._engine, self._fallback, why = await make_engines(cfg, self.clock, self._environ)
@@ -229,9 +234,15 @@ class Service:
                 now_us=self.clock.monotonic_us,
             )
         )
-        await self.endpoint_server.start(cfg.server.ws_host, cfg.server.ws_port)
+        await self.endpoint_server.start(cfg.server.ws_host, cfg.server.ws_port, ssl_context=tls)
         self.ws_port = self.endpoint_server.port
-        log.info("PA endpoints: ws://%s:%d%s", cfg.server.ws_host, self.ws_port, ENDPOINT_PATH)
+        log.info(
+            "PA endpoints: %s://%s:%d%s",
+            cfg.server.ws_scheme,
+            cfg.server.ws_host,
+            self.ws_port,
+            ENDPOINT_PATH,
+        )
         app = build_app(
             config=cfg,
             announcer=self.announcer,
@@ -251,15 +262,45 @@ class Service:
                 store=self.store,
             ),
         )
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        lim = cfg.limits
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, keepalive_timeout=lim.keepalive_timeout_s
+        )
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, cfg.server.http_host, cfg.server.http_port)
+        self.http_guard = EdgeGuard(
+            "HTTP API",
+            clock=self.clock,
+            max_total=lim.max_http_connections,
+            max_per_address=lim.max_http_per_address,
+            header_timeout_s=lim.header_timeout_s,
+        )
+        self.http_guard.start()
+        self._site = GatedSite(
+            self._runner,
+            cfg.server.http_host,
+            cfg.server.http_port,
+            guard=self.http_guard,
+            ssl_context=tls,
+        )
         await self._site.start()
-        server = self._site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
-        self.http_port = sockets[0].getsockname()[1] if sockets else cfg.server.http_port
-        log.info("HTTP API: http://%s:%d/v1/announcements", cfg.server.http_host, self.http_port)
+        self.http_port = self._site.bound_port
+        log.info(
+            "HTTP API: %s://%s:%d/v1/announcements",
+            cfg.server.http_scheme,
+            cfg.server.http_host,
+            self.http_port,
+        )
+        log.info(
+            "limits: HTTP %d connections (%d per address), WebSocket %d (%d per address), "
+            "headers within %g s, HTTP keep-alive %g s, bodies up to %d bytes",
+            lim.max_http_connections,
+            lim.max_http_per_address,
+            lim.max_ws_connections,
+            lim.max_ws_per_address,
+            lim.header_timeout_s,
+            lim.keepalive_timeout_s,
+            lim.max_body_bytes,
+        )
         log.info(
             "zones: %s; endpoints configured: %d",
             ", ".join(cfg.zone_ids) or "(none)",
@@ -271,6 +312,8 @@ class Service:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.http_guard is not None:
+            await self.http_guard.stop()
         if self._runner_task is not None:
             self._runner_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -87,15 +87,19 @@ def cmd_listen(args: argparse.Namespace) -> int:
             StreamFormat.parse(key)
         except ValueError as exc:
             return _fail(f"--format {key}: {exc}")
-    endpoint = ReferenceEndpoint(
-        url=args.url,
-        endpoint_id=args.endpoint,
-        token=args.token,
-        zones=args.zone,
-        formats=args.format,
-        out_dir=Path(args.out),
-        max_announcements=args.count,
-    )
+    try:
+        endpoint = ReferenceEndpoint(
+            url=args.url,
+            endpoint_id=args.endpoint,
+            token=args.token,
+            zones=args.zone,
+            formats=args.format,
+            out_dir=Path(args.out),
+            max_announcements=args.count,
+            ca_file=args.ca_file,
+        )
+    except ValueError as exc:
+        return _fail(f"--ca-file {exc}")
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -132,7 +136,14 @@ def cmd_announce(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("BROADCASTER_TOKEN") or None
     try:
         result = asyncio.run(
-            announce_and_wait(args.api, body, wait=args.wait, timeout_s=args.timeout, token=token)
+            announce_and_wait(
+                args.api,
+                body,
+                wait=args.wait,
+                timeout_s=args.timeout,
+                token=token,
+                ca_file=args.ca_file,
+            )
         )
     except ApiError as exc:
         return _fail(str(exc), 1)
@@ -244,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--out", default="received", help="folder for the WAV files")
     li.add_argument("--count", type=int, help="exit after this many announcements")
     li.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    li.add_argument("--ca-file", help="PEM CA certificate to trust for a wss:// server")
     li.set_defaults(func=cmd_listen)
 
     a = sub.add_parser("announce", help="send an announcement through the HTTP API")
@@ -263,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--token", help="API token (default: the BROADCASTER_TOKEN environment variable)"
     )
+    a.add_argument("--ca-file", help="PEM CA certificate to trust for an https:// API")
     a.set_defaults(func=cmd_announce)
 
     t = sub.add_parser(

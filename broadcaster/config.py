@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import ssl
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +27,10 @@ from broadcaster.scheduling.triggers import Trigger
 _ID = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
 _TOKEN_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
+#: File descriptors kept beyond the connection limits: listening sockets, the store,
+#: logs, the speech engine, the Runware connection, pipes of the event loop.
+FD_RESERVE = 64
+
 
 #: One renderer for the templates of a config (it caches compiled templates).
 _RENDERER = TemplateRenderer()
@@ -39,6 +44,48 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TlsConfig(_Section):
+    """One certificate and key for both listeners (HTTPS API and wss:// endpoints)."""
+
+    #: PEM certificate chain (the server's certificate first) and its private key.
+    #: Relative paths are taken from the working directory, like store.path.
+    cert_file: str
+    key_file: str
+
+    @field_validator("cert_file", "key_file")
+    @classmethod
+    def _readable(cls, value: str) -> str:
+        path = Path(value).expanduser()
+        try:
+            with path.open("rb") as f:
+                f.read(1)
+        except FileNotFoundError:
+            raise ValueError(f"{value}: no such file") from None
+        except OSError as exc:
+            raise ValueError(f"{value}: cannot read: {exc.strerror}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        try:
+            self.server_context()
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(
+                f"cert_file {self.cert_file} and key_file {self.key_file} are not a usable "
+                f"PEM certificate and its private key: {exc.strerror or exc}"
+            ) from None
+        return self
+
+    def server_context(self) -> ssl.SSLContext:
+        """A TLS server context (TLS 1.2 or newer) with this certificate and key."""
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(
+            str(Path(self.cert_file).expanduser()), str(Path(self.key_file).expanduser())
+        )
+        return ctx
+
+
 class ServerConfig(_Section):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
@@ -46,6 +93,54 @@ class ServerConfig(_Section):
     ws_port: int = Field(default=8765, ge=0, le=65535)
     #: Seconds given to endpoints and in-flight requests to finish on shutdown.
     shutdown_timeout_s: float = Field(default=5.0, ge=0, le=120)
+    #: With a [server.tls] table, the API speaks https and endpoints connect with wss://.
+    tls: TlsConfig | None = None
+
+    @property
+    def http_scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
+
+    @property
+    def ws_scheme(self) -> str:
+        return "wss" if self.tls is not None else "ws"
+
+
+class LimitsConfig(_Section):
+    """What one process accepts at the network edge (enforced by broadcaster/edge.py)."""
+
+    #: Largest HTTP request body; a bigger one is answered 413.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    #: A connection (HTTP or WebSocket) must complete its request headers, and its TLS
+    #: handshake, within this many seconds of being accepted, or it is closed.
+    header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    #: An HTTP connection idle between requests is closed after this many seconds.
+    keepalive_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    #: Concurrent HTTP connections, in all and from one source address.
+    max_http_connections: int = Field(default=512, ge=2, le=1_000_000)
+    max_http_per_address: int = Field(default=128, ge=1, le=1_000_000)
+    #: Concurrent WebSocket connections (endpoints, and handshakes in progress), in
+    #: all and from one source address.
+    max_ws_connections: int = Field(default=2000, ge=2, le=1_000_000)
+    max_ws_per_address: int = Field(default=200, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _one_address_cannot_fill(self) -> LimitsConfig:
+        if self.max_http_per_address >= self.max_http_connections:
+            raise ValueError(
+                "max_http_per_address must be less than max_http_connections, so that one "
+                "address cannot take every connection"
+            )
+        if self.max_ws_per_address >= self.max_ws_connections:
+            raise ValueError(
+                "max_ws_per_address must be less than max_ws_connections, so that one "
+                "address cannot take every connection"
+            )
+        return self
+
+    @property
+    def file_descriptors_needed(self) -> int:
+        """Descriptors for every allowed connection, plus a reserve for the rest."""
+        return self.max_http_connections + self.max_ws_connections + FD_RESERVE
 
 
 class RunwareConfig(_Section):
@@ -472,6 +567,7 @@ class Config(_Section):
     logging: LoggingConfig = LoggingConfig()
     auth: AuthConfig = AuthConfig()
     api_tokens: list[ApiTokenConfig] = Field(default_factory=list)
+    limits: LimitsConfig = LimitsConfig()
     zones: list[ZoneConfig] = Field(default_factory=list)
     endpoints: list[EndpointConfig] = Field(default_factory=list)
     templates: list[TemplateConfig] = Field(default_factory=list)
@@ -538,6 +634,14 @@ class Config(_Section):
                 raise ValueError(
                     f"endpoints[{i}] ({ep.id}): zones {unknown} are not defined under [[zones]]"
                 )
+        lim = self.limits
+        if lim.max_ws_connections < lim.max_ws_per_address + len(self.endpoints):
+            raise ValueError(
+                f"limits.max_ws_connections ({lim.max_ws_connections}) must be at least "
+                f"limits.max_ws_per_address ({lim.max_ws_per_address}) plus the "
+                f"{len(self.endpoints)} configured endpoint(s), so that a flood from one "
+                "address can never keep a configured endpoint out"
+            )
         return self
 
     def endpoint(self, endpoint_id: str) -> EndpointConfig | None:

@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from broadcaster.audio.decode import FrameDecoder, write_wav
 from broadcaster.clock import Clock, SystemClock
+from broadcaster.edge import client_tls_context
 from broadcaster.model import StreamFormat
 from broadcaster.streaming import wire
 from broadcaster.streaming.wire import CloseCode
@@ -140,8 +141,13 @@ class ReferenceEndpoint:
         clock: Clock | None = None,
         reconnect: bool = True,
         max_announcements: int | None = None,
+        ca_file: str | None = None,
     ) -> None:
         self.url = url
+        #: For wss:// URLs: verify the server against the system CAs and ``ca_file``
+        #: (a private CA, PEM). Raises ValueError at once when the file is unusable.
+        tls = client_tls_context(ca_file)
+        self._ssl = tls if url.startswith("wss://") else None
         self.endpoint_id = endpoint_id
         self.token = token
         self.zones = zones
@@ -182,6 +188,7 @@ class ReferenceEndpoint:
                     ping_interval=None,
                     compression=None,
                     open_timeout=10,
+                    ssl=self._ssl,
                 ) as ws:
                     await self._session(ws)
                     if self.welcome is not None:

@@ -839,6 +839,7 @@ class Store:
             )
             for r in rows
         ]
+
     # --- events -------------------------------------------------------------------------
 
     def insert_events(self, events: Collection[EventRow]) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 import aiohttp
 
 from broadcaster.clock import Clock, SystemClock
+from broadcaster.edge import client_tls_context
 from broadcaster.model import AnnouncementState
 
 #: Every final state (refused, dropped, partial, unconfirmed, missed, expired too).
@@ -42,14 +43,24 @@ async def announce_and_wait(
     poll_interval_s: float = 0.25,
     clock: Clock | None = None,
     token: str | None = None,
+    ca_file: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """POST the announcement; with ``wait`` poll until it reaches a final state."""
+    """POST the announcement; with ``wait`` poll until it reaches a final state.
+
+    ``ca_file`` (PEM) is trusted besides the system CAs for an https:// API.
+    """
     clock = clock or SystemClock()
     base = base_url.rstrip("/")
     try:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        tls = client_tls_context(ca_file)
+    except ValueError as exc:
+        raise ApiError(f"--ca-file {exc}") from None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
         async with aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=30), headers=headers
+            timeout=aiohttp.ClientTimeout(total=30),
+            headers=headers,
+            connector=aiohttp.TCPConnector(ssl=tls),
         ) as http:
             async with http.post(f"{base}/v1/announcements", json=body) as resp:
                 created = await _json(resp)

@@ -72,6 +72,13 @@ def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[CONFIG].limits.max_body_bytes
+        return _error(
+            413,
+            "request_entity_too_large",
+            f"the request body is over the limit of {limit} bytes (limits.max_body_bytes)",
+        )
     except web.HTTPException as exc:
         if exc.content_type == "application/json":
             raise
@@ -634,7 +641,9 @@ def build_app(
     readiness: Readiness | None = None,
 ) -> web.Application:
     """The API. Every route declares its role with ``@requires`` (undeclared: admin only)."""
-    app = web.Application(middlewares=[_errors, access_middleware], client_max_size=4 * 1024 * 1024)
+    app = web.Application(
+        middlewares=[_errors, access_middleware], client_max_size=config.limits.max_body_bytes
+    )
     access = Access.from_config(config, clock=clock, store=store, limiter=limiter)
     app[ACCESS] = access
     app.cleanup_ctx.append(access.audit.context)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import ssl
 import uuid
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
@@ -31,6 +32,7 @@ from broadcaster.auth import (
 )
 from broadcaster.clock import Clock, wait_event_or_deadline
 from broadcaster.config import Config
+from broadcaster.edge import EdgeGuard, gated_connection_class
 from broadcaster.model import StreamFormat
 from broadcaster.streaming import wire
 from broadcaster.streaming.hub import EndpointLink, Hub, Outbox
@@ -108,6 +110,15 @@ class EndpointServer:
         self._supervise_task: asyncio.Task[None] | None = None
         self._supervise_wake = asyncio.Event()
         self._stopping = False
+        self._limits = config.limits
+        #: Connection admission (limits in all and per address); counters for metrics.
+        self.guard = EdgeGuard(
+            "PA endpoint server",
+            clock=clock,
+            max_total=config.limits.max_ws_connections,
+            max_per_address=config.limits.max_ws_per_address,
+            header_timeout_s=None,  # the handshake is bounded by open_timeout below
+        )
 
     @property
     def port(self) -> int:
@@ -116,9 +127,15 @@ class EndpointServer:
         port: int = sock.getsockname()[1]
         return port
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(
+        self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         # Our own limit is max_message_bytes, answered with an error message first; the
         # library's hard limit sits above it so a huge frame still cannot exhaust memory.
+        # Every connection is counted from its accept (handshake included) by the guard;
+        # over the limits it gets a 503 at once (docs/protocol.md, Transport). The TLS
+        # handshake and the HTTP upgrade must both be done within header_timeout_s.
+        self.guard.start()
         self._server = await serve(
             self._handle,
             host,
@@ -129,6 +146,10 @@ class EndpointServer:
             process_request=self._check_path,
             close_timeout=2,
             logger=logging.getLogger("broadcaster.streaming.websockets"),
+            create_connection=gated_connection_class(self.guard),
+            open_timeout=self._limits.header_timeout_s,
+            ssl=ssl_context,
+            backlog=1024,
         )
         self._supervise_task = asyncio.create_task(self._supervise(), name="supervision")
 
@@ -139,10 +160,10 @@ class EndpointServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervise_task
             self._supervise_task = None
-        if self._server is None:
-            return
-        self._server.close(close_connections=True)  # endpoints get 1001 going away
-        await self._server.wait_closed()
+        if self._server is not None:
+            self._server.close(close_connections=True)  # endpoints get 1001 going away
+            await self._server.wait_closed()
+        await self.guard.stop()
 
     async def _supervise(self) -> None:
         """Turn dropped links that did not come back into faults, on time."""

@@ -12,9 +12,9 @@ import aiohttp
 import pytest
 
 from broadcaster.app import Service
-from broadcaster.model import AnnouncementState
 from broadcaster.config import Config, hash_token, parse_config
 from broadcaster.endpoint import ReferenceEndpoint
+from broadcaster.model import AnnouncementState
 from broadcaster.speech.espeak import EspeakEngine
 
 TOKENS = {"ep-a": "token-a", "ep-b": "token-b", "ep-c": "token-c", "ep-d": "token-d"}

@@ -308,7 +308,10 @@ async def test_metrics_parse_and_have_the_families(tmp_path: Path):
             assert (await wait_state(h, ann["id"]))["state"] == "finished"
             assert svc.metrics is not None
             svc.metrics.store_write_errors.inc()  # the hook other parts call
-            async with aiohttp.ClientSession(headers=bearer()) as http, http.get(f"{h.api}/metrics") as r:
+            async with (
+                aiohttp.ClientSession(headers=bearer()) as http,
+                http.get(f"{h.api}/metrics") as r,
+            ):
                 assert r.status == 200
                 assert r.headers["Content-Type"].startswith("text/plain")
                 text = await r.text()

@@ -28,6 +28,7 @@ def test_example_lists_every_option_with_its_default():
         "speech.runware.webhook_url",
         "speech.runware.upload_endpoint",
         "speech.runware.ttl_s",
+        "server.tls",  # off by default: a commented [server.tls] table shows its keys
     }
 
     def check(model: BaseModel, table: dict, path: str) -> None:
@@ -45,7 +46,7 @@ def test_example_lists_every_option_with_its_default():
         assert set(table) <= set(type(model).model_fields), path
 
     defaults = Config()
-    for section in ("server", "speech", "streaming", "announcements", "logging"):
+    for section in ("server", "speech", "streaming", "announcements", "logging", "limits"):
         check(getattr(defaults, section), data[section], section)
 
 
