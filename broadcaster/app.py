@@ -144,13 +144,18 @@ class Service:
         if self._engine is None:
             self._engine, self._fallback, why = await make_engines(cfg, self.clock, self._environ)
         log.info("speech engine: %s (%s)", self.engine.name, why)
-        self.store = await AsyncStore.open(self._store_path(), now=self.clock.wall())
+        self.store = await AsyncStore.open(
+            self._store_path(), now=self.clock.wall(), wall=self.clock.wall
+        )
         self.journal = StoreJournal(self.store)
         pruned = await self.store.prune_announcements(
             self.clock.wall() - timedelta(days=cfg.store.keep_days)
         )
         if pruned:
             log.info("store: pruned %d finished announcement(s)", pruned)
+        await self.store.prune_idempotency(
+            self.clock.wall() - timedelta(hours=cfg.store.idempotency_hours)
+        )
         registry = Registry(
             cfg.announcements.history_limit,
             first_number=await self.store.max_announcement_number() + 1,
@@ -173,6 +178,8 @@ class Service:
                 first_segment_max_chars=cfg.speech.first_segment_max_chars,
                 queue_limit=cfg.announcements.queue_limit,
                 wait_for_endpoints_us=int(cfg.announcements.wait_for_endpoints_s * 1e6),
+                emergency_priority=cfg.announcements.emergency_priority,
+                journal_retry_max_us=int(cfg.store.write_retry_max_s * 1e6),
                 audio=AudioSettings(
                     normalize=cfg.audio.normalize,
                     target_lufs=cfg.audio.target_lufs,
@@ -270,11 +277,18 @@ class Service:
         if self.announcer is None or self.journal is None:
             return
         pending = self.announcer.take_dirty()
+        lost: list[str] = []
         for ann in pending:
             try:
                 await self.journal.record(ann)
-            except Exception:
-                log.exception("could not record announcement %s", ann.id)
+            except Exception as exc:
+                lost.append(f"{ann.id} ({ann.state.value}): {exc}")
+        if lost:
+            log.error(
+                "store: %d final state(s) could not be written at shutdown: %s",
+                len(lost),
+                "; ".join(lost),
+            )
 
     async def _drain(self, timeout_s: float) -> None:
         deadline = self.clock.monotonic_us() + int(timeout_s * 1e6)

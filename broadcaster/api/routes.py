@@ -224,7 +224,11 @@ async def get_schedule(request: web.Request) -> web.Response:
 
 
 async def delete_schedule(request: web.Request) -> web.Response:
-    if not await _runner(request).delete(request.match_info["id"]):
+    try:
+        deleted = await _runner(request).delete(request.match_info["id"])
+    except ScheduleError as exc:  # defined in the config: 409, naming the file
+        return _error(409, "conflict", str(exc), fields=[{"field": exc.field, "message": str(exc)}])
+    if not deleted:
         return _error(404, "not_found", "no such schedule")
     return web.json_response({"deleted": request.match_info["id"]})
 

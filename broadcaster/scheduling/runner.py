@@ -15,6 +15,7 @@ planner sees exactly which firings were missed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -140,11 +141,36 @@ class ScheduleRunner:
         return self.describe(spec.id)
 
     async def delete(self, schedule_id: str) -> bool:
-        if self._live.pop(schedule_id, None) is None:
+        """Delete an API schedule and cancel its firings already prepared ahead.
+
+        A schedule defined in the config cannot be deleted here (it would come back
+        at the next start, when the config is read again): ScheduleError("id"), and
+        the operator removes it from the config file, or pauses it (which lasts).
+        """
+        live = self._live.get(schedule_id)
+        if live is None:
             return False
+        if live.source == "config":
+            raise ScheduleError(
+                "id",
+                f"schedule {schedule_id!r} is defined in the config ({self.config.source}); "
+                "remove it there, or pause it",
+            )
         await self.store.delete_schedule(schedule_id)
+        del self._live[schedule_id]
+        self._cancel_prepared(schedule_id, "schedule deleted")
         self._edited.set()
         return True
+
+    def _cancel_prepared(self, schedule_id: str, reason: str) -> None:
+        cancelled = self.announcer.cancel_waiting(schedule_id, reason)
+        if cancelled:
+            log.info(
+                "schedule %s: %s; cancelled its prepared firing(s) %s",
+                schedule_id,
+                reason,
+                ", ".join(cancelled),
+            )
 
     async def set_paused(self, schedule_id: str, paused: bool) -> dict[str, Any] | None:
         live = self._live.get(schedule_id)
@@ -155,8 +181,10 @@ class ScheduleRunner:
             # Resuming starts from now: firings while paused were not wanted.
             live.next_fire_at = live.trigger.next_after(now)
             await self.store.set_next_fire_at(schedule_id, live.next_fire_at, now)
-        live.paused = paused
         await self.store.set_schedule_paused(schedule_id, paused, now)
+        live.paused = paused
+        if paused:
+            self._cancel_prepared(schedule_id, "schedule paused")
         self._edited.set()
         return self.describe(schedule_id)
 
@@ -267,14 +295,21 @@ class ScheduleRunner:
             priority=self._priority(live),
         )
 
+        # Stored with the record, so a restart that finds it not yet played knows
+        # when it stopped being worth playing (journal.recover).
+        grace_until = firing.fire_at + timedelta(seconds=self._policy(live).misfire_grace_s)
+
         async def claim(ann: Any) -> bool:
+            row = to_row(ann)
+            if decision == "prepare":
+                row = dataclasses.replace(row, grace_until=grace_until)
             return await self.store.claim_firing_with_announcement(
                 spec.id,
                 firing.fire_at,
                 decision=decision,
                 coalesced=firing.coalesced,
                 reason=reason,
-                announcement=to_row(ann),
+                announcement=row,
             )
 
         if decision == "prepare":

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from broadcaster.store import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     AnnouncementRow,
     AsyncStore,
@@ -90,8 +91,10 @@ def test_open_creates_folders_schema_and_records_version(db_path: Path):
         rows = c.execute(
             "SELECT version, description, applied_at FROM schema_migrations"
         ).fetchall()
-    assert SCHEMA_VERSION == 1
-    assert [(v, a) for v, _, a in rows] == [(1, T0.isoformat(timespec="microseconds"))]
+    assert SCHEMA_VERSION == MIGRATIONS[-1].version
+    assert [(v, a) for v, _, a in rows] == [
+        (m.version, T0.isoformat(timespec="microseconds")) for m in MIGRATIONS
+    ]
 
 
 def test_reopening_is_idempotent_and_keeps_data(db_path: Path):
@@ -100,11 +103,13 @@ def test_reopening_is_idempotent_and_keeps_data(db_path: Path):
     s.close()
     for _ in range(2):
         s = Store.open(db_path)
-        assert s.schema_version() == 1
+        assert s.schema_version() == SCHEMA_VERSION
         assert s.get_announcement("a") is not None
         s.close()
     with raw(db_path) as c:
-        assert c.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == 1
+        assert c.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == len(
+            MIGRATIONS
+        )
 
 
 def test_applied_at_without_now_uses_a_sortable_utc_timestamp(db_path: Path):
@@ -120,7 +125,7 @@ def test_newer_schema_version_is_refused(db_path: Path):
     Store.open(db_path).close()
     with raw(db_path) as c:
         c.execute("INSERT INTO schema_migrations VALUES (7, 'from the future', '2030-01-01')")
-    with pytest.raises(StoreError, match=r"is at schema version 7; this broadcaster knows up to 1"):
+    with pytest.raises(StoreError, match=rf"is at schema version 7; this broadcaster knows up to {SCHEMA_VERSION}"):
         Store.open(db_path)
 
 
@@ -518,7 +523,7 @@ async def test_async_store_round_trip(db_path: Path):
     s = await AsyncStore.open(db_path, now=T0)
     try:
         assert s.path == str(db_path)
-        assert await s.schema_version() == 1
+        assert await s.schema_version() == SCHEMA_VERSION
         await s.insert_announcement(ann("a", number=3))
         assert await s.update_announcement("a", state="playing", started_at=at(1))
         got = await s.get_announcement("a")
