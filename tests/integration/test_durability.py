@@ -1,0 +1,311 @@
+"""Nothing stale, nothing twice, no lost emergency: real servers, kill -9, disk full."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import resource
+import signal
+import sqlite3
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from broadcaster.app import Service
+from broadcaster.config import hash_token, parse_config
+from broadcaster.endpoint import ReferenceEndpoint
+from broadcaster.speech.espeak import EspeakEngine
+
+from .conftest import TOKENS, Harness
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat()
+
+
+def write_config(path: Path, store: Path, extra: str = "") -> None:
+    path.write_text(
+        f"""
+[server]
+http_port = 0
+ws_port = 0
+shutdown_timeout_s = 2
+[store]
+path = "{store}"
+write_retry_max_s = 0.5
+[streaming]
+playout_delay_ms = 200
+[scheduling]
+prerender_s = 60
+[[zones]]
+id = "hall"
+[[endpoints]]
+id = "ep"
+token_hash = "{hash_token("t")}"
+zones = ["hall"]
+[[templates]]
+name = "notice"
+text = "Platform notice number {{{{ n }}}}."
+zones = ["hall"]
+speed = 2.0
+variables = {{ n = "int" }}
+{extra}
+"""
+    )
+
+
+async def start_server(
+    config: Path, http_port: int = 0, ws_port: int = 0, fsize_limit: int | None = None
+) -> tuple[asyncio.subprocess.Process, str, str, asyncio.Task[bytes], list[str]]:
+    """`broadcaster serve` as a subprocess; with ``fsize_limit`` no file may grow past it
+    (RLIMIT_FSIZE, SIGXFSZ ignored: writes fail with EFBIG, as on a full disk)."""
+
+    def limit() -> None:  # runs in the child between fork and exec
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        assert fsize_limit is not None
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "broadcaster.cli",
+        "serve",
+        "--config",
+        str(config),
+        "--http-port",
+        str(http_port),
+        "--ws-port",
+        str(ws_port),
+        cwd=ROOT,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        preexec_fn=limit if fsize_limit is not None else None,
+    )
+    found: dict[str, str] = {}
+    lines: list[str] = []
+
+    async def scan() -> None:
+        assert proc.stderr is not None
+        while "http" not in found:
+            line = (await proc.stderr.readline()).decode()
+            if not line:
+                raise AssertionError("server exited:\n" + "".join(lines))
+            lines.append(line)
+            if m := re.search(r"PA endpoints: (ws://\S+)", line):
+                found["ws"] = m[1]
+            if m := re.search(r"HTTP API: (http://[^/\s]+)", line):
+                found["http"] = m[1]
+
+    await asyncio.wait_for(scan(), 30)
+
+    async def keep_reading() -> bytes:  # the pipe never fills; the lines stay readable
+        assert proc.stderr is not None
+        while line := await proc.stderr.readline():
+            lines.append(line.decode())
+        return b""
+
+    drain = asyncio.create_task(keep_reading())
+    return proc, found["http"], found["ws"], drain, lines
+
+
+async def call(
+    http: aiohttp.ClientSession, method: str, url: str, body: Any = None, **kw: Any
+) -> tuple[int, Any]:
+    async with http.request(method, url, json=body, **kw) as r:
+        return r.status, await r.json()
+
+
+async def wait_state(
+    http: aiohttp.ClientSession, api: str, ann_id: str, timeout_s: float = 60
+) -> dict[str, Any]:
+    async def poll() -> dict[str, Any]:
+        while True:
+            _, body = await call(http, "GET", f"{api}/v1/announcements/{ann_id}")
+            if body.get("state") not in ("queued", "playing", None):
+                return dict(body)
+            await asyncio.sleep(0.05)
+
+    return await asyncio.wait_for(poll(), timeout_s)
+
+
+def started_ids(endpoint: ReferenceEndpoint) -> list[str]:
+    return [str(e["announcement_id"]) for e in endpoint.events if e["type"] == "announcement_started"]
+
+
+async def stop(proc: asyncio.subprocess.Process, drain: asyncio.Task[bytes]) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 20)
+    drain.cancel()
+
+
+# --- 1. a prepared firing interrupted by a crash follows its grace on restart -------------
+
+
+async def test_prepared_firing_killed_and_restarted_past_its_grace_is_missed_not_played(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "site.toml"
+    write_config(config, tmp_path / "store.sqlite3")
+    proc, api, ws_url, drain, _ = await start_server(config)
+    http_port = int(api.rsplit(":", 1)[1])
+    ws_port = int(ws_url.split(":")[2].split("/")[0])
+    endpoint = ReferenceEndpoint(
+        url=ws_url,
+        endpoint_id="ep",
+        token="t",
+        zones=["hall"],
+        formats=["pcm_s16le/8000"],
+        out_dir=tmp_path / "wav",
+        reconnect=True,
+    )
+    ep_task = asyncio.create_task(endpoint.run())
+    try:
+        await asyncio.wait_for(endpoint.joined.wait(), 10)
+        due = datetime.now(UTC) + timedelta(seconds=3)
+        async with aiohttp.ClientSession() as http:
+            status, created = await call(
+                http,
+                "POST",
+                f"{api}/v1/schedules",
+                {
+                    "id": "soon",
+                    "template": "notice",
+                    "at": iso(due),
+                    "misfire_grace_s": 1,
+                    "variables": {"n": 7},
+                },
+            )
+            assert status == 201, created
+            for _ in range(200):  # prepared ahead: accepted with its due time
+                _, hist = await call(http, "GET", f"{api}/v1/announcements?limit=5")
+                if hist["announcements"]:
+                    break
+                await asyncio.sleep(0.02)
+            [ann] = hist["announcements"]
+            assert ann["state"] == "queued" and ann["due_at"] == iso(due)
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+            drain.cancel()
+            # down past its due time and its grace (1 s)
+            await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()) + 2.5)
+            proc, api, _, drain, _ = await start_server(config, http_port, ws_port)
+            await asyncio.wait_for(endpoint.joined.wait(), 20)
+            final = await wait_state(http, api, ann["id"], 10)
+            assert final["state"] == "missed", final
+            assert "grace 1 s" in final["reason"] and "restart" in final["reason"], final
+            await asyncio.sleep(1.0)
+        assert ann["id"] not in started_ids(endpoint)  # never played
+        assert ann["id"] not in endpoint.announcements
+    finally:
+        endpoint.stop()
+        ep_task.cancel()
+        await stop(proc, drain)
+
+
+# --- 4. schedule edits reach prepared firings ----------------------------------------------
+
+
+def service_config(store: Path, schedules: list[dict[str, Any]] | None = None) -> Any:
+    return parse_config(
+        {
+            "server": {"http_port": 0, "ws_port": 0, "shutdown_timeout_s": 2},
+            "store": {"path": str(store)},
+            "streaming": {"playout_delay_ms": 200},
+            "announcements": {"wait_for_endpoints_s": 0.3},
+            "scheduling": {"prerender_s": 60},
+            "zones": [{"id": "hall"}],
+            "endpoints": [
+                {"id": "ep-a", "token_hash": hash_token(TOKENS["ep-a"]), "zones": ["hall"]}
+            ],
+            "templates": [
+                {
+                    "name": "notice",
+                    "text": "Platform notice number {{ n }}.",
+                    "zones": ["hall"],
+                    "speed": 2.0,
+                    "variables": {"n": "int"},
+                }
+            ],
+            "schedules": schedules or [],
+        },
+        "station.toml",
+    )
+
+
+async def prepared_of(h: Harness, schedule_id: str, count: int) -> list[dict[str, Any]]:
+    for _ in range(200):
+        _, hist = await h.get("/v1/announcements?limit=20")
+        mine = [a for a in hist["announcements"] if a["schedule_id"] == schedule_id]
+        if len(mine) >= count:
+            return mine
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no prepared firing of {schedule_id}: {hist}")
+
+
+@pytest.mark.parametrize("edit", ["pause", "delete"])
+async def test_pause_or_delete_stops_a_firing_already_prepared(tmp_path: Path, edit: str) -> None:
+    async with Service(service_config(tmp_path / "s.db"), engine=EspeakEngine()) as svc:
+        h = Harness(svc, tmp_path)
+        ep = await h.endpoint("ep-a", ["hall"], ["pcm_s16le/8000"])
+        try:
+            async with aiohttp.ClientSession() as http:
+                status, _ = await call(
+                    http,
+                    "POST",
+                    f"{h.api}/v1/schedules",
+                    {
+                        "id": "rush",
+                        "template": "notice",
+                        "every_s": 20,
+                        "start": iso(datetime.now(UTC) + timedelta(seconds=15)),
+                        "variables": {"n": 1},
+                    },
+                )
+                assert status == 201
+                prepared = await prepared_of(h, "rush", 2)  # the next ones, made ahead
+                assert all(a["state"] == "queued" for a in prepared)
+                if edit == "pause":
+                    status, _ = await call(http, "POST", f"{h.api}/v1/schedules/rush/pause")
+                else:
+                    status, _ = await call(http, "DELETE", f"{h.api}/v1/schedules/rush")
+                assert status == 200
+            for a in prepared:
+                final = await h.wait_final(a["id"], 5)
+                assert final["state"] == "cancelled"
+                assert final["reason"] == f"schedule {'paused' if edit == 'pause' else 'deleted'}"
+            await asyncio.sleep(0.5)
+            assert ep.announcements == {}
+        finally:
+            await h.close()
+
+
+async def test_config_schedule_cannot_be_deleted_but_its_pause_lasts_across_restarts(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "s.db"
+    schedules = [{"id": "hourly", "template": "notice", "cron": "0 * * * *", "variables": {"n": 3}}]
+    async with Service(service_config(store, schedules), engine=EspeakEngine()) as svc:
+        h = Harness(svc, tmp_path)
+        async with aiohttp.ClientSession() as http:
+            status, err = await call(http, "DELETE", f"{h.api}/v1/schedules/hourly")
+            assert status == 409, err
+            assert "station.toml" in err["message"] and "pause" in err["message"]
+            assert err["fields"][0]["field"] == "id"
+            status, paused = await call(http, "POST", f"{h.api}/v1/schedules/hourly/pause")
+            assert status == 200 and paused["paused"]
+    async with Service(service_config(store, schedules), engine=EspeakEngine()) as svc:
+        h = Harness(svc, tmp_path)
+        status, got = await h.get("/v1/schedules/hourly")
+        assert status == 200 and got["paused"] and got["source"] == "config"
+        assert got["next_firings"] == []
