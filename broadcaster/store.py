@@ -823,7 +823,8 @@ def _in_worker(
 ) -> Callable[Concatenate[AsyncStore, _P], Coroutine[Any, Any, _R]]:
     """An ``async`` twin of a :class:`Store` method that runs it on the store's thread.
 
-    A ``write`` updates :attr:`AsyncStore.health`: failing on StoreError, ok on success.
+    A ``write`` updates :attr:`AsyncStore.health`: failing on StoreError, ok on a
+    success that wrote (a method answering False changed nothing, so proves nothing).
     """
 
     async def call(self: AsyncStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
@@ -835,7 +836,8 @@ def _in_worker(
         except StoreError as exc:
             self.health.failed(str(exc))
             raise
-        self.health.succeeded()
+        if result is not False:  # False: nothing to change (no such row), nothing written
+            self.health.succeeded()
         return result
 
     call.__name__ = method.__name__
@@ -877,7 +879,7 @@ class StoreHealth:
             return
         self.ok, self.reason, self.since = False, reason, self._now()
         self.faults += 1
-        log.error("store fault: database %s cannot write: %s", self._path, reason)
+        log.error("store fault: cannot write: %s", reason)
         self._tell()
 
     def succeeded(self) -> None:

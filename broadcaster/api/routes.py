@@ -362,9 +362,14 @@ async def health(request: web.Request) -> web.Response:
     announcer = request.app[ANNOUNCER]
     fallback = announcer.speech.fallback
     client = getattr(announcer.engine, "client", None)
+    store = request.app.get(STORE)
+    store_health = store.health.as_dict() if store is not None else None
+    # Still 200 (the process is alive); "status" says when the store cannot write.
+    status = "ok" if store is None or store.health.ok else "store_failing"
     return web.json_response(
         {
-            "status": "ok",
+            "status": status,
+            "store": store_health,
             "engine": announcer.engine.name,
             "fallback_engine": fallback.name if fallback is not None else None,
             "engine_connected": getattr(client, "connected", None),

@@ -72,7 +72,7 @@ async def start_server(
     def limit() -> None:  # runs in the child between fork and exec
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         assert fsize_limit is not None
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, resource.RLIM_INFINITY))
 
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -139,7 +139,9 @@ async def wait_state(
 
 
 def started_ids(endpoint: ReferenceEndpoint) -> list[str]:
-    return [str(e["announcement_id"]) for e in endpoint.events if e["type"] == "announcement_started"]
+    return [
+        str(e["announcement_id"]) for e in endpoint.events if e["type"] == "announcement_started"
+    ]
 
 
 async def stop(proc: asyncio.subprocess.Process, drain: asyncio.Task[bytes]) -> None:
@@ -309,3 +311,118 @@ async def test_config_schedule_cannot_be_deleted_but_its_pause_lasts_across_rest
         status, got = await h.get("/v1/schedules/hourly")
         assert status == 200 and got["paused"] and got["source"] == "config"
         assert got["next_firings"] == []
+
+
+# --- 2. a full disk: emergencies still play, the fault is seen, nothing replays -------------
+
+FSIZE_LIMIT = 64 * 1024  # above SQLite's 32 KiB WAL index, so the store still opens
+
+
+def stored(db: Path, ann_id: str) -> tuple[str, str | None] | None:
+    """(state, audio_sent_at) as the database file says, read by another connection."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+        row = c.execute(
+            "SELECT state, audio_sent_at FROM announcements WHERE id = ?", (ann_id,)
+        ).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+async def test_disk_full_emergency_plays_fault_reported_and_nothing_replays_after(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "site.toml"
+    db = tmp_path / "store.sqlite3"
+    write_config(config, db)
+    proc, api, ws_url, drain, _ = await start_server(config)  # creates the database
+    await stop(proc, drain)
+    proc, api, ws_url, drain, lines = await start_server(config, fsize_limit=FSIZE_LIMIT)
+    http_port = int(api.rsplit(":", 1)[1])
+    ws_port = int(ws_url.split(":")[2].split("/")[0])
+    endpoint = ReferenceEndpoint(
+        url=ws_url,
+        endpoint_id="ep",
+        token="t",
+        zones=["hall"],
+        formats=["pcm_s16le/8000"],
+        out_dir=tmp_path / "wav",
+        reconnect=True,
+    )
+    ep_task = asyncio.create_task(endpoint.run())
+    try:
+        await asyncio.wait_for(endpoint.joined.wait(), 10)
+        async with aiohttp.ClientSession() as http:
+            _, health = await call(http, "GET", f"{api}/healthz")
+            assert health["status"] == "ok" and health["store"]["ok"] is True
+            # Fill the disk with routine work due later, until the store refuses.
+            later = iso(datetime.now(UTC) + timedelta(hours=1))
+            refused = None
+            for n in range(200):
+                status, body = await call(
+                    http,
+                    "POST",
+                    f"{api}/v1/announcements",
+                    {"text": f"Routine {n}.", "zones": ["hall"], "due_at": later},
+                )
+                if status != 202:
+                    refused = (status, body)
+                    break
+            assert refused is not None, "the file-size limit never bit"
+            assert refused[0] == 503 and refused[1]["error"] == "store_unavailable", refused
+            # The fault is visible at once.
+            _, health = await call(http, "GET", f"{api}/healthz")
+            assert health["status"] == "store_failing" and health["store"]["ok"] is False
+            assert health["store"]["reason"] and health["store"]["since"]
+            # An emergency is still accepted and played.
+            status, emergency = await call(
+                http,
+                "POST",
+                f"{api}/v1/announcements",
+                {"text": "Evacuate platform one now.", "zones": ["hall"], "priority": 255},
+            )
+            assert status == 202, emergency
+            assert any("store could not write" in w for w in emergency["warnings"])
+            final = await wait_state(http, api, emergency["id"], 30)
+            assert final["state"] == "finished", final
+            for _ in range(100):
+                rec = endpoint.announcements.get(emergency["id"])
+                if rec is not None and rec.status != "receiving":
+                    break
+                await asyncio.sleep(0.05)
+            assert rec is not None and rec.status == "complete"
+            # Routine requests still get a clear 503 while the store cannot write.
+            status, body = await call(
+                http, "POST", f"{api}/v1/announcements", {"text": "Routine.", "zones": ["hall"]}
+            )
+            assert status == 503 and body["error"] == "store_unavailable"
+            assert stored(db, emergency["id"]) is None  # only in memory so far
+            faults = [ln for ln in lines if "ERROR" in ln and "store fault" in ln]
+            assert len(faults) == 1, "".join(ln for ln in lines if "store" in ln)
+
+            # The disk has room again: the held records are written within seconds.
+            resource.prlimit(
+                proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+            )
+            for _ in range(100):
+                _, health = await call(http, "GET", f"{api}/healthz")
+                got = stored(db, emergency["id"])
+                if health["store"]["ok"] and got is not None and got[0] == "finished":
+                    break
+                await asyncio.sleep(0.1)
+            assert health["status"] == "ok", health
+            assert got is not None and got[0] == "finished", got
+            assert any("store recovered" in ln for ln in lines)
+
+            # A restart (kill -9) replays nothing that had played.
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+            drain.cancel()
+            proc, api, _, drain, _ = await start_server(config, http_port, ws_port)
+            await asyncio.wait_for(endpoint.joined.wait(), 20)
+            await asyncio.sleep(2.0)
+            _, again = await call(http, "GET", f"{api}/v1/announcements/{emergency['id']}")
+            assert again["state"] == "finished", again
+        assert started_ids(endpoint).count(emergency["id"]) == 1
+    finally:
+        endpoint.stop()
+        ep_task.cancel()
+        await stop(proc, drain)

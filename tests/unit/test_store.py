@@ -91,7 +91,7 @@ def test_open_creates_folders_schema_and_records_version(db_path: Path):
         rows = c.execute(
             "SELECT version, description, applied_at FROM schema_migrations"
         ).fetchall()
-    assert SCHEMA_VERSION == MIGRATIONS[-1].version
+    assert MIGRATIONS[-1].version == SCHEMA_VERSION
     assert [(v, a) for v, _, a in rows] == [
         (m.version, T0.isoformat(timespec="microseconds")) for m in MIGRATIONS
     ]
@@ -107,9 +107,7 @@ def test_reopening_is_idempotent_and_keeps_data(db_path: Path):
         assert s.get_announcement("a") is not None
         s.close()
     with raw(db_path) as c:
-        assert c.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == len(
-            MIGRATIONS
-        )
+        assert c.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == len(MIGRATIONS)
 
 
 def test_applied_at_without_now_uses_a_sortable_utc_timestamp(db_path: Path):
@@ -125,7 +123,9 @@ def test_newer_schema_version_is_refused(db_path: Path):
     Store.open(db_path).close()
     with raw(db_path) as c:
         c.execute("INSERT INTO schema_migrations VALUES (7, 'from the future', '2030-01-01')")
-    with pytest.raises(StoreError, match=rf"is at schema version 7; this broadcaster knows up to {SCHEMA_VERSION}"):
+    with pytest.raises(
+        StoreError, match=rf"is at schema version 7; this broadcaster knows up to {SCHEMA_VERSION}"
+    ):
         Store.open(db_path)
 
 
