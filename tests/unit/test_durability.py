@@ -1,0 +1,315 @@
+"""Journal retry, durable playout marks, store faults and restart rules (FakeClock, fakes)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from broadcaster.announcements import Announcement, Registry
+from broadcaster.announcer import Announcer, AudioSettings, PlayoutSettings
+from broadcaster.clock import FakeClock
+from broadcaster.journal import recover, spec_to_json
+from broadcaster.model import AnnouncementSpec, AnnouncementState, StreamFormat
+from broadcaster.store import AnnouncementRow, StoreError, StoreHealth
+from broadcaster.streaming.hub import EndpointLink, Hub
+
+from .test_announcer import FakeEngine, InlineExecutor, RecordingOutbox, spec
+
+EMERGENCY = 224
+
+
+class FlakyJournal:
+    """A journal whose writes fail while ``broken`` (like a full disk), recording the rest."""
+
+    def __init__(self) -> None:
+        self.broken = False
+        self.gate: asyncio.Event | None = None  # when set: writes wait for it
+        self.writes: list[tuple[str, str]] = []  # (id, state) that landed
+        self.attempts = 0
+        self.audio_sent: list[str] = []
+
+    async def _write(self, ann: Announcement) -> None:
+        self.attempts += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.broken:
+            raise StoreError("database test: disk is full")
+        self.writes.append((ann.id, ann.state.value))
+
+    async def record_new(self, ann: Announcement) -> None:
+        await self._write(ann)
+
+    async def record(self, ann: Announcement) -> None:
+        await self._write(ann)
+
+    async def mark_audio_sent(self, ann: Announcement, at: datetime) -> None:
+        if self.broken:
+            raise StoreError("database test: disk is full")
+        self.audio_sent.append(ann.id)
+
+
+def setup(
+    journal: FlakyJournal, seconds: float = 1.0
+) -> tuple[FakeClock, Announcer, RecordingOutbox]:
+    clock = FakeClock()
+    hub = Hub()
+    box = RecordingOutbox(clock)
+    hub.register(EndpointLink("ep", "s", ("z",), StreamFormat.parse("pcm_s16le/16000"), box, 0))
+    announcer = Announcer(
+        engine=FakeEngine(clock, seconds=seconds),
+        hub=hub,
+        clock=clock,
+        registry=Registry(100),
+        settings=PlayoutSettings(
+            lead_us=300_000,
+            opus_bitrate_bps=32000,
+            first_segment_max_chars=100,
+            queue_limit=10,
+            audio=AudioSettings(normalize=False),
+            emergency_priority=EMERGENCY,
+            journal_retry_max_us=2_000_000,
+        ),
+        transcode_executor=InlineExecutor(),
+        journal=journal,
+    )
+    return clock, announcer, box
+
+
+def with_priority(priority: int, text: str = "Hello there.") -> AnnouncementSpec:
+    return dataclasses.replace(spec(text), priority=priority)
+
+
+async def run_for(clock: FakeClock, announcer: Announcer, seconds: float) -> asyncio.Task[None]:
+    task = asyncio.create_task(announcer.run())
+    await clock.advance_us(int(seconds * 1e6))
+    return task
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+# --- accept while the store fails ---------------------------------------------------------
+
+
+async def test_emergency_is_accepted_and_held_when_the_store_cannot_write_routine_is_not():
+    journal = FlakyJournal()
+    journal.broken = True
+    clock, announcer, box = setup(journal)
+    with pytest.raises(StoreError):
+        await announcer.accept(with_priority(100))
+    assert announcer.waiting == 0 and announcer.registry.recent(10) == []  # nothing half-taken
+    ann = await announcer.accept(with_priority(255))
+    assert ann.state is AnnouncementState.QUEUED
+    assert any("store could not write" in w for w in ann.warnings)
+    task = await run_for(clock, announcer, 5)
+    assert ann.state is AnnouncementState.FINISHED  # played although nothing was written
+    assert any("could not record its start" in w for w in ann.warnings)
+    assert box.audio  # it was heard
+    assert journal.writes == []
+    journal.broken = False  # the disk has room again: the held record lands
+    await clock.advance_us(3_000_000)
+    assert journal.writes[-1] == (ann.id, "finished")
+    await stop(task)
+
+
+# --- journal writes are retried until they land ---------------------------------------------
+
+
+async def test_failed_state_writes_are_retried_with_bounded_backoff_until_they_land():
+    journal = FlakyJournal()
+    clock, announcer, _ = setup(journal, seconds=0.5)
+    ann = await announcer.accept(with_priority(100))
+    task = await run_for(clock, announcer, 0.01)
+    journal.broken = True
+    await clock.advance_us(5_000_000)  # it plays (start mark landed before), final write fails
+    assert ann.state is AnnouncementState.FINISHED
+    before = journal.attempts
+    await clock.advance_us(20_000_000)
+    # 100 ms doubling up to the 2 s cap: about 10 tries in 20 s, not thousands
+    assert 5 <= journal.attempts - before <= 14
+    assert announcer.journal_failures >= journal.attempts - before
+    assert len(announcer._dirty) == 1  # one pending write per record
+    journal.broken = False
+    await clock.advance_us(2_100_000)
+    assert journal.writes[-1] == (ann.id, "finished")
+    assert announcer._dirty == {}
+    await stop(task)
+
+
+async def test_pending_writes_stay_one_per_record_whatever_the_changes():
+    journal = FlakyJournal()
+    journal.broken = True
+    _clock, announcer, _ = setup(journal)
+    anns = [announcer.submit(with_priority(100, f"Number {i}.")) for i in range(5)]
+    for _ in range(3):
+        for a in anns:
+            announcer._notify(a)
+    assert len(announcer._dirty) == 5
+
+
+# --- the durable "playing" mark -------------------------------------------------------------
+
+
+async def test_no_chunk_is_sent_before_the_playing_mark_has_landed():
+    journal = FlakyJournal()
+    clock, announcer, box = setup(journal)
+    ann = await announcer.accept(with_priority(100))
+    journal.gate = asyncio.Event()  # the store is slow
+    task = await run_for(clock, announcer, 3)
+    assert ann.state is AnnouncementState.PLAYING
+    assert box.audio == []  # synthesis went on, but no audio went out
+    journal.gate.set()
+    journal.gate = None
+    await clock.advance_us(5_000_000)
+    assert ann.state is AnnouncementState.FINISHED
+    assert box.audio
+    assert (ann.id, "playing") in journal.writes
+    assert journal.audio_sent == [ann.id]  # the "audio all sent" mark
+    await stop(task)
+
+
+async def test_routine_is_not_played_when_its_start_cannot_be_recorded():
+    journal = FlakyJournal()
+    clock, announcer, box = setup(journal)
+    ann = await announcer.accept(with_priority(100))
+    journal.broken = True
+    task = await run_for(clock, announcer, 3)
+    assert ann.state is AnnouncementState.FAILED
+    assert ann.reason is not None and ann.reason.startswith("store unavailable")
+    assert box.audio == []  # never heard, so never heard twice
+    assert box.control[-1]["type"] == "announcement_cancelled"
+    await stop(task)
+
+
+# --- store health ---------------------------------------------------------------------------
+
+
+def test_store_health_logs_a_fault_once_and_its_recovery(caplog: pytest.LogCaptureFixture):
+    clock = FakeClock()
+    health = StoreHealth("db", clock.wall)
+    seen: list[bool] = []
+    health.listeners.append(lambda h: seen.append(h.ok))
+    with caplog.at_level(logging.WARNING, logger="broadcaster.store"):
+        health.succeeded()
+        for _ in range(5):
+            health.failed("disk I/O error")
+        assert not health.ok and health.reason == "disk I/O error" and health.failures == 5
+        assert health.since == clock.wall()
+        health.succeeded()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "store fault" in errors[0].getMessage()
+    assert any("store recovered" in r.getMessage() for r in caplog.records)
+    assert seen == [False, True]
+    assert health.as_dict()["ok"] is True and health.faults == 1
+
+
+# --- restart rules --------------------------------------------------------------------------
+
+NOW = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+
+
+class FakeStore:
+    def __init__(self, rows: list[AnnouncementRow]) -> None:
+        self.rows = {r.id: r for r in rows}
+        self.updates: dict[str, dict[str, Any]] = {}
+
+    async def unfinished_announcements(self) -> list[AnnouncementRow]:
+        return list(self.rows.values())
+
+    async def update_announcement(self, id: str, **fields: Any) -> bool:
+        self.updates[id] = fields
+        return True
+
+
+def row(
+    id: str,
+    state: str = "queued",
+    priority: int = 100,
+    *,
+    fire_at: datetime | None = None,
+    grace_s: float | None = None,
+    expires_at: datetime | None = None,
+    audio_sent_at: datetime | None = None,
+) -> AnnouncementRow:
+    return AnnouncementRow(
+        id=id,
+        number=1,
+        spec=spec_to_json(with_priority(priority)),
+        state=state,
+        created_at=NOW - timedelta(minutes=5),
+        schedule_id="s" if fire_at else None,
+        fire_at=fire_at,
+        due_at=fire_at,
+        expires_at=expires_at,
+        started_at=NOW - timedelta(seconds=3) if state == "playing" else None,
+        grace_until=fire_at + timedelta(seconds=grace_s)
+        if fire_at and grace_s is not None
+        else None,
+        audio_sent_at=audio_sent_at,
+    )
+
+
+async def test_restart_rules():
+    store = FakeStore(
+        [
+            # a firing prepared ahead, found 45 s late with a 5 s grace
+            row("stale", fire_at=NOW - timedelta(seconds=45), grace_s=5),
+            row("in-grace", fire_at=NOW - timedelta(seconds=3), grace_s=5),
+            row("future", fire_at=NOW + timedelta(seconds=30), grace_s=5),
+            # an emergency firing past its grace but not expired plays late
+            row(
+                "emergency-valid",
+                priority=255,
+                fire_at=NOW - timedelta(seconds=45),
+                grace_s=5,
+                expires_at=NOW + timedelta(minutes=5),
+            ),
+            row("emergency-stale", priority=255, fire_at=NOW - timedelta(seconds=45), grace_s=5),
+            row("api-queued"),
+            row("all-sent", "playing", audio_sent_at=NOW - timedelta(seconds=1)),
+            row("emergency-all-sent", "playing", 255, audio_sent_at=NOW - timedelta(seconds=1)),
+            row("emergency-cut", "playing", 255),
+            row("routine-cut", "playing"),
+        ]
+    )
+    to_play, ended = await recover(
+        store,  # type: ignore[arg-type]
+        registry=Registry(100),
+        now=NOW,
+        now_us=0,
+        emergency_priority=EMERGENCY,
+    )
+    assert sorted(a.id for a in to_play) == [
+        "api-queued",
+        "emergency-cut",
+        "emergency-valid",
+        "future",
+        "in-grace",
+    ]
+    assert sorted(ended) == [
+        "all-sent",
+        "emergency-all-sent",
+        "emergency-stale",
+        "routine-cut",
+        "stale",
+    ]
+    u = store.updates
+    assert u["stale"]["state"] == "missed"
+    assert u["stale"]["reason"] == "missed by 45 s (grace 5 s), found at a restart"
+    assert u["emergency-stale"]["state"] == "missed"
+    assert u["all-sent"]["state"] == u["emergency-all-sent"]["state"] == "finished"
+    assert u["all-sent"]["reason"] is None
+    assert "last playout-delay" in u["all-sent"]["details"]["warnings"][-1]
+    assert u["routine-cut"] == {
+        "state": "failed",
+        "reason": "interrupted by a restart while playing",
+        "finished_at": NOW,
+    }
