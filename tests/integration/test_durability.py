@@ -426,3 +426,82 @@ async def test_disk_full_emergency_plays_fault_reported_and_nothing_replays_afte
         endpoint.stop()
         ep_task.cancel()
         await stop(proc, drain)
+
+
+# --- 3. Idempotency-Key --------------------------------------------------------------------
+
+
+async def post(
+    http: aiohttp.ClientSession, url: str, body: Any, key: str | None
+) -> tuple[int, Any, Any]:
+    headers = {"Idempotency-Key": key} if key is not None else {}
+    async with http.post(url, json=body, headers=headers) as r:
+        return r.status, await r.json(), r.headers
+
+
+async def test_a_retry_with_the_same_key_returns_the_same_record_even_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "s.db"
+    body = {
+        "text": "Mind the gap.",
+        "zones": ["hall"],
+        "due_at": iso(datetime.now(UTC) + timedelta(hours=1)),
+    }
+    async with Service(service_config(store), engine=EspeakEngine()) as svc:
+        h = Harness(svc, tmp_path)
+        async with aiohttp.ClientSession() as http:
+            url = f"{h.api}/v1/announcements"
+            status, first, _ = await post(http, url, body, "retry-1")
+            assert status == 202
+            status, again, headers = await post(http, url, body, "retry-1")
+            assert status == 202 and again["id"] == first["id"]
+            assert headers["Idempotent-Replayed"] == "true"
+            assert headers["Location"] == f"/v1/announcements/{first['id']}"
+            # the same key for another request is refused, naming the header
+            status, err, _ = await post(http, url, {**body, "text": "Other."}, "retry-1")
+            assert status == 422 and err["error"] == "idempotency_key_reused"
+            assert err["fields"][0]["field"] == "Idempotency-Key"
+            for bad in ("", "x" * 129, "has space", "naïve"):
+                status, err, _ = await post(http, url, body, bad)
+                assert status == 422 and err["fields"][0]["field"] == "Idempotency-Key", bad
+            # the same key on another route is another request
+            status, err, _ = await post(
+                http, f"{h.api}/v1/triggers/notice", {"variables": {"n": 1}}, "retry-1"
+            )
+            assert status == 422 and err["error"] == "idempotency_key_reused"
+    async with Service(service_config(store), engine=EspeakEngine()) as svc:
+        h = Harness(svc, tmp_path)
+        async with aiohttp.ClientSession() as http:
+            status, after, _ = await post(http, f"{h.api}/v1/announcements", body, "retry-1")
+            assert status == 202 and after["id"] == first["id"]
+            _, listing = await call(http, "GET", f"{h.api}/v1/announcements?limit=50")
+        assert [a["id"] for a in listing["announcements"]] == [first["id"]]  # never two
+
+
+async def test_concurrent_requests_with_one_key_create_one_announcement(tmp_path: Path) -> None:
+    async with Service(service_config(tmp_path / "s.db"), engine=EspeakEngine()) as svc:
+        h = Harness(svc, tmp_path)
+        body = {"variables": {"n": 4}, "due_at": iso(datetime.now(UTC) + timedelta(hours=1))}
+        async with aiohttp.ClientSession() as http:
+            answers = await asyncio.gather(
+                *(post(http, f"{h.api}/v1/triggers/notice", body, "burst") for _ in range(8))
+            )
+            assert {status for status, _, _ in answers} == {202}
+            assert len({a["id"] for _, a, _ in answers}) == 1
+            _, listing = await call(http, "GET", f"{h.api}/v1/announcements?limit=50")
+        assert len(listing["announcements"]) == 1
+
+
+async def test_schedule_create_with_a_key_is_answered_once(tmp_path: Path) -> None:
+    async with Service(service_config(tmp_path / "s.db"), engine=EspeakEngine()) as svc:
+        h = Harness(svc, tmp_path)
+        body = {"id": "nightly", "template": "notice", "cron": "30 2 * * *", "variables": {"n": 2}}
+        async with aiohttp.ClientSession() as http:
+            url = f"{h.api}/v1/schedules"
+            status, first, _ = await post(http, url, body, "sched-1")
+            assert status == 201
+            status, again, headers = await post(http, url, body, "sched-1")
+            assert status == 201 and again == first and headers["Idempotent-Replayed"] == "true"
+            status, _, _ = await post(http, url, body, None)  # without a key: a conflict
+            assert status == 409

@@ -313,3 +313,56 @@ async def test_restart_rules():
         "reason": "interrupted by a restart while playing",
         "finished_at": NOW,
     }
+
+
+# --- idempotency keys -----------------------------------------------------------------------
+
+
+def test_key_checks_scope_and_fingerprint():
+    from broadcaster.api.idempotency import check_key, fingerprint, scope_of
+
+    assert check_key("3f0c2a4e-9b1d-4c1e-8f3a-2b7d9e6a1c55") is None
+    assert check_key("") == check_key("x" * 129) == "must be 1 to 128 characters"
+    assert check_key("a b") is not None and check_key("ключ") is not None
+    assert scope_of(None) == "anonymous"
+    assert scope_of(type("P", (), {"id": "tok-7"})()) == "tok-7"
+    a = fingerprint("POST", "/v1/announcements", {"text": "x", "zones": ["hall"]})
+    assert a == fingerprint("POST", "/v1/announcements", {"zones": ["hall"], "text": "x"})
+    assert a != fingerprint("POST", "/v1/triggers/x", {"text": "x", "zones": ["hall"]})
+
+
+async def test_keys_are_scoped_expire_after_their_time_and_are_pruned(tmp_path):
+    from broadcaster.api.idempotency import IdempotencyKeys
+    from broadcaster.store import AsyncStore
+
+    clock = FakeClock()
+    store = await AsyncStore.open(tmp_path / "s.db", wall=clock.wall)
+    try:
+        keys = IdempotencyKeys(store, clock, timedelta(hours=24))
+        assert await keys.claim("alice", "k") is None
+        await keys.save(keys.row("alice", "k", "fp", 201, "schedule:x", {"id": "x"}))
+        keys.release("alice", "k")
+        found = await keys.claim("alice", "k")
+        assert found is not None and found.status == 201 and found.body == {"id": "x"}
+        assert await keys.claim("bob", "k") is None  # another caller's key is not alice's
+        keys.release("bob", "k")
+        await clock.advance_us(24 * 3600 * 1_000_000 + 1)
+        assert await keys.claim("alice", "k") is None  # expired: may be used afresh
+        assert await store.get_idempotency("alice", "k") is None  # and pruned
+    finally:
+        await store.close()
+
+
+async def test_a_second_request_with_a_key_in_flight_waits_for_the_first_answer():
+    from broadcaster.api.idempotency import IdempotencyKeys
+
+    clock = FakeClock()
+    keys = IdempotencyKeys(None, clock, timedelta(hours=24))
+    assert await keys.claim("anonymous", "k") is None  # the first owns the key
+    second = asyncio.create_task(keys.claim("anonymous", "k"))
+    await asyncio.sleep(0)
+    assert not second.done()  # waits, does not create
+    keys.remember(keys.row("anonymous", "k", "fp", 202, "announcement:a", {"id": "a"}))
+    keys.release("anonymous", "k")
+    got = await second
+    assert got is not None and got.resource == "announcement:a"
