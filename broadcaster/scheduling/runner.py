@@ -30,7 +30,7 @@ from broadcaster.model import AnnouncementState
 from broadcaster.scheduling.planner import Firing, SchedulePolicy, ScheduleView, plan
 from broadcaster.scheduling.templates import TemplateError
 from broadcaster.scheduling.triggers import Trigger
-from broadcaster.store import AsyncStore, ScheduleRow
+from broadcaster.store import AsyncStore, ScheduleRow, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -209,9 +209,27 @@ class ScheduleRunner:
     # --- running ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Plan and act until cancelled."""
+        """Plan and act until cancelled.
+
+        A pass that the store refuses (disk full) is tried again after a pause
+        (doubling from 1 s up to 30 s): a firing is only acted on once its claim
+        is written, so it is neither lost (it is found again, late, and judged by
+        its grace) nor doubled. The store's health reports the fault.
+        """
+        pause_us = 0
         while True:
-            wake = await self.run_once()
+            try:
+                wake = await self.run_once()
+            except StoreError as exc:
+                pause_us = min(max(1_000_000, pause_us * 2), int(_MAX_SLEEP.total_seconds() * 1e6))
+                log.warning(
+                    "schedules: store refused a write (%s); again in %d s",
+                    exc,
+                    pause_us // 1_000_000,
+                )
+                await self.clock.sleep_us(pause_us)
+                continue
+            pause_us = 0
             await self._sleep_until(wake)
 
     async def run_once(self) -> datetime | None:

@@ -32,7 +32,7 @@ def iso(dt: datetime) -> str:
     return dt.astimezone(UTC).isoformat()
 
 
-def write_config(path: Path, store: Path, extra: str = "") -> None:
+def write_config(path: Path, store: Path, extra: str = "", playout_delay_ms: int = 200) -> None:
     path.write_text(
         f"""
 [server]
@@ -43,7 +43,7 @@ shutdown_timeout_s = 2
 path = "{store}"
 write_retry_max_s = 0.5
 [streaming]
-playout_delay_ms = 200
+playout_delay_ms = {playout_delay_ms}
 [scheduling]
 prerender_s = 60
 [[zones]]
@@ -505,3 +505,64 @@ async def test_schedule_create_with_a_key_is_answered_once(tmp_path: Path) -> No
             assert status == 201 and again == first and headers["Idempotent-Replayed"] == "true"
             status, _, _ = await post(http, url, body, None)  # without a key: a conflict
             assert status == 409
+
+
+# --- 2b. killed in the last playout delay: finished, not failed, never replayed -------------
+
+
+async def test_killed_after_its_last_chunk_was_sent_it_is_finished_and_not_replayed(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "site.toml"
+    # A long playout delay: the endpoint holds 3 s of audio after the last chunk is sent.
+    write_config(config, tmp_path / "store.sqlite3", playout_delay_ms=3000)
+    proc, api, ws_url, drain, _ = await start_server(config)
+    http_port = int(api.rsplit(":", 1)[1])
+    ws_port = int(ws_url.split(":")[2].split("/")[0])
+    endpoint = ReferenceEndpoint(
+        url=ws_url,
+        endpoint_id="ep",
+        token="t",
+        zones=["hall"],
+        formats=["pcm_s16le/8000"],
+        out_dir=tmp_path / "wav",
+        reconnect=True,
+    )
+    ep_task = asyncio.create_task(endpoint.run())
+    try:
+        await asyncio.wait_for(endpoint.joined.wait(), 10)
+        async with aiohttp.ClientSession() as http:
+            for priority in (100, 255):  # a routine one, and an emergency (never replayed)
+                status, ann = await call(
+                    http,
+                    "POST",
+                    f"{api}/v1/announcements",
+                    {"text": "Short notice.", "zones": ["hall"], "priority": priority},
+                )
+                assert status == 202, ann
+
+                async def ended(ann_id: str = ann["id"]) -> None:
+                    while not any(
+                        e["type"] == "announcement_ended" and e["announcement_id"] == ann_id
+                        for e in endpoint.events
+                    ):
+                        await asyncio.sleep(0.01)
+
+                await asyncio.wait_for(ended(), 30)  # every chunk was sent...
+                await asyncio.sleep(0.3)
+                _, live = await call(http, "GET", f"{api}/v1/announcements/{ann['id']}")
+                assert live["state"] == "playing"  # ...and it still plays from the buffers
+                proc.send_signal(signal.SIGKILL)
+                await proc.wait()
+                drain.cancel()
+                proc, api, _, drain, _ = await start_server(config, http_port, ws_port)
+                await asyncio.wait_for(endpoint.joined.wait(), 20)
+                _, after = await call(http, "GET", f"{api}/v1/announcements/{ann['id']}")
+                assert after["state"] == "finished" and after["reason"] is None, after
+                assert any("last playout-delay" in w for w in after["warnings"]), after
+                await asyncio.sleep(1.0)
+                assert started_ids(endpoint).count(ann["id"]) == 1
+    finally:
+        endpoint.stop()
+        ep_task.cancel()
+        await stop(proc, drain)
