@@ -366,3 +366,73 @@ async def test_a_second_request_with_a_key_in_flight_waits_for_the_first_answer(
     keys.release("anonymous", "k")
     got = await second
     assert got is not None and got.resource == "announcement:a"
+
+
+# --- the schedule runner and a failing store -----------------------------------------------
+
+
+class FakeScheduleStore:
+    """What the runner uses of the store, in memory; claims fail while ``broken``."""
+
+    def __init__(self) -> None:
+        self.broken = False
+        self.schedules: dict[str, Any] = {}
+        self.claims: dict[tuple[str, datetime], AnnouncementRow | None] = {}
+
+    async def list_schedules(self) -> list[Any]:
+        return list(self.schedules.values())
+
+    async def upsert_schedule(self, row: Any) -> None:
+        self.schedules[row.id] = row
+
+    async def set_next_fire_at(self, id: str, when: datetime | None, now: datetime) -> bool:
+        return True
+
+    async def set_schedule_paused(self, id: str, paused: bool, now: datetime) -> bool:
+        return True
+
+    async def delete_schedule(self, id: str) -> bool:
+        return self.schedules.pop(id, None) is not None
+
+    async def claim_firing_with_announcement(
+        self, schedule_id: str, fire_at: datetime, *, announcement: Any, **_: Any
+    ) -> bool:
+        if self.broken:
+            raise StoreError("database test: disk is full")
+        if (schedule_id, fire_at) in self.claims:
+            return False
+        self.claims[(schedule_id, fire_at)] = announcement
+        return True
+
+
+async def test_runner_keeps_going_through_a_store_fault_and_stores_the_grace_deadline():
+    from broadcaster.config import ScheduleConfig, parse_config
+    from broadcaster.scheduling.runner import ScheduleRunner
+
+    config = parse_config(
+        {
+            "zones": [{"id": "z"}],
+            "scheduling": {"prerender_s": 60, "misfire_grace_s": 7},
+            "templates": [{"name": "t", "text": "Hello.", "zones": ["z"]}],
+        }
+    )
+    clock, announcer, _ = setup(FlakyJournal())
+    store = FakeScheduleStore()
+    runner = ScheduleRunner(config=config, store=store, announcer=announcer, clock=clock)  # type: ignore[arg-type]
+    await runner.load()
+    due = clock.wall() + timedelta(seconds=20)
+    await runner.create(ScheduleConfig(id="s", template="t", at=due.isoformat()))
+    store.broken = True
+    task = asyncio.create_task(runner.run())
+    await clock.advance_us(500_000)
+    assert not task.done() and store.claims == {}  # refused, not lost, not dead
+    assert announcer.registry.recent(10) == []
+    store.broken = False
+    await clock.advance_us(1_000_000)  # tried again a second later
+    [(key, stored)] = store.claims.items()
+    assert key == ("s", due)
+    assert stored is not None and stored.grace_until == due + timedelta(seconds=7)
+    assert stored.due_at == due and stored.state == "queued"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
