@@ -30,11 +30,15 @@ from broadcaster.journal import StoreJournal, recover
 from broadcaster.scheduling.runner import ScheduleRunner
 from broadcaster.speech.chain import FallbackPolicy
 from broadcaster.speech.engine import SpeechEngine
-from broadcaster.store import AsyncStore
+from broadcaster.store import AsyncStore, StoreError
 from broadcaster.streaming.hub import Hub
 from broadcaster.streaming.server import ENDPOINT_PATH, EndpointServer
 
 log = logging.getLogger(__name__)
+
+#: How often the store is probed with a write (``Service._watch_store``).
+_PROBE_OK_US = 5_000_000
+_PROBE_FAILING_US = 1_000_000
 
 
 class EngineSetupError(Exception):
@@ -129,6 +133,7 @@ class Service:
         self.store: AsyncStore | None = None
         self.runner: ScheduleRunner | None = None
         self._runner_task: asyncio.Task[None] | None = None
+        self._store_watch_task: asyncio.Task[None] | None = None
         self.journal: StoreJournal | None = None
         self.http_port = 0
         self.ws_port = 0
@@ -197,6 +202,7 @@ class Service:
         for ann in restored:
             self.announcer.restore(ann)
         self._announcer_task = asyncio.create_task(self.announcer.run(), name="announcer")
+        self._store_watch_task = asyncio.create_task(self._watch_store(), name="store-watch")
         self.runner = ScheduleRunner(
             config=cfg, store=self.store, announcer=self.announcer, clock=self.clock
         )
@@ -257,6 +263,11 @@ class Service:
         if self.endpoint_server is not None:
             await self.endpoint_server.stop()
             self.endpoint_server = None
+        if self._store_watch_task is not None:
+            self._store_watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._store_watch_task
+            self._store_watch_task = None
         if self.store is not None:
             # Let the journal writer catch up with the last state changes.
             await self._drain_journal(timeout)
@@ -267,6 +278,19 @@ class Service:
         if self._fallback is not None:
             await self._fallback.aclose()
         log.info("stopped")
+
+    async def _watch_store(self) -> None:
+        """Probe the store with a tiny write: every 5 s, every second while it fails.
+
+        So a full disk is reported within seconds even when nothing else writes, and
+        its end is noticed without waiting for the next request.
+        """
+        assert self.store is not None
+        store = self.store
+        while True:
+            await self.clock.sleep_us(_PROBE_OK_US if store.health.ok else _PROBE_FAILING_US)
+            with contextlib.suppress(StoreError):
+                await store.probe(self.clock.wall())
 
     def _store_path(self) -> str:
         path = self.config.store.path

@@ -143,6 +143,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             PRIMARY KEY (scope, key)
         );
         CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at);
+
+        CREATE TABLE store_probe (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            at TEXT NOT NULL
+        );
         """,
     ),
 )
@@ -587,6 +592,15 @@ class Store:
             )
             return cur.rowcount > 0
 
+    def probe(self, now: datetime) -> None:
+        """A real (tiny) write: does the store take writes now? (StoreError if not.)"""
+        with self._write("probe write") as c:
+            c.execute(
+                "INSERT INTO store_probe (id, at) VALUES (1, ?)"
+                " ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                (_ts(now),),
+            )
+
     # --- idempotency keys ---------------------------------------------------------------
 
     def get_idempotency(self, scope: str, key: str) -> IdempotencyRow | None:
@@ -824,7 +838,7 @@ def _in_worker(
     """An ``async`` twin of a :class:`Store` method that runs it on the store's thread.
 
     A ``write`` updates :attr:`AsyncStore.health`: failing on StoreError, ok on a
-    success that wrote (a method answering False changed nothing, so proves nothing).
+    success that wrote (a method answering False or 0 changed nothing, so proves nothing).
     """
 
     async def call(self: AsyncStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
@@ -836,7 +850,9 @@ def _in_worker(
         except StoreError as exc:
             self.health.failed(str(exc))
             raise
-        if result is not False:  # False: nothing to change (no such row), nothing written
+        # False or 0: nothing to change (no such row, nothing to prune), so nothing was
+        # written, and a full disk would not have shown.
+        if result is not False and result != 0:
             self.health.succeeded()
         return result
 
@@ -978,6 +994,7 @@ class AsyncStore:
             self._executor.shutdown(wait=False)
 
     schema_version = _in_worker(Store.schema_version)
+    probe = _in_worker(Store.probe, write=True)
     insert_announcement = _in_worker(Store.insert_announcement, write=True)
     update_announcement = _in_worker(Store.update_announcement, write=True)
     mark_audio_sent = _in_worker(Store.mark_audio_sent, write=True)

@@ -373,14 +373,13 @@ async def test_disk_full_emergency_plays_fault_reported_and_nothing_replays_afte
             assert health["status"] == "store_failing" and health["store"]["ok"] is False
             assert health["store"]["reason"] and health["store"]["since"]
             # An emergency is still accepted and played.
-            status, emergency = await call(
-                http,
-                "POST",
-                f"{api}/v1/announcements",
-                {"text": "Evacuate platform one now.", "zones": ["hall"], "priority": 255},
-            )
+            evacuate = {"text": "Evacuate platform one now.", "zones": ["hall"], "priority": 255}
+            status, emergency, _ = await post(http, f"{api}/v1/announcements", evacuate, "evac-1")
             assert status == 202, emergency
             assert any("store could not write" in w for w in emergency["warnings"])
+            # its key is kept in memory: a retry gets the same record, nothing doubled
+            status, retried, _ = await post(http, f"{api}/v1/announcements", evacuate, "evac-1")
+            assert status == 202 and retried["id"] == emergency["id"]
             final = await wait_state(http, api, emergency["id"], 30)
             assert final["state"] == "finished", final
             for _ in range(100):
@@ -565,4 +564,47 @@ async def test_killed_after_its_last_chunk_was_sent_it_is_finished_and_not_repla
     finally:
         endpoint.stop()
         ep_task.cancel()
+        await stop(proc, drain)
+
+
+async def test_a_full_disk_is_reported_within_seconds_even_when_nothing_writes(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "site.toml"
+    db = tmp_path / "store.sqlite3"
+    write_config(config, db)
+    proc, api, _, drain, lines = await start_server(config)
+    try:
+        async with aiohttp.ClientSession() as http:
+            _, health = await call(http, "GET", f"{api}/healthz")
+            assert health["status"] == "ok"
+            # The disk fills up (something else used it): no file of the server may grow.
+            wal = Path(f"{db}-wal")
+            size = wal.stat().st_size if wal.exists() else 0
+            resource.prlimit(
+                proc.pid, resource.RLIMIT_FSIZE, (max(size, 1), resource.RLIM_INFINITY)
+            )
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            while loop.time() - t0 < 15:
+                _, health = await call(http, "GET", f"{api}/healthz")
+                if health["status"] != "ok":
+                    break
+                await asyncio.sleep(0.2)
+            took = loop.time() - t0
+            assert health["status"] == "store_failing" and not health["store"]["ok"], health
+            assert took < 8, took  # probed every 5 s
+            assert any("ERROR" in ln and "store fault" in ln for ln in lines)
+            resource.prlimit(
+                proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+            )
+            t0 = loop.time()
+            while loop.time() - t0 < 10:
+                _, health = await call(http, "GET", f"{api}/healthz")
+                if health["status"] == "ok":
+                    break
+                await asyncio.sleep(0.2)
+            assert health["status"] == "ok" and health["store"]["ok"], health
+            assert loop.time() - t0 < 3  # probed every second while failing
+    finally:
         await stop(proc, drain)

@@ -436,3 +436,14 @@ async def test_runner_keeps_going_through_a_store_fault_and_stores_the_grace_dea
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_keys_held_in_memory_are_bounded():
+    from broadcaster.api import idempotency
+
+    keys = idempotency.IdempotencyKeys(None, FakeClock(), timedelta(hours=24))
+    for i in range(idempotency._MEMORY_LIMIT + 5):
+        keys.remember(keys.row("anonymous", f"k{i}", "fp", 202, f"announcement:{i}", {}))
+    assert len(keys._memory) == idempotency._MEMORY_LIMIT
+    assert ("anonymous", "k0") not in keys._memory  # the oldest went first
+    assert ("anonymous", f"k{idempotency._MEMORY_LIMIT + 4}") in keys._memory
