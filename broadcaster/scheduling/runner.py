@@ -66,6 +66,9 @@ class ScheduleRunner:
         self.clock = clock
         self._live: dict[str, _Live] = {}
         self._edited = asyncio.Event()
+        #: Emergency firings accepted while the store could not claim them: firing ->
+        #: announcement id. Their claim is written (without playing again) when it can.
+        self._held: dict[tuple[str, datetime], str] = {}
 
     # --- loading and editing -------------------------------------------------------------
 
@@ -255,8 +258,10 @@ class ScheduleRunner:
         for sid, nxt in result.next_fire_at.items():
             live = self._live.get(sid)
             if live is not None and live.next_fire_at != nxt:
-                live.next_fire_at = nxt
+                # Stored first: a pass the store refused is planned again from the same
+                # point (claimed firings are skipped, the others still judged by grace).
                 await self.store.set_next_fire_at(sid, nxt, self.clock.wall())
+                live.next_fire_at = nxt
         return result.wake_at
 
     async def _sleep_until(self, wake: datetime | None) -> None:
@@ -290,6 +295,25 @@ class ScheduleRunner:
 
     def _language(self, live: _Live) -> str:
         return live.spec.language or live.template.language or self.config.speech.default_language
+
+    async def _claim_held(self, schedule_id: str, firing: Firing) -> bool:
+        """True if this firing was already accepted in memory (store fault): its claim
+        is written now if the store can (else at a later pass); it is not played again."""
+        held = self._held.get((schedule_id, firing.fire_at))
+        if held is None:
+            return False
+        try:
+            await self.store.claim_firing(
+                schedule_id,
+                firing.fire_at,
+                decision="prepare",
+                coalesced=firing.coalesced,
+                reason=f"accepted as announcement {held} while the store could not write",
+            )
+        except StoreError:
+            return True
+        del self._held[(schedule_id, firing.fire_at)]
+        return True
 
     async def _act(self, live: _Live, firing: Firing, now: datetime) -> None:
         spec = live.spec
@@ -331,6 +355,8 @@ class ScheduleRunner:
             )
 
         if decision == "prepare":
+            if await self._claim_held(spec.id, firing):
+                return
             due_at = firing.fire_at if firing.fire_at > now else None
             try:
                 ann = await self.announcer.accept(
@@ -341,6 +367,28 @@ class ScheduleRunner:
                     fire_at=firing.fire_at,
                     persist=claim,
                 )
+            except StoreError as exc:
+                if not self._policy(live).emergency:
+                    raise  # tried again at the next pass, judged by its grace then
+                # An emergency firing is not held up by the store: accepted in memory
+                # (written when the store can), and remembered so it never plays twice.
+                ann = await self.announcer.accept(
+                    announcement,
+                    due_at=due_at,
+                    expires_at=firing.expires_at,
+                    schedule_id=spec.id,
+                    fire_at=firing.fire_at,
+                )
+                self._held[(spec.id, firing.fire_at)] = ann.id
+                log.error(
+                    "schedule %s: emergency firing %s accepted as %s although the store "
+                    "cannot claim it (%s)",
+                    spec.id,
+                    firing.fire_at,
+                    ann.id,
+                    exc,
+                )
+                return
             except AlreadyClaimed:
                 log.info("schedule %s: firing %s was already handled", spec.id, firing.fire_at)
                 return

@@ -386,6 +386,16 @@ class FakeScheduleStore:
         self.schedules[row.id] = row
 
     async def set_next_fire_at(self, id: str, when: datetime | None, now: datetime) -> bool:
+        if self.broken:
+            raise StoreError("database test: disk is full")
+        return True
+
+    async def claim_firing(self, schedule_id: str, fire_at: datetime, **_: Any) -> bool:
+        if self.broken:
+            raise StoreError("database test: disk is full")
+        if (schedule_id, fire_at) in self.claims:
+            return False
+        self.claims[(schedule_id, fire_at)] = None
         return True
 
     async def set_schedule_paused(self, id: str, paused: bool, now: datetime) -> bool:
@@ -447,3 +457,37 @@ def test_keys_held_in_memory_are_bounded():
     assert len(keys._memory) == idempotency._MEMORY_LIMIT
     assert ("anonymous", "k0") not in keys._memory  # the oldest went first
     assert ("anonymous", f"k{idempotency._MEMORY_LIMIT + 4}") in keys._memory
+
+
+async def test_an_emergency_firing_plays_through_a_store_fault_once():
+    from broadcaster.config import ScheduleConfig, parse_config
+    from broadcaster.scheduling.runner import ScheduleRunner
+
+    config = parse_config(
+        {
+            "zones": [{"id": "z"}],
+            "scheduling": {"prerender_s": 60},
+            "templates": [{"name": "alarm", "text": "Evacuate.", "zones": ["z"], "priority": 255}],
+        }
+    )
+    journal = FlakyJournal()
+    clock, announcer, _ = setup(journal)
+    store = FakeScheduleStore()
+    runner = ScheduleRunner(config=config, store=store, announcer=announcer, clock=clock)  # type: ignore[arg-type]
+    await runner.load()
+    due = clock.wall() + timedelta(seconds=20)
+    await runner.create(ScheduleConfig(id="alarm", template="alarm", at=due.isoformat()))
+    store.broken = journal.broken = True
+    task = asyncio.create_task(runner.run())
+    await clock.advance_us(5_000_000)  # several passes while the store fails
+    [ann] = announcer.registry.recent(10)  # accepted once, from memory
+    assert ann.schedule_id == "alarm" and ann.due_at == due
+    assert store.claims == {}
+    store.broken = journal.broken = False
+    await clock.advance_us(31_000_000)
+    assert list(store.claims) == [("alarm", due)]  # claimed now, without a second one
+    assert store.claims[("alarm", due)] is None
+    assert [a.id for a in announcer.registry.recent(10)] == [ann.id]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
