@@ -353,6 +353,18 @@ async def test_disk_full_emergency_plays_fault_reported_and_nothing_replays_afte
         async with aiohttp.ClientSession() as http:
             _, health = await call(http, "GET", f"{api}/healthz")
             assert health["status"] == "ok" and health["store"]["ok"] is True
+            # A routine announcement accepted now, due once the disk is full.
+            status, routine = await call(
+                http,
+                "POST",
+                f"{api}/v1/announcements",
+                {
+                    "text": "Routine notice due later.",
+                    "zones": ["hall"],
+                    "due_at": iso(datetime.now(UTC) + timedelta(seconds=8)),
+                },
+            )
+            assert status == 202, routine
             # Fill the disk with routine work due later, until the store refuses.
             later = iso(datetime.now(UTC) + timedelta(hours=1))
             refused = None
@@ -368,6 +380,10 @@ async def test_disk_full_emergency_plays_fault_reported_and_nothing_replays_afte
                     break
             assert refused is not None, "the file-size limit never bit"
             assert refused[0] == 503 and refused[1]["error"] == "store_unavailable", refused
+            # Full to the byte: not even a one-page write fits any more (a failed
+            # transaction leaves room where its uncommitted frames were, so the limit
+            # goes below anything the server could write).
+            resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (1, resource.RLIM_INFINITY))
             # The fault is visible at once.
             _, health = await call(http, "GET", f"{api}/healthz")
             assert health["status"] == "store_failing" and health["store"]["ok"] is False
@@ -394,6 +410,12 @@ async def test_disk_full_emergency_plays_fault_reported_and_nothing_replays_afte
             )
             assert status == 503 and body["error"] == "store_unavailable"
             assert stored(db, emergency["id"]) is None  # only in memory so far
+            # The routine one falls due: its start cannot be recorded, so it is not played.
+            final_routine = await wait_state(http, api, routine["id"], 30)
+            assert final_routine["state"] == "failed", final_routine
+            assert final_routine["reason"].startswith("store unavailable"), final_routine
+            heard = endpoint.announcements.get(routine["id"])
+            assert heard is None or heard.seqs == []  # not a single chunk
             faults = [ln for ln in lines if "ERROR" in ln and "store fault" in ln]
             assert len(faults) == 1, "".join(ln for ln in lines if "store" in ln)
 
@@ -420,7 +442,11 @@ async def test_disk_full_emergency_plays_fault_reported_and_nothing_replays_afte
             await asyncio.sleep(2.0)
             _, again = await call(http, "GET", f"{api}/v1/announcements/{emergency['id']}")
             assert again["state"] == "finished", again
+            _, again = await call(http, "GET", f"{api}/v1/announcements/{routine['id']}")
+            assert again["state"] == "failed", again
         assert started_ids(endpoint).count(emergency["id"]) == 1
+        heard = endpoint.announcements.get(routine["id"])
+        assert heard is None or heard.seqs == []
     finally:
         endpoint.stop()
         ep_task.cancel()
@@ -579,11 +605,7 @@ async def test_a_full_disk_is_reported_within_seconds_even_when_nothing_writes(
             _, health = await call(http, "GET", f"{api}/healthz")
             assert health["status"] == "ok"
             # The disk fills up (something else used it): no file of the server may grow.
-            wal = Path(f"{db}-wal")
-            size = wal.stat().st_size if wal.exists() else 0
-            resource.prlimit(
-                proc.pid, resource.RLIMIT_FSIZE, (max(size, 1), resource.RLIM_INFINITY)
-            )
+            resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (1, resource.RLIM_INFINITY))
             loop = asyncio.get_running_loop()
             t0 = loop.time()
             while loop.time() - t0 < 15:
