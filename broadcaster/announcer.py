@@ -98,6 +98,11 @@ class Journal(Protocol):
         """Persist the current state of a record."""
         ...
 
+    async def mark_started(self, ann: Announcement) -> None:
+        """Persist that a playout of it starts (state ``playing``); awaited before its
+        first chunk is sent."""
+        ...
+
     async def mark_audio_sent(self, ann: Announcement, at: datetime) -> None:
         """Persist that its last chunk was sent at ``at`` (a restart counts it finished)."""
         ...
@@ -837,7 +842,7 @@ class Announcer:
         assert self.journal is not None
         self._dirty.pop(ann.id, None)  # written here; on failure the writer retries it
         try:
-            await self.journal.record(ann)
+            await self.journal.mark_started(ann)
         except Exception as exc:
             self._mark_dirty(ann)
             return str(exc) or type(exc).__name__

@@ -133,7 +133,16 @@ class StoreJournal:
         await self.store.insert_announcement(to_row(ann))
 
     async def record(self, ann: Announcement) -> None:
+        await self._record(ann, starting=False)
+
+    async def mark_started(self, ann: Announcement) -> None:
+        """The "playing" mark of a new playout (clears an "all audio sent" mark left by
+        an earlier, preempted stream of it)."""
+        await self._record(ann, starting=True)
+
+    async def _record(self, ann: Announcement, *, starting: bool) -> None:
         row = to_row(ann)
+        extra: dict[str, Any] = {"audio_sent_at": None} if starting else {}
         updated = await self.store.update_announcement(
             ann.id,
             state=row.state,
@@ -141,6 +150,7 @@ class StoreJournal:
             started_at=row.started_at,
             finished_at=row.finished_at,
             details=row.details,
+            **extra,
         )
         if not updated:  # accepted without waiting for the journal (tests, internal use)
             await self.store.insert_announcement(row)

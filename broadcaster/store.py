@@ -491,6 +491,7 @@ class Store:
         started_at: datetime | _Unset | None = _UNSET,
         finished_at: datetime | _Unset | None = _UNSET,
         details: JSONDict | _Unset = _UNSET,
+        audio_sent_at: datetime | _Unset | None = _UNSET,
     ) -> bool:
         """Set only the given fields. False if there is no such announcement."""
         sets: list[str] = []
@@ -510,6 +511,9 @@ class Store:
         if not isinstance(details, _Unset):
             sets.append("details = ?")
             params.append(_dump(details))
+        if not isinstance(audio_sent_at, _Unset):
+            sets.append("audio_sent_at = ?")
+            params.append(_ts_opt(audio_sent_at))
         with self._write(f"update announcement {id}") as c:
             if not sets:
                 return (

@@ -47,6 +47,9 @@ class FlakyJournal:
     async def record(self, ann: Announcement) -> None:
         await self._write(ann)
 
+    async def mark_started(self, ann: Announcement) -> None:
+        await self._write(ann)
+
     async def mark_audio_sent(self, ann: Announcement, at: datetime) -> None:
         if self.broken:
             raise StoreError("database test: disk is full")
@@ -491,3 +494,28 @@ async def test_an_emergency_firing_plays_through_a_store_fault_once():
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_new_playout_clears_the_audio_sent_mark_of_an_earlier_stream(tmp_path):
+    from broadcaster.journal import StoreJournal
+    from broadcaster.store import AsyncStore
+
+    clock = FakeClock()
+    store = await AsyncStore.open(tmp_path / "s.db", wall=clock.wall)
+    try:
+        journal = StoreJournal(store)
+        ann = Registry(10).create(with_priority(100), now=clock.wall(), now_us=0)
+        await journal.record_new(ann)
+        ann.state = AnnouncementState.PLAYING
+        await journal.mark_started(ann)
+        await journal.mark_audio_sent(ann, clock.wall())
+        got = await store.get_announcement(ann.id)
+        assert got is not None and got.audio_sent_at == clock.wall()
+        await journal.record(ann)  # a later state write keeps the mark
+        got = await store.get_announcement(ann.id)
+        assert got is not None and got.audio_sent_at is not None
+        await journal.mark_started(ann)  # preempted, replayed: a new stream
+        got = await store.get_announcement(ann.id)
+        assert got is not None and got.audio_sent_at is None and got.state == "playing"
+    finally:
+        await store.close()
