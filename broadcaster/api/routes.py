@@ -18,7 +18,7 @@ from broadcaster.config import Config, ScheduleConfig
 from broadcaster.journal import row_as_dict, to_row
 from broadcaster.scheduling.runner import ScheduleError, ScheduleRunner
 from broadcaster.scheduling.templates import TemplateError
-from broadcaster.store import AsyncStore, StoreError
+from broadcaster.store import AsyncStore, IdempotencyRow, StoreError
 from broadcaster.streaming.hub import Hub
 from broadcaster.streaming.supervision import Supervisor
 
@@ -91,7 +91,7 @@ class _Key:
     def __init__(self, keys: IdempotencyKeys, scope: str, key: str, fingerprint: str) -> None:
         self.keys, self.scope, self.key, self.fingerprint = keys, scope, key, fingerprint
 
-    def row(self, status: int, resource: str, body: dict[str, Any]) -> Any:
+    def row(self, status: int, resource: str, body: dict[str, Any]) -> IdempotencyRow:
         return self.keys.row(self.scope, self.key, self.fingerprint, status, resource, body)
 
 
@@ -275,6 +275,11 @@ async def _announce(
     )
 
 
+def _store_unavailable(what: str, exc: StoreError) -> web.Response:
+    log.error("%s: %s", what, exc)
+    return _error(503, "store_unavailable", f"{what}: the store cannot write; try again later")
+
+
 def _invalid(field: str, message: str) -> web.Response:
     return _error(
         422, "validation_failed", "invalid fields", fields=[{"field": field, "message": message}]
@@ -306,6 +311,8 @@ async def _create_schedule(request: web.Request, body: Any, key: _Key | None) ->
         return _error(422, "validation_failed", "invalid fields", fields=field_errors(exc))
     try:
         created = await _runner(request).create(spec)
+    except StoreError as exc:
+        return _store_unavailable("schedule not created", exc)
     except ScheduleError as exc:
         status = 409 if exc.field == "id" else 422
         return _error(
@@ -333,6 +340,8 @@ async def get_schedule(request: web.Request) -> web.Response:
 async def delete_schedule(request: web.Request) -> web.Response:
     try:
         deleted = await _runner(request).delete(request.match_info["id"])
+    except StoreError as exc:
+        return _store_unavailable("schedule not deleted", exc)
     except ScheduleError as exc:  # defined in the config: 409, naming the file
         return _error(409, "conflict", str(exc), fields=[{"field": exc.field, "message": str(exc)}])
     if not deleted:
@@ -349,7 +358,10 @@ async def resume_schedule(request: web.Request) -> web.Response:
 
 
 async def _pause(request: web.Request, paused: bool) -> web.Response:
-    described = await _runner(request).set_paused(request.match_info["id"], paused)
+    try:
+        described = await _runner(request).set_paused(request.match_info["id"], paused)
+    except StoreError as exc:
+        return _store_unavailable(f"schedule not {'paused' if paused else 'resumed'}", exc)
     if described is None:
         return _error(404, "not_found", "no such schedule")
     return web.json_response(described)

@@ -409,6 +409,13 @@ async def test_disk_full_emergency_plays_fault_reported_and_nothing_replays_afte
                 http, "POST", f"{api}/v1/announcements", {"text": "Routine.", "zones": ["hall"]}
             )
             assert status == 503 and body["error"] == "store_unavailable"
+            status, body = await call(
+                http,
+                "POST",
+                f"{api}/v1/schedules",
+                {"id": "x", "template": "notice", "cron": "0 3 * * *", "variables": {"n": 1}},
+            )
+            assert status == 503 and body["error"] == "store_unavailable", body
             assert stored(db, emergency["id"]) is None  # only in memory so far
             # The routine one falls due: its start cannot be recorded, so it is not played.
             final_routine = await wait_state(http, api, routine["id"], 30)
