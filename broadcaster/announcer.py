@@ -574,6 +574,11 @@ class Announcer:
                     continue
                 delay_us = 0
 
+    @property
+    def pending_writes(self) -> int:
+        """Records changed and not yet in the journal (one per record)."""
+        return len(self._dirty)
+
     def take_dirty(self) -> list[Announcement]:
         """Records changed and not yet written (for a final write at shutdown)."""
         pending = list(self._dirty.values())

@@ -482,7 +482,11 @@ async def health(request: web.Request) -> web.Response:
     fallback = announcer.speech.fallback
     client = getattr(announcer.engine, "client", None)
     store = request.app.get(STORE)
-    store_health = store.health.as_dict() if store is not None else None
+    store_health = (
+        {**store.health.as_dict(), "pending_writes": announcer.pending_writes}
+        if store is not None
+        else None
+    )
     # Still 200 (the process is alive); "status" says when the store cannot write.
     status = "ok" if store is None or store.health.ok else "store_failing"
     return web.json_response(

@@ -417,6 +417,8 @@ async def test_disk_full_emergency_plays_fault_reported_and_nothing_replays_afte
             )
             assert status == 503 and body["error"] == "store_unavailable", body
             assert stored(db, emergency["id"]) is None  # only in memory so far
+            _, health = await call(http, "GET", f"{api}/healthz")
+            assert health["store"]["pending_writes"] >= 1  # the emergency's record, held
             # The routine one falls due: its start cannot be recorded, so it is not played.
             final_routine = await wait_state(http, api, routine["id"], 30)
             assert final_routine["state"] == "failed", final_routine
@@ -438,6 +440,8 @@ async def test_disk_full_emergency_plays_fault_reported_and_nothing_replays_afte
                 await asyncio.sleep(0.1)
             assert health["status"] == "ok", health
             assert got is not None and got[0] == "finished", got
+            _, health = await call(http, "GET", f"{api}/healthz")
+            assert health["store"]["pending_writes"] == 0
             assert any("store recovered" in ln for ln in lines)
 
             # A restart (kill -9) replays nothing that had played.
