@@ -174,7 +174,7 @@ async def test_prepared_firing_killed_and_restarted_past_its_grace_is_missed_not
     ep_task = asyncio.create_task(endpoint.run())
     try:
         await asyncio.wait_for(endpoint.joined.wait(), 10)
-        due = datetime.now(UTC) + timedelta(seconds=3)
+        due = datetime.now(UTC) + timedelta(seconds=5)
         async with aiohttp.ClientSession() as http:
             status, created = await call(
                 http,
