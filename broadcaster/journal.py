@@ -239,6 +239,11 @@ async def recover(
             log.warning("restart: schedule %s firing %s %s", row.schedule_id, row.id, stale)
             ended.append(row.id)
             continue
+        if row.grace_until is not None and row.fire_at is not None and now > row.fire_at:
+            grace = _secs(row.grace_until - row.fire_at)
+            ann.warnings.append(
+                f"late by {_secs(now - row.fire_at)} after a restart (grace {grace})"
+            )
         to_play.append(ann)
     if to_play or ended:
         log.info("restart: %d announcement(s) taken back, %d ended", len(to_play), len(ended))

@@ -304,6 +304,9 @@ async def test_restart_rules():
         "routine-cut",
         "stale",
     ]
+    played = {a.id: a for a in to_play}
+    assert played["in-grace"].warnings == ["late by 3 s after a restart (grace 5 s)"]
+    assert played["future"].warnings == [] and played["api-queued"].warnings == []
     u = store.updates
     assert u["stale"]["state"] == "missed"
     assert u["stale"]["reason"] == "missed by 45 s (grace 5 s), found at a restart"
