@@ -7,7 +7,10 @@ first binary audio frame of that announcement arrives at each endpoint. Also
 reports how long the announcement's synthesis and encoding ran ahead of
 real time (the pacer holds it back to real time on the wire).
 
-    python bench/first_audio.py [--runs 5] [--chars 1000]
+    python bench/first_audio.py [--runs 5] [--chars 1000] [--file-store]
+
+``--file-store`` keeps the journal in a SQLite file (as a station does) instead of
+memory: the durable "playing" mark is then a real fsync'd write before the first chunk.
 """
 
 from __future__ import annotations
@@ -55,18 +58,20 @@ class TimingEndpoint(ReferenceEndpoint):
         super()._on_audio(frame)
 
 
-async def main(runs: int, chars: int, speed: float) -> None:
+async def main(runs: int, chars: int, speed: float, file_store: bool) -> None:
     ids = [f"ep{i}" for i in range(len(FORMATS))]
+    store = str(Path(tempfile.mkdtemp()) / "bench.sqlite3") if file_store else ":memory:"
     cfg = parse_config(
         {
             "server": {"http_port": 0, "ws_port": 0},
-            "store": {"path": ":memory:"},
+            "store": {"path": store},
             "zones": [{"id": "z"}],
             "endpoints": [{"id": e, "token_hash": hash_token("t"), "zones": ["z"]} for e in ids],
         }
     )
     text = text_of(chars)
     print(f"text: {len(text)} characters, speed {speed}, {runs} runs, formats {FORMATS}")
+    print(f"store: {store}")
     async with Service(cfg) as svc:
         tmp = Path(tempfile.mkdtemp())
         eps = [
@@ -117,5 +122,6 @@ if __name__ == "__main__":
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--chars", type=int, default=1000)
     p.add_argument("--speed", type=float, default=1.0)
+    p.add_argument("--file-store", action="store_true", help="journal in a SQLite file")
     a = p.parse_args()
-    asyncio.run(main(a.runs, a.chars, a.speed))
+    asyncio.run(main(a.runs, a.chars, a.speed, a.file_store))

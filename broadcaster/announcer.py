@@ -57,6 +57,9 @@ _CHARS_PER_SECOND = 14.0
 #: How often a zone without endpoints is looked at again while an announcement waits.
 _ENDPOINT_POLL_US = 50_000
 
+#: The first wait before a failed journal write is tried again (then doubling).
+_RETRY_FIRST_US = 100_000
+
 #: Batches of encoded frames the synthesis side may run ahead of the pacer.
 #: Full → synthesis waits (it is faster than real time, so this only bounds memory).
 _AHEAD_BATCHES = 64
@@ -112,6 +115,10 @@ class AlreadyClaimed(Exception):
     """A scheduled firing was already acted on (before a restart): not played twice."""
 
 
+class _StartNotRecorded(Exception):
+    """The "playing" mark could not be written: a non-emergency is not played."""
+
+
 class Journal(Protocol):
     """Where announcement records are kept durably (the store); optional."""
 
@@ -121,6 +128,15 @@ class Journal(Protocol):
 
     async def record(self, ann: Announcement) -> None:
         """Persist the current state of a record."""
+        ...
+
+    async def mark_started(self, ann: Announcement) -> None:
+        """Persist that a playout of it starts (state ``playing``); awaited before its
+        first chunk is sent."""
+        ...
+
+    async def mark_audio_sent(self, ann: Announcement, at: datetime) -> None:
+        """Persist that its last chunk was sent at ``at`` (a restart counts it finished)."""
         ...
 
 
@@ -135,8 +151,12 @@ class PlayoutSettings:
     wait_for_endpoints_us: int = 0
     #: Waiting emergencies per zone.
     emergency_queue_limit: int = 1000
+    #: At or above: an emergency (own admission bound; accepted and played even when
+    #: the store cannot write).
     emergency_priority: int = 224
     audio: AudioSettings = field(default_factory=lambda: AudioSettings())
+    #: Failed journal writes are retried after 100 ms, doubling up to this.
+    journal_retry_max_us: int = 5_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +230,8 @@ class Announcer:
         #: Records whose state changed and is not yet in the journal.
         self._dirty: dict[str, Announcement] = {}
         self._dirty_event = asyncio.Event()
+        #: Journal writes that failed (each is retried until it lands).
+        self.journal_failures = 0
 
     # --- requests from the API --------------------------------------------------------------
 
@@ -256,7 +278,24 @@ class Announcer:
                 if not await persist(ann):
                     raise AlreadyClaimed(ann.fire_at)
             elif self.journal is not None:
-                await self.journal.record_new(ann)
+                try:
+                    await self.journal.record_new(ann)
+                except Exception as exc:
+                    if ann.spec.priority < self.settings.emergency_priority:
+                        raise
+                    # An emergency is never refused for the store's sake: it is held in
+                    # memory and written by the journal writer once the store can.
+                    log.error(
+                        "announcement %s (emergency, priority %d) accepted although the "
+                        "store cannot write (%s): kept in memory until it can",
+                        ann.id,
+                        ann.spec.priority,
+                        exc,
+                    )
+                    ann.warnings.append(
+                        "accepted while the store could not write; kept in memory until it could"
+                    )
+                    self._mark_dirty(ann)
         except BaseException:
             self.registry.forget(ann.id)
             self.admission.remove(ann.id)
@@ -480,6 +519,20 @@ class Announcer:
             task.cancel()
         return ann
 
+    def cancel_waiting(self, schedule_id: str, reason: str) -> list[str]:
+        """Cancel a schedule's announcements not yet playing (waiting for their due
+        time, their speech made ahead, or queued for their zones); their ids."""
+        ids = [
+            ann_id
+            for ann_id in [*self._timers, *self.arbiter.queued()]
+            if (ann := self.registry.get(ann_id)) is not None
+            and ann.schedule_id == schedule_id
+            and ann.state is AnnouncementState.QUEUED
+        ]
+        for ann_id in ids:
+            self.cancel(ann_id, reason)
+        return ids
+
     def on_receipt(self, endpoint_id: str, receipt: wire.Receipt) -> None:
         ann = self.registry.get(receipt.announcement_id)
         if ann is None or endpoint_id not in ann.deliveries or receipt.stream != ann.number:
@@ -623,8 +676,14 @@ class Announcer:
             prepared.cancel()
 
     async def _journal_writer(self) -> None:
-        """Write changed records to the journal, in the order they changed."""
+        """Write changed records to the journal, in the order they changed.
+
+        A write that fails is retried until it lands: the record stays pending (one
+        entry per record; a later change is the same entry) and the writer waits
+        100 ms, doubling up to ``journal_retry_max_us``, on the service clock.
+        """
         assert self.journal is not None
+        delay_us = 0
         while True:
             await self._dirty_event.wait()
             self._dirty_event.clear()
@@ -633,8 +692,26 @@ class Announcer:
                 ann = self._dirty.pop(ann_id)
                 try:
                     await self.journal.record(ann)
-                except Exception:
-                    log.exception("could not record announcement %s", ann_id)
+                except Exception as exc:
+                    self._dirty.setdefault(ann_id, ann)  # still to write
+                    self.journal_failures += 1
+                    delay_us = min(
+                        max(_RETRY_FIRST_US, delay_us * 2), self.settings.journal_retry_max_us
+                    )
+                    log.debug(
+                        "announcement %s not recorded (%s); retrying in %d ms",
+                        ann_id,
+                        exc,
+                        delay_us // 1000,
+                    )
+                    await self.clock.sleep_us(delay_us)
+                    continue
+                delay_us = 0
+
+    @property
+    def pending_writes(self) -> int:
+        """Records changed and not yet in the journal (one per record)."""
+        return len(self._dirty)
 
     def take_dirty(self) -> list[Announcement]:
         """Records changed and not yet written (for a final write at shutdown)."""
@@ -669,7 +746,10 @@ class Announcer:
         except Exception as exc:
             # The producer runs in a TaskGroup, so its errors arrive wrapped in a group.
             cause = _leaf(exc)
-            if isinstance(cause, SpeechError):
+            if isinstance(cause, _StartNotRecorded):
+                log.error("announcement %s not played: %s", ann.id, cause)
+                self._abort(ann, AnnouncementState.FAILED, str(cause))
+            elif isinstance(cause, SpeechError):
                 log.error("announcement %s: speech engine %s failed: %s", ann.id, ann.engine, cause)
                 if self.observer is not None:
                     self.observer.speech_failed(ann.engine or self.engine.name)
@@ -808,9 +888,26 @@ class Announcer:
         seq: dict[str, int] = dict.fromkeys(formats, 0)
         end_us: dict[str, int] = dict.fromkeys(formats, 0)  # per format: chunks are rounded up
         async with asyncio.TaskGroup() as tg:
+            # The durable "playing" mark is written while the first audio is made,
+            # and waited for before the first chunk goes out.
+            start_mark: asyncio.Task[str | None] | None = (
+                tg.create_task(self._record_start(ann)) if self.journal is not None else None
+            )
             tg.create_task(self._produce(ann, prepared, list(formats.values()), queue))
             while (batch := await queue.get()) is not None:
                 for offset_us, key, frame in batch:
+                    if start_mark is not None:
+                        failure = await start_mark
+                        start_mark = None
+                        if failure is not None:
+                            if spec.priority < self.settings.emergency_priority:
+                                raise _StartNotRecorded(
+                                    "store unavailable: its start could not be recorded, "
+                                    f"so it was not played ({failure})"
+                                )
+                            ann.warnings.append(
+                                "played although the store could not record its start"
+                            )
                     slot = pacer.place(offset_us, clock.monotonic_us())
                     await clock.sleep_until_us(slot.send_at_us)
                     flags = 0
@@ -867,12 +964,16 @@ class Announcer:
                 if self.hub.is_current(link):
                     link.outbox.put_control(ended)
         self._ended.add(ann.id)
-        # Free the zones one lead time before the end, so the next announcement's
-        # first chunk plays right as this one's last chunk ends.
-        await clock.sleep_until_us(end_at_us - self.settings.lead_us)
-        self.arbiter.release(ann.id)
-        self._wake.set()
-        await clock.sleep_until_us(end_at_us)
+        async with asyncio.TaskGroup() as tail:
+            if self.journal is not None:
+                # The "audio all sent" mark: a kill from now on is a finish, not a failure.
+                tail.create_task(self._record_audio_sent(ann))
+            # Free the zones one lead time before the end, so the next announcement's
+            # first chunk plays right as this one's last chunk ends.
+            await clock.sleep_until_us(end_at_us - self.settings.lead_us)
+            self.arbiter.release(ann.id)
+            self._wake.set()
+            await clock.sleep_until_us(end_at_us)
         for link in self._audiences.get(ann.id, audience):
             stats = ann.deliveries[link.endpoint_id]
             if stats.state in ("started", "finished"):
@@ -916,6 +1017,24 @@ class Announcer:
     def _emit(self, kind: str, severity: str, subject: str, detail: str) -> None:
         if self.events is not None:
             self.events.emit(kind, severity, subject, detail)
+
+    async def _record_start(self, ann: Announcement) -> str | None:
+        """Write the "playing" mark now; None when it landed, else why not."""
+        assert self.journal is not None
+        self._dirty.pop(ann.id, None)  # written here; on failure the writer retries it
+        try:
+            await self.journal.mark_started(ann)
+        except Exception as exc:
+            self._mark_dirty(ann)
+            return str(exc) or type(exc).__name__
+        return None
+
+    async def _record_audio_sent(self, ann: Announcement) -> None:
+        assert self.journal is not None
+        try:
+            await self.journal.mark_audio_sent(ann, self.clock.wall())
+        except Exception as exc:  # the final state still follows through the writer
+            log.warning("announcement %s: 'audio all sent' mark not written: %s", ann.id, exc)
 
     async def _produce(
         self,

@@ -33,11 +33,15 @@ from broadcaster.monitoring import LiveCollector, ServiceMetrics, service_readin
 from broadcaster.scheduling.runner import ScheduleRunner
 from broadcaster.speech.chain import FallbackPolicy
 from broadcaster.speech.engine import SpeechEngine
-from broadcaster.store import AsyncStore
+from broadcaster.store import AsyncStore, StoreError, StoreHealth
 from broadcaster.streaming.hub import Hub
 from broadcaster.streaming.server import ENDPOINT_PATH, EndpointServer
 
 log = logging.getLogger(__name__)
+
+#: How often the store is probed with a write (``Service._watch_store``).
+_PROBE_OK_US = 5_000_000
+_PROBE_FAILING_US = 1_000_000
 
 
 class EngineSetupError(Exception):
@@ -134,6 +138,7 @@ class Service:
         self.store: AsyncStore | None = None
         self.runner: ScheduleRunner | None = None
         self._runner_task: asyncio.Task[None] | None = None
+        self._store_watch_task: asyncio.Task[None] | None = None
         self.journal: StoreJournal | None = None
         #: Faults and recoveries, kept in the store: ``service.events.emit(kind,
         #: severity, subject, detail)`` from anywhere in the service.
@@ -157,15 +162,24 @@ class Service:
         if self._engine is None:
             self._engine, self._fallback, why = await make_engines(cfg, self.clock, self._environ)
         log.info("speech engine: %s (%s)", self.engine.name, why)
-        self.store = await AsyncStore.open(self._store_path(), now=self.clock.wall())
+        self.store = await AsyncStore.open(
+            self._store_path(), now=self.clock.wall(), wall=self.clock.wall
+        )
         self.journal = StoreJournal(self.store)
         self.events = await EventLog.open(self.clock, self.store, keep_days=cfg.store.keep_days)
         self._events_task = asyncio.create_task(self.events.run(), name="event-log")
+        self.store.health.listeners.append(self._store_health_changed)
+        self.store.health.failure_listeners.append(
+            lambda _reason: self.metrics.store_write_errors.inc()
+        )
         pruned = await self.store.prune_announcements(
             self.clock.wall() - timedelta(days=cfg.store.keep_days)
         )
         if pruned:
             log.info("store: pruned %d finished announcement(s)", pruned)
+        await self.store.prune_idempotency(
+            self.clock.wall() - timedelta(hours=cfg.store.idempotency_hours)
+        )
         registry = Registry(
             cfg.announcements.history_limit,
             first_number=await self.store.max_announcement_number() + 1,
@@ -192,6 +206,7 @@ class Service:
                 emergency_queue_limit=cfg.announcements.emergency_queue_limit,
                 emergency_priority=cfg.announcements.emergency_priority,
                 wait_for_endpoints_us=int(cfg.announcements.wait_for_endpoints_s * 1e6),
+                journal_retry_max_us=int(cfg.store.write_retry_max_s * 1e6),
                 audio=AudioSettings(
                     normalize=cfg.audio.normalize,
                     target_lufs=cfg.audio.target_lufs,
@@ -209,6 +224,7 @@ class Service:
         for ann in restored:
             self.announcer.restore(ann)
         self._announcer_task = asyncio.create_task(self.announcer.run(), name="announcer")
+        self._store_watch_task = asyncio.create_task(self._watch_store(), name="store-watch")
         self.runner = ScheduleRunner(
             config=cfg, store=self.store, announcer=self.announcer, clock=self.clock
         )
@@ -329,6 +345,11 @@ class Service:
         if self.endpoint_server is not None:
             await self.endpoint_server.stop()
             self.endpoint_server = None
+        if self._store_watch_task is not None:
+            self._store_watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._store_watch_task
+            self._store_watch_task = None
         if self.store is not None:
             # Let the journal writer catch up with the last state changes.
             await self._drain_journal(timeout)
@@ -347,6 +368,29 @@ class Service:
             await self._fallback.aclose()
         log.info("stopped")
 
+    def _store_health_changed(self, health: StoreHealth) -> None:
+        """A store fault or its recovery becomes an event (the store logs it itself)."""
+        if self.events is None:
+            return
+        if health.ok:
+            self.events.emit("store_recovered", "warning", "store", "writes again", write_log=False)
+        else:
+            detail = health.reason or "cannot write"
+            self.events.emit("store_fault", "error", "store", detail, write_log=False)
+
+    async def _watch_store(self) -> None:
+        """Probe the store with a tiny write: every 5 s, every second while it fails.
+
+        So a full disk is reported within seconds even when nothing else writes, and
+        its end is noticed without waiting for the next request.
+        """
+        assert self.store is not None
+        store = self.store
+        while True:
+            await self.clock.sleep_us(_PROBE_OK_US if store.health.ok else _PROBE_FAILING_US)
+            with contextlib.suppress(StoreError):
+                await store.probe(self.clock.wall())
+
     def _store_path(self) -> str:
         path = self.config.store.path
         return path if path == ":memory:" else str(Path(path).expanduser())
@@ -356,11 +400,18 @@ class Service:
         if self.announcer is None or self.journal is None:
             return
         pending = self.announcer.take_dirty()
+        lost: list[str] = []
         for ann in pending:
             try:
                 await self.journal.record(ann)
-            except Exception:
-                log.exception("could not record announcement %s", ann.id)
+            except Exception as exc:
+                lost.append(f"{ann.id} ({ann.state.value}): {exc}")
+        if lost:
+            log.error(
+                "store: %d final state(s) could not be written at shutdown: %s",
+                len(lost),
+                "; ".join(lost),
+            )
 
     async def _drain(self, timeout_s: float) -> None:
         deadline = self.clock.monotonic_us() + int(timeout_s * 1e6)

@@ -18,7 +18,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from broadcaster.model import LANGUAGES, SPEED_MAX, SPEED_MIN, VOICES, StreamFormat
 from broadcaster.scheduling.templates import CompiledTemplate, TemplateRenderer
@@ -280,6 +288,11 @@ class StoreConfig(_Section):
     path: str = "var/broadcaster.sqlite3"
     #: Finished announcements older than this many days are pruned at start.
     keep_days: int = Field(default=90, ge=1, le=36500)
+    #: How long an ``Idempotency-Key`` is remembered (a retry within it returns the
+    #: first answer); older keys are pruned at start and every hour.
+    idempotency_hours: float = Field(default=24.0, gt=0, le=24 * 365)
+    #: A state write that failed is retried with a backoff doubling up to this.
+    write_retry_max_s: float = Field(default=5.0, ge=0.05, le=300)
 
 
 class SchedulingConfig(_Section):
@@ -572,6 +585,12 @@ class Config(_Section):
     endpoints: list[EndpointConfig] = Field(default_factory=list)
     templates: list[TemplateConfig] = Field(default_factory=list)
     schedules: list[ScheduleConfig] = Field(default_factory=list)
+    #: Where this config was read from (for messages that send the operator there).
+    _source: str = PrivateAttr(default="the config")
+
+    @property
+    def source(self) -> str:
+        return self._source
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -698,7 +717,9 @@ def _location(loc: tuple[int | str, ...], data: Any) -> str:
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
+        config._source = source
+        return config
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

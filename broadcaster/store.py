@@ -31,6 +31,7 @@ import concurrent.futures
 import enum
 import functools
 import json
+import logging
 import sqlite3
 from collections.abc import Callable, Collection, Coroutine, Iterator
 from contextlib import contextmanager, suppress
@@ -40,6 +41,8 @@ from pathlib import Path
 from typing import Any, Concatenate, Literal, NamedTuple, ParamSpec, TypeVar, cast
 
 from broadcaster.model import AnnouncementState
+
+log = logging.getLogger(__name__)
 
 JSONDict = dict[str, Any]
 ScheduleSource = Literal["config", "api"]
@@ -158,6 +161,31 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX events_at ON events (at);
         """,
     ),
+    Migration(
+        4,
+        "playout marks, misfire deadline, idempotency keys",
+        """
+        ALTER TABLE announcements ADD COLUMN grace_until TEXT;
+        ALTER TABLE announcements ADD COLUMN audio_sent_at TEXT;
+
+        CREATE TABLE idempotency_keys (
+            scope       TEXT NOT NULL,
+            key         TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            status      INTEGER NOT NULL,
+            resource    TEXT NOT NULL,
+            body        TEXT NOT NULL,
+            created_at  TEXT NOT NULL,
+            PRIMARY KEY (scope, key)
+        );
+        CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at);
+
+        CREATE TABLE store_probe (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            at TEXT NOT NULL
+        );
+        """,
+    ),
 )
 
 #: The newest schema version this code knows.
@@ -179,6 +207,25 @@ class AnnouncementRow:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     details: JSONDict = field(default_factory=dict)
+    #: A scheduled firing: after this instant it is missed (its misfire grace), also
+    #: when a restart finds it not yet played. None for API announcements.
+    grace_until: datetime | None = None
+    #: When its last chunk was sent (the "audio all sent" mark): a restart that finds
+    #: it ``playing`` with this set counts it finished, never plays it again.
+    audio_sent_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRow:
+    """The answer given to the first request with an ``Idempotency-Key``."""
+
+    scope: str  # who asked (the caller's token id, or "anonymous")
+    key: str
+    fingerprint: str  # hash of method, path and body: a reuse with another body is refused
+    status: int
+    resource: str  # what was created: "announcement:<id>", "schedule:<id>"
+    body: JSONDict
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +346,20 @@ def _announcement(r: sqlite3.Row) -> AnnouncementRow:
         started_at=_dt_opt(r["started_at"]),
         finished_at=_dt_opt(r["finished_at"]),
         details=_load(r["details"]),
+        grace_until=_dt_opt(r["grace_until"]),
+        audio_sent_at=_dt_opt(r["audio_sent_at"]),
+    )
+
+
+def _idempotency(r: sqlite3.Row) -> IdempotencyRow:
+    return IdempotencyRow(
+        scope=r["scope"],
+        key=r["key"],
+        fingerprint=r["fingerprint"],
+        status=r["status"],
+        resource=r["resource"],
+        body=_load(r["body"]),
+        created_at=_dt(r["created_at"]),
     )
 
 
@@ -354,8 +415,9 @@ def _statements(script: str) -> list[str]:
 
 _INSERT_ANNOUNCEMENT = """
     INSERT INTO announcements (id, number, spec, state, reason, schedule_id, fire_at, due_at,
-                               expires_at, created_at, started_at, finished_at, details)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                               expires_at, created_at, started_at, finished_at, details,
+                               grace_until, audio_sent_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
@@ -374,6 +436,8 @@ def _announcement_params(rec: AnnouncementRow) -> tuple[object, ...]:
         _ts_opt(rec.started_at),
         _ts_opt(rec.finished_at),
         _dump(rec.details),
+        _ts_opt(rec.grace_until),
+        _ts_opt(rec.audio_sent_at),
     )
 
 
@@ -518,6 +582,7 @@ class Store:
         started_at: datetime | _Unset | None = _UNSET,
         finished_at: datetime | _Unset | None = _UNSET,
         details: JSONDict | _Unset = _UNSET,
+        audio_sent_at: datetime | _Unset | None = _UNSET,
     ) -> bool:
         """Set only the given fields. False if there is no such announcement."""
         sets: list[str] = []
@@ -537,6 +602,9 @@ class Store:
         if not isinstance(details, _Unset):
             sets.append("details = ?")
             params.append(_dump(details))
+        if not isinstance(audio_sent_at, _Unset):
+            sets.append("audio_sent_at = ?")
+            params.append(_ts_opt(audio_sent_at))
         with self._write(f"update announcement {id}") as c:
             if not sets:
                 return (
@@ -608,6 +676,76 @@ class Store:
                 f"DELETE FROM announcements WHERE state IN ({marks})"
                 " AND coalesce(finished_at, created_at) < ?",
                 (*FINAL_STATES, _ts(finished_before)),
+            )
+            return cur.rowcount
+
+    def mark_audio_sent(self, id: str, at: datetime) -> bool:
+        """The "audio all sent" mark: its last chunk went out at ``at``."""
+        with self._write(f"mark audio sent {id}") as c:
+            cur = c.execute(
+                "UPDATE announcements SET audio_sent_at = ? WHERE id = ?", (_ts(at), id)
+            )
+            return cur.rowcount > 0
+
+    def probe(self, now: datetime) -> None:
+        """A real (tiny) write: does the store take writes now? (StoreError if not.)"""
+        with self._write("probe write") as c:
+            c.execute(
+                "INSERT INTO store_probe (id, at) VALUES (1, ?)"
+                " ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                (_ts(now),),
+            )
+
+    # --- idempotency keys ---------------------------------------------------------------
+
+    def get_idempotency(self, scope: str, key: str) -> IdempotencyRow | None:
+        rows = self._query(
+            "get idempotency key",
+            "SELECT * FROM idempotency_keys WHERE scope = ? AND key = ?",
+            (scope, key),
+        )
+        return _idempotency(rows[0]) if rows else None
+
+    def insert_idempotency(self, row: IdempotencyRow) -> bool:
+        """Remember an answer; False (nothing changed) if the key is already taken."""
+        with self._write(f"insert idempotency key {row.scope}/{row.key}") as c:
+            return self._insert_idempotency(c, row)
+
+    def insert_announcement_with_key(self, rec: AnnouncementRow, key: IdempotencyRow) -> bool:
+        """The announcement and the key that created it, in one transaction.
+
+        False, inserting nothing, if the key is already taken (a crash can never
+        leave an announcement without its key, so a retry cannot double it).
+        """
+        with self._write(f"insert announcement {rec.id} with key {key.scope}/{key.key}") as c:
+            if not self._insert_idempotency(c, key):
+                return False
+            c.execute(_INSERT_ANNOUNCEMENT, _announcement_params(rec))
+            return True
+
+    @staticmethod
+    def _insert_idempotency(c: sqlite3.Connection, row: IdempotencyRow) -> bool:
+        cur = c.execute(
+            "INSERT INTO idempotency_keys"
+            " (scope, key, fingerprint, status, resource, body, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (scope, key) DO NOTHING",
+            (
+                row.scope,
+                row.key,
+                row.fingerprint,
+                row.status,
+                row.resource,
+                _dump(row.body),
+                _ts(row.created_at),
+            ),
+        )
+        return cur.rowcount > 0
+
+    def prune_idempotency(self, created_before: datetime) -> int:
+        """Forget keys older than the cutoff; returns how many."""
+        with self._write("prune idempotency keys") as c:
+            cur = c.execute(
+                "DELETE FROM idempotency_keys WHERE created_at < ?", (_ts(created_before),)
             )
             return cur.rowcount
 
@@ -894,12 +1032,28 @@ _R = TypeVar("_R")
 
 
 def _in_worker(
-    method: Callable[Concatenate[Store, _P], _R],
+    method: Callable[Concatenate[Store, _P], _R], *, write: bool = False
 ) -> Callable[Concatenate[AsyncStore, _P], Coroutine[Any, Any, _R]]:
-    """An ``async`` twin of a :class:`Store` method that runs it on the store's thread."""
+    """An ``async`` twin of a :class:`Store` method that runs it on the store's thread.
+
+    A ``write`` updates :attr:`AsyncStore.health`: failing on StoreError, ok on a
+    success that wrote (a method answering False or 0 changed nothing, so proves nothing).
+    """
 
     async def call(self: AsyncStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        return await self._run(functools.partial(method, self._store, *args, **kwargs))
+        fn = functools.partial(method, self._store, *args, **kwargs)
+        if not write:
+            return await self._run(fn)
+        try:
+            result = await self._run(fn)
+        except StoreError as exc:
+            self.health.failed(str(exc))
+            raise
+        # False or 0: nothing to change (no such row, nothing to prune), so nothing was
+        # written, and a full disk would not have shown.
+        if result is not False and result != 0:
+            self.health.succeeded()
+        return result
 
     call.__name__ = method.__name__
     call.__qualname__ = f"AsyncStore.{method.__name__}"
@@ -907,21 +1061,111 @@ def _in_worker(
     return call
 
 
+class StoreHealth:
+    """Whether the store can write, since when, and why not: updated on every write.
+
+    A fault is logged at ERROR once, when it starts, and its end at WARNING; each
+    change is also handed to the listeners (``listeners.append(fn)``; ``fn(health)``
+    runs on the event loop and must not block), so an event log or a readiness
+    check can follow it.
+    """
+
+    def __init__(self, path: str, wall: Callable[[], datetime] | None = None) -> None:
+        self._path = path
+        self._wall = wall
+        self.ok = True
+        self.reason: str | None = None
+        self.since: datetime | None = None
+        self.failures = 0  # failed writes since the fault began
+        self.faults = 0  # faults since start
+        self.last_ok_at: datetime | None = None
+        self.listeners: list[Callable[[StoreHealth], None]] = []
+        #: Called with the reason of every failed write (metrics count them).
+        self.failure_listeners: list[Callable[[str], None]] = []
+
+    def set_wall_clock(self, wall: Callable[[], datetime]) -> None:
+        self._wall = wall
+
+    def _now(self) -> datetime | None:
+        return self._wall() if self._wall is not None else None
+
+    def failed(self, reason: str) -> None:
+        self.failures += 1
+        for count in self.failure_listeners:
+            count(reason)
+        if not self.ok:
+            self.reason = reason
+            return
+        self.ok, self.reason, self.since = False, reason, self._now()
+        self.faults += 1
+        log.error("store fault: cannot write: %s", reason)
+        self._tell()
+
+    def succeeded(self) -> None:
+        now = self._now()
+        self.last_ok_at = now
+        if self.ok:
+            return
+        lasted = (
+            f" after {(now - self.since).total_seconds():.1f} s"
+            if now is not None and self.since is not None
+            else ""
+        )
+        log.warning(
+            "store recovered: database %s writes again%s (%d write(s) had failed)",
+            self._path,
+            lasted,
+            self.failures,
+        )
+        self.ok, self.reason, self.since, self.failures = True, None, now, 0
+        self._tell()
+
+    def _tell(self) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(self)
+            except Exception:  # a listener's bug must not hide the fault
+                log.exception("store health listener failed")
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "reason": self.reason,
+            "since": self.since.isoformat() if self.since is not None else None,
+            "failed_writes": self.failures,
+            "faults": self.faults,
+        }
+
+
 class AsyncStore:
     """:class:`Store` for the event loop: every call runs on one dedicated worker thread.
 
     Calls are executed one at a time in the order they were made. A call whose
     awaiting task is cancelled may still complete (a write cannot be withdrawn
-    once the thread has started it).
+    once the thread has started it). :attr:`health` follows whether writes succeed.
     """
 
-    def __init__(self, store: Store, executor: concurrent.futures.ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        store: Store,
+        executor: concurrent.futures.ThreadPoolExecutor,
+        *,
+        wall: Callable[[], datetime] | None = None,
+    ) -> None:
         self._store = store
         self._executor = executor
         self._closed = False
+        self.health = StoreHealth(store.path, wall)
 
     @classmethod
-    async def open(cls, path: str | Path, *, now: datetime | None = None) -> AsyncStore:
+    async def open(
+        cls,
+        path: str | Path,
+        *,
+        now: datetime | None = None,
+        wall: Callable[[], datetime] | None = None,
+    ) -> AsyncStore:
+        """``wall`` (the service clock's wall time) dates the health changes."""
         executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         try:
             loop = asyncio.get_running_loop()
@@ -931,7 +1175,7 @@ class AsyncStore:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(store, executor)
+        return cls(store, executor, wall=wall)
 
     @property
     def path(self) -> str:
@@ -953,29 +1197,35 @@ class AsyncStore:
             self._executor.shutdown(wait=False)
 
     schema_version = _in_worker(Store.schema_version)
-    insert_announcement = _in_worker(Store.insert_announcement)
-    update_announcement = _in_worker(Store.update_announcement)
+    probe = _in_worker(Store.probe, write=True)
+    insert_announcement = _in_worker(Store.insert_announcement, write=True)
+    update_announcement = _in_worker(Store.update_announcement, write=True)
+    mark_audio_sent = _in_worker(Store.mark_audio_sent, write=True)
     get_announcement = _in_worker(Store.get_announcement)
     list_announcements = _in_worker(Store.list_announcements)
     unfinished_announcements = _in_worker(Store.unfinished_announcements)
     max_announcement_number = _in_worker(Store.max_announcement_number)
-    prune_announcements = _in_worker(Store.prune_announcements)
-    upsert_delivery = _in_worker(Store.upsert_delivery)
+    prune_announcements = _in_worker(Store.prune_announcements, write=True)
+    get_idempotency = _in_worker(Store.get_idempotency)
+    insert_idempotency = _in_worker(Store.insert_idempotency, write=True)
+    insert_announcement_with_key = _in_worker(Store.insert_announcement_with_key, write=True)
+    prune_idempotency = _in_worker(Store.prune_idempotency, write=True)
+    upsert_delivery = _in_worker(Store.upsert_delivery, write=True)
     deliveries = _in_worker(Store.deliveries)
-    upsert_schedule = _in_worker(Store.upsert_schedule)
+    upsert_schedule = _in_worker(Store.upsert_schedule, write=True)
     get_schedule = _in_worker(Store.get_schedule)
     list_schedules = _in_worker(Store.list_schedules)
-    delete_schedule = _in_worker(Store.delete_schedule)
-    set_schedule_paused = _in_worker(Store.set_schedule_paused)
-    set_next_fire_at = _in_worker(Store.set_next_fire_at)
-    claim_firing = _in_worker(Store.claim_firing)
-    claim_firing_with_announcement = _in_worker(Store.claim_firing_with_announcement)
+    delete_schedule = _in_worker(Store.delete_schedule, write=True)
+    set_schedule_paused = _in_worker(Store.set_schedule_paused, write=True)
+    set_next_fire_at = _in_worker(Store.set_next_fire_at, write=True)
+    claim_firing = _in_worker(Store.claim_firing, write=True)
+    claim_firing_with_announcement = _in_worker(Store.claim_firing_with_announcement, write=True)
     get_firing = _in_worker(Store.get_firing)
     list_firings = _in_worker(Store.list_firings)
-    prune_firings = _in_worker(Store.prune_firings)
-    insert_audit = _in_worker(Store.insert_audit)
+    prune_firings = _in_worker(Store.prune_firings, write=True)
+    insert_audit = _in_worker(Store.insert_audit, write=True)
     list_audit = _in_worker(Store.list_audit)
-    insert_events = _in_worker(Store.insert_events)
+    insert_events = _in_worker(Store.insert_events, write=True)
     list_events = _in_worker(Store.list_events)
     max_event_id = _in_worker(Store.max_event_id)
-    prune_events = _in_worker(Store.prune_events)
+    prune_events = _in_worker(Store.prune_events, write=True)

@@ -14,7 +14,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from broadcaster.announcements import compose_spec, spoken_language
-from broadcaster.announcer import Announcer, QueueFull
+from broadcaster.announcer import AlreadyClaimed, Announcer, QueueFull
 from broadcaster.auth import (
     FailureLimiter,
     Principal,
@@ -28,14 +28,16 @@ from broadcaster.auth import (
 from broadcaster.clock import Clock
 from broadcaster.config import Config, ScheduleConfig
 from broadcaster.events import EventLog
-from broadcaster.journal import row_as_dict
+from broadcaster.journal import row_as_dict, to_row
+from broadcaster.model import AnnouncementState
 from broadcaster.monitoring import Readiness, ServiceMetrics
 from broadcaster.scheduling.runner import ScheduleError, ScheduleRunner
 from broadcaster.scheduling.templates import TemplateError
-from broadcaster.store import AsyncStore, StoreError
+from broadcaster.store import AsyncStore, IdempotencyRow, StoreError
 from broadcaster.streaming.hub import Hub
 from broadcaster.streaming.supervision import Supervisor
 
+from . import idempotency
 from .access import (
     ACCESS,
     AUDIT_CREATED,
@@ -46,6 +48,7 @@ from .access import (
     refusal_response,
     requires,
 )
+from .idempotency import IdempotencyKeys
 from .schemas import AnnouncementRequest, field_errors
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,7 @@ SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor", Supervisor)
 EVENTS: web.AppKey[EventLog] = web.AppKey("events", EventLog)
 METRICS: web.AppKey[ServiceMetrics] = web.AppKey("metrics", ServiceMetrics)
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness", Readiness)
+IDEMPOTENCY: web.AppKey[IdempotencyKeys] = web.AppKey("idempotency", IdempotencyKeys)
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -116,18 +120,79 @@ async def _json_body(request: web.Request) -> Any:
 async def create_announcement(request: web.Request) -> web.Response:
     """POST /v1/announcements: a text, or a template with variables (or both)."""
     body = await _json_body(request)
-    return await _announce(request, body, template_from_path=None)
+    return await _idempotent(
+        request, body, lambda key: _announce(request, body, template_from_path=None, key=key)
+    )
 
 
 @requires(Role.OPERATOR)
 async def trigger_template(request: web.Request) -> web.Response:
     """POST /v1/triggers/{template}: an event (a delay feed, a sensor) fires a template."""
     body = await _json_body(request)
-    return await _announce(request, body, template_from_path=request.match_info["template"])
+    template = request.match_info["template"]
+    return await _idempotent(
+        request, body, lambda key: _announce(request, body, template_from_path=template, key=key)
+    )
+
+
+class _Key:
+    """The Idempotency-Key of a request being handled for the first time."""
+
+    def __init__(self, keys: IdempotencyKeys, scope: str, key: str, fingerprint: str) -> None:
+        self.keys, self.scope, self.key, self.fingerprint = keys, scope, key, fingerprint
+
+    def row(self, status: int, resource: str, body: dict[str, Any]) -> IdempotencyRow:
+        return self.keys.row(self.scope, self.key, self.fingerprint, status, resource, body)
+
+
+async def _idempotent(
+    request: web.Request,
+    body: Any,
+    create: Callable[[_Key | None], Awaitable[web.Response]],
+) -> web.Response:
+    """Run ``create`` once per Idempotency-Key; a retry gets the first answer back."""
+    raw = request.headers.get(idempotency.HEADER)
+    keys = request.app.get(IDEMPOTENCY)
+    if raw is None or keys is None:
+        return await create(None)
+    problem = idempotency.check_key(raw)
+    if problem is not None:
+        return _invalid(idempotency.HEADER, problem)
+    scope = idempotency.scope_of(request.get("principal"))
+    fp = idempotency.fingerprint(request.method, request.path, body)
+    found = await keys.claim(scope, raw)
+    if found is None:
+        try:
+            return await create(_Key(keys, scope, raw, fp))
+        finally:
+            keys.release(scope, raw)
+    if found.fingerprint != fp:
+        message = "already used for a different request; use a new key for a new request"
+        return _error(
+            422,
+            "idempotency_key_reused",
+            f"{idempotency.HEADER} {message}",
+            fields=[{"field": idempotency.HEADER, "message": message}],
+        )
+    kind, _, rid = found.resource.partition(":")
+    answer: dict[str, Any] = found.body
+    headers = {"Idempotent-Replayed": "true"}
+    if kind == "announcement":
+        live = request.app[ANNOUNCER].registry.get(rid)
+        store = request.app.get(STORE)
+        row = None if live is not None or store is None else await store.get_announcement(rid)
+        if live is not None:
+            answer = live.as_dict()
+        elif row is not None:
+            answer = row_as_dict(row)
+        headers["Location"] = f"/v1/announcements/{rid}"
+    elif kind == "schedule":
+        headers["Location"] = f"/v1/schedules/{rid}"
+    return web.json_response(answer, status=found.status, headers=headers)
 
 
 async def _announce(
-    request: web.Request, body: Any, *, template_from_path: str | None
+    request: web.Request, body: Any, *, template_from_path: str | None, key: _Key | None = None
 ) -> web.Response:
     cfg = request.app[CONFIG]
     if not isinstance(body, dict):
@@ -222,10 +287,39 @@ async def _announce(
     )
     if refusal is not None:
         return _forbid(request, refusal)
-    try:
-        ann = await request.app[ANNOUNCER].accept(
-            spec, due_at=due_at, expires_at=expires_at, created_by=principal.id
+    announcer = request.app[ANNOUNCER]
+    store = request.app.get(STORE)
+    persist = None
+    if key is not None and store is not None:
+        # The record and its key in one transaction: a retry after a crash finds both.
+        # A refusal is recorded without the key: only what was created is remembered.
+        async def persist(ann: Any) -> bool:
+            assert key is not None and store is not None
+            if ann.state is AnnouncementState.REFUSED:
+                await store.insert_announcement(to_row(ann))
+                return True
+            row = key.row(202, f"announcement:{ann.id}", {"id": ann.id})
+            return await store.insert_announcement_with_key(to_row(ann), row)
+
+    def accept(persist: Any) -> Awaitable[Any]:
+        return announcer.accept(
+            spec,
+            due_at=due_at,
+            expires_at=expires_at,
+            persist=persist,
+            created_by=principal.id,
         )
+
+    try:
+        try:
+            ann = await accept(persist)
+        except StoreError:
+            if persist is None or spec.priority < cfg.announcements.emergency_priority:
+                raise
+            # An emergency is held in memory when the store cannot write; its key too.
+            ann = await accept(None)
+            assert key is not None
+            key.keys.remember(key.row(202, f"announcement:{ann.id}", {"id": ann.id}))
     except QueueFull as exc:
         # Not admitted; the refusal is kept as a record (state "refused") with the reason.
         record = exc.record.id if exc.record is not None else None
@@ -236,15 +330,34 @@ async def _announce(
             id=record,
             location=f"/v1/announcements/{record}" if record else None,
         )
+    except AlreadyClaimed:  # the key was stored meanwhile (another process on this store?)
+        return _error(
+            409,
+            "idempotency_key_in_progress",
+            f"{idempotency.HEADER} is being used by another request; retry",
+            fields=[{"field": idempotency.HEADER, "message": "in use by another request"}],
+        )
     except StoreError as exc:
         log.error("announcement not accepted: %s", exc)
-        return _error(503, "store_unavailable", "the announcement could not be stored")
+        return _error(
+            503,
+            "store_unavailable",
+            "the announcement could not be stored (routine and operational announcements "
+            "are refused while the store cannot write; emergencies are still accepted)",
+        )
+    if key is not None and store is None:
+        key.keys.remember(key.row(202, f"announcement:{ann.id}", {"id": ann.id}))
     request[AUDIT_CREATED] = ann.id
     return web.json_response(
         ann.as_dict(),
         status=202,
         headers={"Location": f"/v1/announcements/{ann.id}"},
     )
+
+
+def _store_unavailable(what: str, exc: StoreError) -> web.Response:
+    log.error("%s: %s", what, exc)
+    return _error(503, "store_unavailable", f"{what}: the store cannot write; try again later")
 
 
 def _invalid(field: str, message: str) -> web.Response:
@@ -280,6 +393,10 @@ async def list_schedules(request: web.Request) -> web.Response:
 @requires(Role.OPERATOR)
 async def create_schedule(request: web.Request) -> web.Response:
     body = await _json_body(request)
+    return await _idempotent(request, body, lambda key: _create_schedule(request, body, key))
+
+
+async def _create_schedule(request: web.Request, body: Any, key: _Key | None) -> web.Response:
     if not isinstance(body, dict):
         return _invalid("(body)", "must be an object")
     try:
@@ -300,6 +417,8 @@ async def create_schedule(request: web.Request) -> web.Response:
             return _forbid(request, refusal)
     try:
         created = await _runner(request).create(spec)
+    except StoreError as exc:
+        return _store_unavailable("schedule not created", exc)
     except ScheduleError as exc:
         status = 409 if exc.field == "id" else 422
         return _error(
@@ -308,6 +427,11 @@ async def create_schedule(request: web.Request) -> web.Response:
             str(exc),
             fields=[{"field": exc.field, "message": str(exc)}],
         )
+    if key is not None:
+        try:
+            await key.keys.save(key.row(201, f"schedule:{spec.id}", created))
+        except StoreError as exc:  # the schedule exists; a retry would get 409
+            log.error("schedule %s: its %s was not stored: %s", spec.id, idempotency.HEADER, exc)
     request[AUDIT_CREATED] = spec.id
     return web.json_response(created, status=201, headers={"Location": f"/v1/schedules/{spec.id}"})
 
@@ -337,7 +461,13 @@ async def delete_schedule(request: web.Request) -> web.Response:
     refused = _schedule_refusal(request)
     if refused is not None:
         return refused
-    if not await _runner(request).delete(request.match_info["id"]):
+    try:
+        deleted = await _runner(request).delete(request.match_info["id"])
+    except StoreError as exc:
+        return _store_unavailable("schedule not deleted", exc)
+    except ScheduleError as exc:  # defined in the config: 409, naming the file
+        return _error(409, "conflict", str(exc), fields=[{"field": exc.field, "message": str(exc)}])
+    if not deleted:
         return _error(404, "not_found", "no such schedule")
     return web.json_response({"deleted": request.match_info["id"]})
 
@@ -356,7 +486,10 @@ async def _pause(request: web.Request, paused: bool) -> web.Response:
     refused = _schedule_refusal(request)
     if refused is not None:
         return refused
-    described = await _runner(request).set_paused(request.match_info["id"], paused)
+    try:
+        described = await _runner(request).set_paused(request.match_info["id"], paused)
+    except StoreError as exc:
+        return _store_unavailable(f"schedule not {'paused' if paused else 'resumed'}", exc)
     if described is None:
         return _error(404, "not_found", "no such schedule")
     return web.json_response(described)
@@ -614,9 +747,18 @@ async def health(request: web.Request) -> web.Response:
     announcer = request.app[ANNOUNCER]
     fallback = announcer.speech.fallback
     client = getattr(announcer.engine, "client", None)
+    store = request.app.get(STORE)
+    store_health = (
+        {**store.health.as_dict(), "pending_writes": announcer.pending_writes}
+        if store is not None
+        else None
+    )
+    # Still 200 (the process is alive); "status" says when the store cannot write.
+    status = "ok" if store is None or store.health.ok else "store_failing"
     return web.json_response(
         {
-            "status": "ok",
+            "status": status,
+            "store": store_health,
             "engine": announcer.engine.name,
             "fallback_engine": fallback.name if fallback is not None else None,
             "engine_connected": getattr(client, "connected", None),
@@ -666,6 +808,9 @@ def build_app(
         app.router.add_delete("/v1/schedules/{id}", delete_schedule)
         app.router.add_post("/v1/schedules/{id}/pause", pause_schedule)
         app.router.add_post("/v1/schedules/{id}/resume", resume_schedule)
+    app[IDEMPOTENCY] = IdempotencyKeys(
+        store, clock, timedelta(hours=config.store.idempotency_hours)
+    )
     app[CONFIG] = config
     app[ANNOUNCER] = announcer
     app[HUB] = hub

@@ -15,6 +15,7 @@ planner sees exactly which firings were missed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,7 +30,7 @@ from broadcaster.model import AnnouncementState
 from broadcaster.scheduling.planner import Firing, SchedulePolicy, ScheduleView, plan
 from broadcaster.scheduling.templates import TemplateError
 from broadcaster.scheduling.triggers import Trigger
-from broadcaster.store import AsyncStore, ScheduleRow
+from broadcaster.store import AsyncStore, ScheduleRow, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ class ScheduleRunner:
         self.clock = clock
         self._live: dict[str, _Live] = {}
         self._edited = asyncio.Event()
+        #: Emergency firings accepted while the store could not claim them: firing ->
+        #: announcement id. Their claim is written (without playing again) when it can.
+        self._held: dict[tuple[str, datetime], str] = {}
 
     # --- loading and editing -------------------------------------------------------------
 
@@ -140,11 +144,36 @@ class ScheduleRunner:
         return self.describe(spec.id)
 
     async def delete(self, schedule_id: str) -> bool:
-        if self._live.pop(schedule_id, None) is None:
+        """Delete an API schedule and cancel its firings already prepared ahead.
+
+        A schedule defined in the config cannot be deleted here (it would come back
+        at the next start, when the config is read again): ScheduleError("id"), and
+        the operator removes it from the config file, or pauses it (which lasts).
+        """
+        live = self._live.get(schedule_id)
+        if live is None:
             return False
+        if live.source == "config":
+            raise ScheduleError(
+                "id",
+                f"schedule {schedule_id!r} is defined in the config ({self.config.source}); "
+                "remove it there, or pause it",
+            )
         await self.store.delete_schedule(schedule_id)
+        del self._live[schedule_id]
+        self._cancel_prepared(schedule_id, "schedule deleted")
         self._edited.set()
         return True
+
+    def _cancel_prepared(self, schedule_id: str, reason: str) -> None:
+        cancelled = self.announcer.cancel_waiting(schedule_id, reason)
+        if cancelled:
+            log.info(
+                "schedule %s: %s; cancelled its prepared firing(s) %s",
+                schedule_id,
+                reason,
+                ", ".join(cancelled),
+            )
 
     async def set_paused(self, schedule_id: str, paused: bool) -> dict[str, Any] | None:
         live = self._live.get(schedule_id)
@@ -155,8 +184,10 @@ class ScheduleRunner:
             # Resuming starts from now: firings while paused were not wanted.
             live.next_fire_at = live.trigger.next_after(now)
             await self.store.set_next_fire_at(schedule_id, live.next_fire_at, now)
-        live.paused = paused
         await self.store.set_schedule_paused(schedule_id, paused, now)
+        live.paused = paused
+        if paused:
+            self._cancel_prepared(schedule_id, "schedule paused")
         self._edited.set()
         return self.describe(schedule_id)
 
@@ -181,9 +212,27 @@ class ScheduleRunner:
     # --- running ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Plan and act until cancelled."""
+        """Plan and act until cancelled.
+
+        A pass that the store refuses (disk full) is tried again after a pause
+        (doubling from 1 s up to 30 s): a firing is only acted on once its claim
+        is written, so it is neither lost (it is found again, late, and judged by
+        its grace) nor doubled. The store's health reports the fault.
+        """
+        pause_us = 0
         while True:
-            wake = await self.run_once()
+            try:
+                wake = await self.run_once()
+            except StoreError as exc:
+                pause_us = min(max(1_000_000, pause_us * 2), int(_MAX_SLEEP.total_seconds() * 1e6))
+                log.warning(
+                    "schedules: store refused a write (%s); again in %d s",
+                    exc,
+                    pause_us // 1_000_000,
+                )
+                await self.clock.sleep_us(pause_us)
+                continue
+            pause_us = 0
             await self._sleep_until(wake)
 
     async def run_once(self) -> datetime | None:
@@ -209,8 +258,10 @@ class ScheduleRunner:
         for sid, nxt in result.next_fire_at.items():
             live = self._live.get(sid)
             if live is not None and live.next_fire_at != nxt:
-                live.next_fire_at = nxt
+                # Stored first: a pass the store refused is planned again from the same
+                # point (claimed firings are skipped, the others still judged by grace).
                 await self.store.set_next_fire_at(sid, nxt, self.clock.wall())
+                live.next_fire_at = nxt
         return result.wake_at
 
     async def _sleep_until(self, wake: datetime | None) -> None:
@@ -245,6 +296,25 @@ class ScheduleRunner:
     def _language(self, live: _Live) -> str:
         return live.spec.language or live.template.language or self.config.speech.default_language
 
+    async def _claim_held(self, schedule_id: str, firing: Firing) -> bool:
+        """True if this firing was already accepted in memory (store fault): its claim
+        is written now if the store can (else at a later pass); it is not played again."""
+        held = self._held.get((schedule_id, firing.fire_at))
+        if held is None:
+            return False
+        try:
+            await self.store.claim_firing(
+                schedule_id,
+                firing.fire_at,
+                decision="prepare",
+                coalesced=firing.coalesced,
+                reason=f"accepted as announcement {held} while the store could not write",
+            )
+        except StoreError:
+            return True
+        del self._held[(schedule_id, firing.fire_at)]
+        return True
+
     async def _act(self, live: _Live, firing: Firing, now: datetime) -> None:
         spec = live.spec
         tpl = live.template
@@ -267,18 +337,27 @@ class ScheduleRunner:
             priority=self._priority(live),
         )
 
+        # Stored with the record, so a restart that finds it not yet played knows
+        # when it stopped being worth playing (journal.recover).
+        grace_until = firing.fire_at + timedelta(seconds=self._policy(live).misfire_grace_s)
+
         async def claim(ann: Any) -> bool:
             refused = ann.state is AnnouncementState.REFUSED  # not admitted: recorded so
+            row = to_row(ann)
+            if decision == "prepare":
+                row = dataclasses.replace(row, grace_until=grace_until)
             return await self.store.claim_firing_with_announcement(
                 spec.id,
                 firing.fire_at,
                 decision="refused" if refused else decision,
                 coalesced=firing.coalesced,
                 reason=ann.reason if refused else reason,
-                announcement=to_row(ann),
+                announcement=row,
             )
 
         if decision == "prepare":
+            if await self._claim_held(spec.id, firing):
+                return
             due_at = firing.fire_at if firing.fire_at > now else None
             try:
                 ann = await self.announcer.accept(
@@ -289,6 +368,28 @@ class ScheduleRunner:
                     fire_at=firing.fire_at,
                     persist=claim,
                 )
+            except StoreError as exc:
+                if not self._policy(live).emergency:
+                    raise  # tried again at the next pass, judged by its grace then
+                # An emergency firing is not held up by the store: accepted in memory
+                # (written when the store can), and remembered so it never plays twice.
+                ann = await self.announcer.accept(
+                    announcement,
+                    due_at=due_at,
+                    expires_at=firing.expires_at,
+                    schedule_id=spec.id,
+                    fire_at=firing.fire_at,
+                )
+                self._held[(spec.id, firing.fire_at)] = ann.id
+                log.error(
+                    "schedule %s: emergency firing %s accepted as %s although the store "
+                    "cannot claim it (%s)",
+                    spec.id,
+                    firing.fire_at,
+                    ann.id,
+                    exc,
+                )
+                return
             except AlreadyClaimed:
                 log.info("schedule %s: firing %s was already handled", spec.id, firing.fire_at)
                 return

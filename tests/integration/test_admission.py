@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -270,12 +269,31 @@ async def test_readyz_gives_reasons_and_healthz_stays_live(tmp_path: Path):
             assert [r["reason"] for r in body["reasons"]] == [
                 "zone empty has no endpoint connected"
             ]
-            # The store's health, when it exposes one (the durability part does).
-            svc.store.health = SimpleNamespace(ok=False, reason="disk full")  # type: ignore[union-attr]
-            _, body = await h.get("/readyz")
-            assert {"check": "store", "reason": "store failing: disk full"} in body["reasons"]
+            # A store that cannot write (read-only here; a real full disk is in
+            # test_durability.py): the probe notices within a second or so.
+            store = svc.store
+            assert store is not None
+            await store._run(lambda: store._store._conn.execute("PRAGMA query_only = ON"))
+            for _ in range(100):
+                _, body = await h.get("/readyz")
+                if any(r["check"] == "store" for r in body["reasons"]):
+                    break
+                await asyncio.sleep(0.1)
+            assert any(
+                r["check"] == "store" and r["reason"].startswith("store failing:")
+                for r in body["reasons"]
+            ), body
             status, live = await h.get("/healthz")
-            assert status == 200 and live["status"] == "ok"
+            assert status == 200 and live["status"] == "store_failing"  # alive, not ready
+            events = (await h.get("/v1/events"))[1]["events"]
+            assert any(e["kind"] == "store_fault" and e["severity"] == "error" for e in events)
+            await store._run(lambda: store._store._conn.execute("PRAGMA query_only = OFF"))
+            for _ in range(100):
+                _, body = await h.get("/readyz")
+                if all(r["check"] != "store" for r in body["reasons"]):
+                    break
+                await asyncio.sleep(0.1)
+            assert all(r["check"] != "store" for r in body["reasons"]), body
         finally:
             await h.close()
     one_zone = parse_config(
@@ -307,7 +325,8 @@ async def test_metrics_parse_and_have_the_families(tmp_path: Path):
             _, ann = await h.post({"text": "Metrics please.", "zones": ["hall"]})
             assert (await wait_state(h, ann["id"]))["state"] == "finished"
             assert svc.metrics is not None
-            svc.metrics.store_write_errors.inc()  # the hook other parts call
+            assert svc.store is not None
+            svc.store.health.failed("test fault")  # what every failed store write reports
             async with (
                 aiohttp.ClientSession(headers=bearer()) as http,
                 http.get(f"{h.api}/metrics") as r,
