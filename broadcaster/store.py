@@ -36,7 +36,7 @@ import sqlite3
 from collections.abc import Callable, Collection, Coroutine, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Concatenate, Literal, NamedTuple, ParamSpec, TypeVar, cast
 
@@ -1070,9 +1070,16 @@ class StoreHealth:
     check can follow it.
     """
 
+    #: A fault ends only when writes have succeeded, with no failure between, for this
+    #: long: a nearly full disk lets small writes through now and then, and one lucky
+    #: write must not announce a recovery (the probe writes every second meanwhile).
+    RECOVER_AFTER = timedelta(seconds=3)
+
     def __init__(self, path: str, wall: Callable[[], datetime] | None = None) -> None:
         self._path = path
         self._wall = wall
+        #: The first success after the last failure (while not ok).
+        self._ok_since: datetime | None = None
         self.ok = True
         self.reason: str | None = None
         self.since: datetime | None = None
@@ -1091,6 +1098,7 @@ class StoreHealth:
 
     def failed(self, reason: str) -> None:
         self.failures += 1
+        self._ok_since = None
         for count in self.failure_listeners:
             count(reason)
         if not self.ok:
@@ -1106,6 +1114,11 @@ class StoreHealth:
         self.last_ok_at = now
         if self.ok:
             return
+        if now is not None:
+            if self._ok_since is None:
+                self._ok_since = now
+            if now - self._ok_since < self.RECOVER_AFTER:
+                return
         lasted = (
             f" after {(now - self.since).total_seconds():.1f} s"
             if now is not None and self.since is not None

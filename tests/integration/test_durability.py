@@ -643,6 +643,7 @@ async def test_a_full_disk_is_reported_within_seconds_even_when_nothing_writes(
                     break
                 await asyncio.sleep(0.2)
             assert health["status"] == "ok" and health["store"]["ok"], health
-            assert loop.time() - t0 < 3  # probed every second while failing
+            # probed every second while failing; recovered after 3 s of writes that worked
+            assert loop.time() - t0 < 6
     finally:
         await stop(proc, drain)

@@ -197,7 +197,7 @@ async def test_routine_is_not_played_when_its_start_cannot_be_recorded():
 # --- store health ---------------------------------------------------------------------------
 
 
-def test_store_health_logs_a_fault_once_and_its_recovery(caplog: pytest.LogCaptureFixture):
+async def test_store_health_logs_a_fault_once_and_its_recovery(caplog: pytest.LogCaptureFixture):
     clock = FakeClock()
     health = StoreHealth("db", clock.wall)
     seen: list[bool] = []
@@ -208,7 +208,16 @@ def test_store_health_logs_a_fault_once_and_its_recovery(caplog: pytest.LogCaptu
             health.failed("disk I/O error")
         assert not health.ok and health.reason == "disk I/O error" and health.failures == 5
         assert health.since == clock.wall()
+        health.succeeded()  # one write got through: not yet a recovery
+        await clock.advance_us(2_000_000)
+        health.failed("disk I/O error")  # it was luck (a nearly full disk)
         health.succeeded()
+        await clock.advance_us(2_000_000)
+        health.succeeded()
+        assert not health.ok and health.faults == 1
+        await clock.advance_us(1_100_000)
+        health.succeeded()  # writes have gone through for 3 s: recovered
+        assert health.ok
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "store fault" in errors[0].getMessage()
     assert any("store recovered" in r.getMessage() for r in caplog.records)
