@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from broadcaster import __version__
 from broadcaster.model import LANGUAGES, SPEED_MAX, SPEED_MIN, VOICES
@@ -19,12 +18,10 @@ DEFAULT_API = "http://127.0.0.1:8080"
 DEFAULT_WS = "ws://127.0.0.1:8765/v1/endpoint"
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, fmt: Literal["text", "json"] = "text") -> None:
+    from broadcaster.logsetup import setup_logging
+
+    setup_logging(level, fmt)
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -54,7 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = config.model_copy(
             update={"store": config.store.model_copy(update={"path": args.store})}
         )
-    _setup_logging(args.log_level or config.logging.level)
+    _setup_logging(args.log_level or config.logging.level, config.logging.format)
 
     async def main() -> None:
         stop = asyncio.Event()

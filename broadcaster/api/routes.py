@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -13,16 +14,27 @@ from pydantic import ValidationError
 
 from broadcaster.announcements import compose_spec, spoken_language
 from broadcaster.announcer import Announcer, QueueFull
+from broadcaster.audio.chimes import ChimeError, load_chime_file, resolve_chime_name
 from broadcaster.clock import Clock
 from broadcaster.config import Config, ScheduleConfig
 from broadcaster.journal import row_as_dict
+from broadcaster.logsetup import quiet_bad_requests
+from broadcaster.model import AnnouncementState
 from broadcaster.scheduling.runner import ScheduleError, ScheduleRunner
 from broadcaster.scheduling.templates import TemplateError
 from broadcaster.store import AsyncStore, StoreError
 from broadcaster.streaming.hub import Hub
 from broadcaster.streaming.supervision import Supervisor
 
-from .schemas import AnnouncementRequest, field_errors
+from .schemas import (
+    DUE_AT_MAX_AHEAD_DAYS,
+    DUE_AT_MAX_PAST_DAYS,
+    MAX_EXPIRES_AFTER_S,
+    MAX_JSON_DEPTH,
+    AnnouncementRequest,
+    check_json,
+    field_errors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,26 +66,47 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(500, "internal_error", "internal error; see the server log")
 
 
+class _BodyRefused(Exception):
+    def __init__(self, response: web.Response) -> None:
+        super().__init__("body refused")
+        self.response = response
+
+
 async def _json_body(request: web.Request) -> Any:
+    """The body as JSON; ``_BodyRefused`` (400 or 422) when no route could accept it."""
     raw = await request.read()
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": "invalid_json", "message": f"body is not JSON: {exc}"}),
-            content_type="application/json",
+        # NaN and Infinity are not JSON; read them as floats so check_json names the field.
+        body = json.loads(raw, parse_constant=float)
+    except RecursionError:
+        raise _BodyRefused(
+            _invalid("(body)", f"nested deeper than {MAX_JSON_DEPTH} levels")
         ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _BodyRefused(
+            _error(400, "invalid_json", f"body is not JSON: {str(exc)[:200]}")
+        ) from None
+    problems = check_json(body)
+    if problems:
+        raise _BodyRefused(_error(422, "validation_failed", "invalid fields", fields=problems))
+    return body
 
 
 async def create_announcement(request: web.Request) -> web.Response:
     """POST /v1/announcements: a text, or a template with variables (or both)."""
-    body = await _json_body(request)
+    try:
+        body = await _json_body(request)
+    except _BodyRefused as exc:
+        return exc.response
     return await _announce(request, body, template_from_path=None)
 
 
 async def trigger_template(request: web.Request) -> web.Response:
     """POST /v1/triggers/{template}: an event (a delay feed, a sensor) fires a template."""
-    body = await _json_body(request)
+    try:
+        body = await _json_body(request)
+    except _BodyRefused as exc:
+        return exc.response
     return await _announce(request, body, template_from_path=request.match_info["template"])
 
 
@@ -130,6 +163,19 @@ async def _announce(
                 f"{cfg.announcements.max_text_chars} are accepted",
             }
         )
+    spoken = len(text or "") + sum(len(t) for _, t in also)
+    if text is not None and len(text) <= cfg.announcements.max_text_chars < spoken:
+        problems.append(
+            {
+                "field": "also",
+                "message": f"{spoken} characters in all languages; at most "
+                f"{cfg.announcements.max_text_chars} are accepted",
+            }
+        )
+    for field in ("chime_before", "chime_after"):
+        problem = await _check_request_chime(cfg, getattr(req, field))
+        if problem is not None:
+            problems.append({"field": field, "message": problem})
     unknown = [z for z in zones or [] if z not in cfg.zone_ids]
     if unknown:
         problems.append({"field": "zones", "message": f"unknown zone(s): {', '.join(unknown)}"})
@@ -139,6 +185,21 @@ async def _announce(
         return _error(422, "validation_failed", "invalid fields", fields=problems)
 
     now = request.app[CLOCK].wall()
+    earliest = now - timedelta(days=DUE_AT_MAX_PAST_DAYS)
+    latest = now + timedelta(days=DUE_AT_MAX_AHEAD_DAYS)
+    # Compared before any arithmetic, so a date near year 9999 cannot overflow.
+    if req.due_at is not None and not earliest <= req.due_at <= latest:
+        return _invalid(
+            "due_at",
+            f"must be between {DUE_AT_MAX_PAST_DAYS} day ago and "
+            f"{DUE_AT_MAX_AHEAD_DAYS} days ahead",
+        )
+    if req.expires_at is not None and not (
+        req.expires_at <= latest + timedelta(seconds=MAX_EXPIRES_AFTER_S)
+    ):
+        return _invalid(
+            "expires_at", f"must be at most {DUE_AT_MAX_AHEAD_DAYS} days and a week ahead"
+        )
     due_at = req.due_at.astimezone(UTC) if req.due_at else None
     expires_at = req.expires_at.astimezone(UTC) if req.expires_at else None
     after_s = req.expires_after_s or (tpl.expires_after_s if tpl else None)
@@ -177,6 +238,33 @@ async def _announce(
     )
 
 
+async def _check_request_chime(cfg: Config, chime: str | None) -> str | None:
+    """Why a request's ``file:NAME`` chime cannot be used (None: it can, or built-in)."""
+    if chime is None or not chime.startswith("file:"):
+        return None
+    name = chime.removeprefix("file:")
+    audio = cfg.audio
+    if audio.chime_dir is None:
+        return "no chime folder is configured ([audio] chime_dir); use a built-in chime"
+    try:
+        path = resolve_chime_name(audio.chime_dir, name)
+    except ChimeError as exc:
+        return str(exc)
+    try:
+        # Decoded once now, within the limits (off the event loop), so a file that is
+        # too big, too long or not audio is refused here rather than skipped later.
+        await asyncio.to_thread(
+            load_chime_file,
+            path,
+            8000,
+            max_bytes=audio.chime_max_kb * 1024,
+            max_duration_s=audio.chime_max_s,
+        )
+    except ChimeError as exc:
+        return str(exc).replace(repr(str(path)), repr(name))  # never the server's path
+    return None
+
+
 def _invalid(field: str, message: str) -> web.Response:
     return _error(
         422, "validation_failed", "invalid fields", fields=[{"field": field, "message": message}]
@@ -195,13 +283,23 @@ async def list_schedules(request: web.Request) -> web.Response:
 
 
 async def create_schedule(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+    try:
+        body = await _json_body(request)
+    except _BodyRefused as exc:
+        return exc.response
     if not isinstance(body, dict):
         return _invalid("(body)", "must be an object")
     try:
-        spec = ScheduleConfig.model_validate(body)
+        # Strict: JSON gives exact types, so true is not 1 and "60" is not 60.
+        spec = ScheduleConfig.model_validate(body, strict=True)
     except ValidationError as exc:
-        return _error(422, "validation_failed", "invalid fields", fields=field_errors(exc))
+        fields = field_errors(exc)
+        for f in fields:
+            # The trigger's checks span fields and say which one first ("cron: ...").
+            head, sep, rest = f["message"].partition(": ")
+            if f["field"] == "(body)" and sep and head in ScheduleConfig.model_fields:
+                f["field"], f["message"] = head, rest
+        return _error(422, "validation_failed", "invalid fields", fields=fields)
     try:
         created = await _runner(request).create(spec)
     except ScheduleError as exc:
@@ -268,20 +366,31 @@ def _query_time(request: web.Request, name: str) -> datetime | None:
         return None
     try:
         value = datetime.fromisoformat(raw)
-    except ValueError:
+        value = value if value.tzinfo else value.replace(tzinfo=UTC)
+        # In UTC now, so a date at the edge of the calendar fails here, not in the store.
+        return value.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise _Invalid(name, "must be an ISO 8601 date-time, e.g. 2026-11-26T08:00:00Z") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+_STATES = frozenset(s.value for s in AnnouncementState)
 
 
 async def list_announcements(request: web.Request) -> web.Response:
     """History, newest first: ?since=&until= (ISO 8601), &state= (repeatable), &limit=."""
     try:
-        try:
-            limit = int(request.query.get("limit", "50"))
-        except ValueError:
-            raise _Invalid("limit", "must be an integer") from None
+        raw_limit = request.query.get("limit", "50")
+        if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 5):
+            raise _Invalid("limit", "must be an integer 1-1000")
+        limit = int(raw_limit)
+        if not 1 <= limit <= 1000:
+            raise _Invalid("limit", "must be an integer 1-1000")
         since = _query_time(request, "since")
         until = _query_time(request, "until")
+        states = request.query.getall("state", None)
+        for state in states or []:
+            if state not in _STATES:
+                raise _Invalid("state", f"one of {', '.join(sorted(_STATES))}")
     except _Invalid as exc:
         return _error(
             422,
@@ -289,8 +398,6 @@ async def list_announcements(request: web.Request) -> web.Response:
             "invalid query",
             fields=[{"field": exc.field, "message": str(exc)}],
         )
-    limit = max(1, min(limit, 1000))
-    states = request.query.getall("state", None)
     store = request.app.get(STORE)
     registry = request.app[ANNOUNCER].registry
     if store is None:
@@ -380,6 +487,7 @@ def build_app(
     runner: ScheduleRunner | None = None,
     supervisor: Supervisor | None = None,
 ) -> web.Application:
+    quiet_bad_requests()  # an unparsable request is one WARNING line, not a traceback
     app = web.Application(middlewares=[_errors], client_max_size=4 * 1024 * 1024)
     if supervisor is not None:
         app[SUPERVISOR] = supervisor
