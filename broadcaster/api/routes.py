@@ -26,6 +26,7 @@ from broadcaster.store import AsyncStore, StoreError
 from broadcaster.streaming.hub import Hub
 from broadcaster.streaming.supervision import Supervisor
 
+from .openapi import OPENAPI_PATH, serve_document
 from .schemas import (
     DUE_AT_MAX_AHEAD_DAYS,
     DUE_AT_MAX_PAST_DAYS,
@@ -514,4 +515,5 @@ def build_app(
     app.router.add_get("/v1/zones", list_zones)
     app.router.add_get("/v1/events", list_events)
     app.router.add_get("/healthz", health)
+    app.router.add_get(OPENAPI_PATH, serve_document)
     return app

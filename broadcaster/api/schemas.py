@@ -116,9 +116,7 @@ class AnnouncementRequest(BaseModel):
     speed: float | None = Field(default=None, ge=SPEED_MIN, le=SPEED_MAX)
     style: str | None = Field(default=None, max_length=2000)
     #: 0-255 (higher wins), or a band: background, routine, operational, emergency.
-    priority: int | str | None = Field(
-        default=None, json_schema_extra={"minimum": 0, "maximum": 255}
-    )
+    priority: int | str | None = None
     #: When a higher priority takes its zones: replay it afterwards ("stack") or "drop".
     on_preempt: Literal["stack", "drop"] | None = None
     #: Call composition (default: the template's): chimes, repeats, more languages.
@@ -215,3 +213,92 @@ def field_errors(exc: ValidationError) -> list[dict[str, Any]]:
             msg = "required"
         out.append({"field": field, "message": msg})
     return out
+
+
+# --- responses (documentation only: the routes build plain dicts) --------------------------
+
+
+class _Open(BaseModel):
+    """A response object: the listed keys are always there; more may be added."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error: a code, a message for people, and the fields at fault (422)."""
+
+    error: str
+    message: str
+    fields: list[FieldError] | None = None
+
+
+class AnnouncementRecord(_Open):
+    """An announcement's record: state, reason, timings, per-endpoint deliveries."""
+
+    id: str
+    state: str
+    reason: str | None = None
+    zones: list[str]
+    priority: int
+    created_at: str
+
+
+class AnnouncementList(BaseModel):
+    announcements: list[AnnouncementRecord]
+
+
+class ScheduleRecord(_Open):
+    """A schedule as configured, with its source (config or api) and next firings."""
+
+    id: str
+    template: str
+    paused: bool
+    source: str
+    next_firings: list[str]
+
+
+class ScheduleList(BaseModel):
+    schedules: list[ScheduleRecord]
+
+
+class ScheduleDeleted(BaseModel):
+    deleted: str
+
+
+class EndpointStatus(_Open):
+    endpoint_id: str
+    allowed_zones: list[str]
+    connected: bool
+
+
+class EndpointList(BaseModel):
+    endpoints: list[EndpointStatus]
+
+
+class ZoneStatus(_Open):
+    id: str
+    name: str | None
+    endpoints: list[str]
+    playing: str | None
+
+
+class ZoneList(BaseModel):
+    zones: list[ZoneStatus]
+
+
+class EventList(BaseModel):
+    events: list[dict[str, Any]]
+
+
+class HealthResponse(_Open):
+    status: str
+
+
+class OpenApiDocument(_Open):
+    openapi: str
+    paths: dict[str, Any]
