@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import shlex
 import signal
 import sys
 import wave
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 pytestmark = pytest.mark.integration
 
@@ -46,8 +50,37 @@ class Server:
         return await asyncio.wait_for(scan(), timeout)
 
 
+async def start_server(store: Path, config: str = "configs/demo.toml") -> Server:
+    """`broadcaster serve` on free ports with its store under the test's tmp_path."""
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "serve",
+        "--config",
+        config,
+        "--http-port",
+        "0",
+        "--ws-port",
+        "0",
+        "--store",
+        str(store),
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    s = Server(proc)
+    s.ws = (await s.read_until(r"PA endpoints: (ws://\S+)"))[1]
+    s.http = (await s.read_until(r"HTTP API: (http://[^/\s]+)"))[1]
+    return s
+
+
+async def stop_server(s: Server) -> None:
+    if s.proc.returncode is None:
+        s.proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(s.proc.wait(), 20)
+
+
 @pytest.fixture
-async def server():
+async def server(tmp_path):
     proc = await asyncio.create_subprocess_exec(
         *CLI,
         "serve",
@@ -57,6 +90,8 @@ async def server():
         "0",
         "--ws-port",
         "0",
+        "--store",
+        str(tmp_path / "store.sqlite3"),
         cwd=ROOT,
         stderr=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.DEVNULL,
@@ -177,9 +212,200 @@ async def test_token_command_makes_a_matching_hash():
     )
 
 
-async def test_port_in_use_is_a_clear_error(server):
+async def test_port_in_use_is_a_clear_error(server, tmp_path):
     port = server.http.rsplit(":", 1)[1]
     rc, _, err = await run(
-        "serve", "--config", "configs/demo.toml", "--http-port", port, "--ws-port", "0"
+        "serve",
+        "--config",
+        "configs/demo.toml",
+        "--http-port",
+        port,
+        "--ws-port",
+        "0",
+        "--store",
+        str(tmp_path / "other.sqlite3"),
     )
     assert rc == 2 and "cannot start" in err and "Traceback" not in err
+
+
+# --- the store, check-config, announce (issue 8) --------------------------------------------
+
+
+async def test_serve_keeps_its_store_where_it_is_told(server, tmp_path):
+    rc, _out, err = await run("announce", "Hello.", "--zone", "concourse", "--api", server.http)
+    assert rc == 0, err
+    assert (tmp_path / "store.sqlite3").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "zones: the file is empty"),
+        ("# nothing but a comment\n", "zones: the file is empty"),
+        ("[server]\nhttp_port = 9000\n", "zones: no [[zones]] defined"),
+        (
+            '[server]\nhttp_port = 9000\nws_port = 9000\n[[zones]]\nid = "hall"\n',
+            "server: ws_port: 9000 is also the http_port",
+        ),
+    ],
+)
+async def test_check_config_refuses_empty_and_port_clash(tmp_path, text, message):
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    rc, _, err = await run("check-config", str(path))
+    assert rc == 2 and f"{path}: {message}" in err, err
+    assert "Traceback" not in err
+
+
+async def test_check_config_takes_port_zero_twice(tmp_path):
+    path = tmp_path / "site.toml"
+    path.write_text('[server]\nhttp_port = 0\nws_port = 0\n[[zones]]\nid = "hall"\n')
+    rc, out, err = await run("check-config", str(path))
+    assert rc == 0 and '"ok": true' in out, err
+
+
+async def _listener(server: Server, out_dir: Path, count: int = 1) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "listen",
+        "--url",
+        server.ws,
+        "--endpoint",
+        "kiosk",
+        "--token",
+        "demo-kiosk-token",
+        "--zone",
+        "concourse",
+        "--format",
+        "pcm_s16le/16000",
+        "--out",
+        str(out_dir),
+        "--count",
+        str(count),
+        cwd=ROOT,
+        stderr=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    await server.read_until(r"endpoint kiosk joined zones concourse")
+    return proc
+
+
+async def test_announce_with_a_band_prints_progress_as_it_plays(server, tmp_path):
+    listener = await _listener(server, tmp_path / "wav")
+    rc, out, err = await run(
+        "announce",
+        "Attention please. This is a test of the emergency band.",
+        "--zone",
+        "concourse",
+        "--priority",
+        "emergency",
+        "--wait",
+        "--api",
+        server.http,
+    )
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert re.fullmatch(r"[0-9a-f-]{36}", lines[0])
+    assert "state: playing" in lines and "state: finished" in lines
+    assert lines.index("state: playing") < lines.index("state: finished")
+    assert "  kiosk: started" in lines, out
+    assert lines.index("state: playing") < lines.index("  kiosk: started")
+    await asyncio.wait_for(listener.wait(), 30)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{server.http}/v1/announcements/{lines[0]}") as r,
+    ):
+        assert (await r.json())["priority"] == 240  # the emergency band's default
+
+
+async def test_announce_refuses_an_unknown_band_before_sending():
+    rc, _, err = await run("announce", "Hello", "--zone", "concourse", "--priority", "loud")
+    assert rc == 2 and "give 0-255 or a band" in err and "Traceback" not in err
+
+
+async def test_announce_wait_timeout_prints_the_id_and_how_to_look_it_up(server):
+    # platform-1 has no endpoint: it waits for one (5 s in the demo) longer than we do
+    rc, out, err = await run(
+        "announce",
+        "Hello.",
+        "--zone",
+        "platform-1",
+        "--wait",
+        "--timeout",
+        "0.5",
+        "--api",
+        server.http,
+    )
+    assert rc == 1
+    ann_id = out.splitlines()[0]
+    assert re.fullmatch(r"[0-9a-f-]{36}", ann_id)
+    assert f"announcement {ann_id} still " in err
+    assert f"{server.http}/v1/announcements/{ann_id}" in err
+    assert "Traceback" not in err
+
+
+async def test_announce_piped_to_head_ends_quietly(server, tmp_path):
+    listener = await _listener(server, tmp_path / "wav")
+    err_file = tmp_path / "stderr.txt"
+    command = " ".join(
+        [
+            *(shlex.quote(c) for c in CLI),
+            "announce",
+            shlex.quote("Mind the gap between the train and the platform."),
+            "--zone concourse --wait --api",
+            server.http,
+            f"2>{shlex.quote(str(err_file))}",
+            "| head -n 1",
+        ]
+    )
+    proc = await asyncio.create_subprocess_shell(command, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert re.fullmatch(r"[0-9a-f-]{36}\n", out.decode())
+    err = err_file.read_text()
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    await asyncio.wait_for(listener.wait(), 30)
+
+
+async def _recording_api() -> tuple[web.AppRunner, str, list[dict[str, str]]]:
+    """A real HTTP server that records what the CLI sends and accepts it."""
+    seen: list[dict[str, str]] = []
+
+    async def accept(request: web.Request) -> web.Response:
+        seen.append({**request.headers, "body": await request.text()})
+        return web.json_response(
+            {"id": "00000000-0000-4000-8000-000000000000", "state": "queued"}, status=202
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/announcements", accept)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}", seen
+
+
+async def test_announce_sends_the_token_and_a_fresh_idempotency_key(monkeypatch):
+    runner, url, seen = await _recording_api()
+    try:
+        monkeypatch.setenv("BROADCASTER_TOKEN", "from-the-environment")
+        for extra in ([], [], ["--token", "from-the-option"]):
+            rc, _out, err = await run(
+                "announce", "Hi.", "--zone", "hall", "--priority", "emergency", "--api", url, *extra
+            )
+            assert rc == 0, err
+    finally:
+        await runner.cleanup()
+    assert [h["Authorization"] for h in seen] == [
+        "Bearer from-the-environment",
+        "Bearer from-the-environment",
+        "Bearer from-the-option",
+    ]
+    keys = [h["Idempotency-Key"] for h in seen]
+    assert all(
+        re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", k)
+        for k in keys
+    )
+    assert len(set(keys)) == 3  # one per invocation
+    assert json.loads(seen[0]["body"])["priority"] == "emergency"

@@ -152,3 +152,18 @@ def test_the_websocket_port_must_differ_from_the_http_port():
 def test_input_limits_are_checked(section, key, value):
     with pytest.raises(ConfigError, match=f"{section}.{key}"):
         parse_config({section: {key: value}}, "site.toml")
+
+
+def test_the_demo_runs_a_station_not_the_seed_fiction():
+    cfg = load_config(ROOT / "configs" / "demo.toml")
+    fiction = {"museum-audio-guide", "orbital-docking-briefing", "seaside-emergency-bulletin"}
+    assert fiction <= {t.name for t in cfg.templates}  # kept as templates
+    scheduled = {s.template for s in cfg.schedules}
+    assert not scheduled & fiction
+    assert {"platform-safety", "no-smoking", "departure"} <= scheduled
+    departure = next(s for s in cfg.schedules if s.template == "departure")
+    assert departure.variables  # a departure from a template with variables
+    no_smoking = next(s for s in cfg.schedules if s.template == "no-smoking")
+    assert (no_smoking.zones or cfg.template("no-smoking").zones) == ["concourse"]
+    emergency = [t for t in cfg.templates if (t.priority or 0) >= 224]
+    assert emergency and all(t.chime_before == "alert" and t.repeats >= 1 for t in emergency)
