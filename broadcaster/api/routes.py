@@ -32,6 +32,7 @@ from .schemas import (
     DUE_AT_MAX_PAST_DAYS,
     MAX_EXPIRES_AFTER_S,
     MAX_JSON_DEPTH,
+    CONTROL_CHARS,
     AnnouncementRequest,
     check_json,
     field_errors,
@@ -151,6 +152,11 @@ async def _announce(
         except TemplateError as exc:
             field = f"variables.{exc.variable}" if exc.variable else "variables"
             problems.append({"field": field, "message": str(exc)})
+        else:
+            if any(CONTROL_CHARS.search(t) for t in (text, *(t for _, t in also))):
+                problems.append(
+                    {"field": "variables", "message": "the text would hold control characters"}
+                )
     zones = req.zones if req.zones is not None else (tpl.zones if tpl and tpl.zones else None)
     if text is None and not problems:
         problems.append({"field": "text", "message": "required (or give a template)"})

@@ -10,6 +10,7 @@ a speed) and every number has an upper bound, so nothing downstream overflows.
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -35,6 +36,15 @@ DUE_AT_MAX_AHEAD_DAYS = 366
 DUE_AT_MAX_PAST_DAYS = 1
 
 _Name = Annotated[str, Field(min_length=1, max_length=64)]
+#: Control characters no spoken text may hold (tab, newline and carriage return may).
+CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def check_spoken(v: str) -> str:
+    if CONTROL_CHARS.search(v):
+        raise ValueError("contains control characters")
+    return v
+
 _Wire = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
@@ -94,6 +104,11 @@ class AlsoSpoken(BaseModel):
     language: str
     text: str = Field(min_length=1, max_length=100_000)
 
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        return check_spoken(v)
+
     @field_validator("language")
     @classmethod
     def _language(cls, v: str) -> str:
@@ -142,7 +157,12 @@ class AnnouncementRequest(BaseModel):
         v = v.strip()
         if not v:
             raise ValueError("text is empty")
-        return v
+        return check_spoken(v)
+
+    @field_validator("style")
+    @classmethod
+    def _style(cls, v: str | None) -> str | None:
+        return None if v is None else check_spoken(v)
 
     @field_validator("priority", mode="before")
     @classmethod

@@ -409,3 +409,38 @@ async def test_announce_sends_the_token_and_a_fresh_idempotency_key(monkeypatch)
     )
     assert len(set(keys)) == 3  # one per invocation
     assert json.loads(seen[0]["body"])["priority"] == "emergency"
+
+
+async def test_serve_logs_json_lines_when_configured(tmp_path):
+    config = tmp_path / "site.toml"
+    config.write_text(
+        (ROOT / "configs" / "demo.toml").read_text() + '\n[logging]\nformat = "json"\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "serve",
+        "--config",
+        str(config),
+        "--http-port",
+        "0",
+        "--ws-port",
+        "0",
+        "--store",
+        str(tmp_path / "store.sqlite3"),
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    s = Server(proc)
+    try:
+        await s.read_until(r"HTTP API: http://")
+    finally:
+        await stop_server(s)
+        s.log.append((await proc.stderr.read()).decode())
+    lines = "".join(s.log).splitlines()
+    assert len(lines) >= 3
+    for line in lines:
+        entry = json.loads(line)
+        assert {"time", "level", "logger", "message"} <= set(entry)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["time"])
+    assert any(json.loads(line)["message"].startswith("speech engine: espeak-ng") for line in lines)

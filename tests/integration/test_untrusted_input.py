@@ -142,6 +142,13 @@ ANNOUNCEMENT_ATTACKS = [
         "variables.n",
     ),
     ('{"template": ["departure"]}', "template"),
+    ('{"text": "Mind the\\u0000 gap.", "zones": ["hall"]}', "text"),
+    (BASE + ', "style": "calm\\u001b[31m"}', "style"),
+    (BASE + ', "also": [{"language": "German", "text": "Achtung\\u0007"}]}', "also.0.text"),
+    (
+        '{"template": "departure", "variables": {"time": "12:40", "place": "Leeds\\u0000", "n": 2}}',
+        "variables",
+    ),
     ('{"template": "departure", "variables": []}', "variables"),
     (BASE + ', "chime_before": "file:/etc/passwd"}', "chime_before"),
     (BASE + ', "chime_before": "file:../secret.wav"}', "chime_before"),
