@@ -28,11 +28,11 @@ from broadcaster.streaming.supervision import Supervisor
 
 from .openapi import OPENAPI_PATH, serve_document
 from .schemas import (
+    CONTROL_CHARS,
     DUE_AT_MAX_AHEAD_DAYS,
     DUE_AT_MAX_PAST_DAYS,
     MAX_EXPIRES_AFTER_S,
     MAX_JSON_DEPTH,
-    CONTROL_CHARS,
     AnnouncementRequest,
     check_json,
     field_errors,
