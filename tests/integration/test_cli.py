@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shlex
 import signal
@@ -21,9 +22,24 @@ ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "broadcaster.cli"]
 
 
+#: The demo config's operator token (the auth work ships it), unless the test sets one.
+DEMO_TOKEN = "demo-operator-token"
+
+
+def cli_env() -> dict[str, str]:
+    env = {**os.environ}
+    env.setdefault("BROADCASTER_TOKEN", DEMO_TOKEN)
+    return env
+
+
 async def run(*args: str, timeout: float = 60) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        *CLI, *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *CLI,
+        *args,
+        cwd=ROOT,
+        env=cli_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     return proc.returncode or 0, out.decode(), err.decode()
@@ -299,6 +315,8 @@ async def test_announce_with_a_band_prints_progress_as_it_plays(server, tmp_path
         "concourse",
         "--priority",
         "emergency",
+        "--token",
+        "demo-dispatcher-token",  # the emergency band is a dispatcher's
         "--wait",
         "--api",
         server.http,
@@ -312,7 +330,7 @@ async def test_announce_with_a_band_prints_progress_as_it_plays(server, tmp_path
     assert lines.index("state: playing") < lines.index("  kiosk: started")
     await asyncio.wait_for(listener.wait(), 30)
     async with (
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {DEMO_TOKEN}"}) as http,
         http.get(f"{server.http}/v1/announcements/{lines[0]}") as r,
     ):
         assert (await r.json())["priority"] == 240  # the emergency band's default
@@ -358,7 +376,9 @@ async def test_announce_piped_to_head_ends_quietly(server, tmp_path):
             "| head -n 1",
         ]
     )
-    proc = await asyncio.create_subprocess_shell(command, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_shell(
+        command, cwd=ROOT, env=cli_env(), stdout=asyncio.subprocess.PIPE
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert re.fullmatch(r"[0-9a-f-]{36}\n", out.decode())
     err = err_file.read_text()
