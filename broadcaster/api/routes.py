@@ -386,6 +386,9 @@ _STATES = frozenset(s.value for s in AnnouncementState)
 async def list_announcements(request: web.Request) -> web.Response:
     """History, newest first: ?since=&until= (ISO 8601), &state= (repeatable), &limit=."""
     try:
+        unknown = sorted(set(request.query) - {"limit", "since", "until", "state"})
+        if unknown:
+            raise _Invalid(unknown[0][:64], "unknown query parameter")
         raw_limit = request.query.get("limit", "50")
         if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 5):
             raise _Invalid("limit", "must be an integer 1-1000")

@@ -45,6 +45,7 @@ def check_spoken(v: str) -> str:
         raise ValueError("contains control characters")
     return v
 
+
 _Wire = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 

@@ -247,6 +247,7 @@ async def test_bad_schedule_gets_422_naming_the_field(api, raw, field):
         ("since=9999-12-31T23:59:59-05:00", "since"),
         ("until=0001-01-01T00:00:00%2B05:00", "until"),
         ("state=exploded", "state"),
+        ("limt=5", "limt"),
         ("state=finished&state=%ED%A0%80", "state"),
     ],
 )
