@@ -215,7 +215,7 @@ class AudioConfig(_Section):
     #: Folder of chime files that API requests may name as "file:NAME" (a bare file
     #: name inside it; no sub-folders, no "..", no symlinks leading out). Unset: API
     #: requests may use the built-in chimes only. Templates in the config are trusted
-    #: and may give "file:PATH" to any file; a bare name is looked up here first.
+    #: and may give "file:PATH" to any file; a bare name (no "/") is looked up here.
     chime_dir: str | None = None
     #: Largest chime file read (checked before decoding), in KiB.
     chime_max_kb: int = Field(default=2048, ge=1, le=1_048_576)
