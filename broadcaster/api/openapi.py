@@ -71,13 +71,16 @@ class Doc:
 
     summary: str
     ok_status: int
-    ok: type[BaseModel]
+    #: The success body's model; None for a text body (e.g. Prometheus metrics).
+    ok: type[BaseModel] | None
     body: str | None = None  # a component name under components.schemas
     errors: tuple[int, ...] = ()
     query: tuple[dict[str, Any], ...] = ()
     public: bool = False
     description: str = ""
     tags: tuple[str, ...] = field(default=())
+    #: Media type of the success body.
+    ok_media: str = "application/json"
 
 
 _ID_404 = (404,)
@@ -204,7 +207,7 @@ def _components() -> dict[str, Any]:
         AnnouncementRequest,
         ScheduleConfig,
         ErrorResponse,
-        *{doc.ok for doc in DOCS.values()},
+        *{doc.ok for doc in DOCS.values() if doc.ok is not None},
     ]
     _, top = models_json_schema(
         [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
@@ -261,12 +264,15 @@ def _operation(method: str, path: str, doc: Doc | None) -> dict[str, Any]:
             "responses": {"default": {"description": "undocumented route"}},
         }
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    ok_schema = (
+        {"type": "string"}
+        if doc.ok is None
+        else {"$ref": f"#/components/schemas/{doc.ok.__name__}"}
+    )
     responses: dict[str, Any] = {
         str(doc.ok_status): {
             "description": doc.summary,
-            "content": {
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{doc.ok.__name__}"}}
-            },
+            "content": {doc.ok_media: {"schema": ok_schema}},
         }
     }
     codes = set(doc.errors) | (set() if doc.public else set(_AUTH_ERRORS))

@@ -251,3 +251,19 @@ def test_schemathesis_finds_no_server_error_and_responses_match_the_document(rea
     assert elapsed < 120, f"schemathesis took {elapsed:.0f} s"
     log = "".join(real_server.log)
     assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
+
+
+def test_a_text_response_is_documented_as_text(monkeypatch):
+    from aiohttp import web
+
+    docs = {
+        **openapi.DOCS,
+        ("GET", "/metrics"): openapi.Doc("Prometheus metrics", 200, None, ok_media="text/plain"),
+    }
+    monkeypatch.setattr(openapi, "DOCS", docs)
+    app = web.Application()
+    for method, path in docs:
+        app.router.add_route(method, path, openapi.serve_document)
+    assert openapi.undocumented(app) == [] and openapi.unrouted(app) == []
+    op = openapi.build_document(app)["paths"]["/metrics"]["get"]
+    assert op["responses"]["200"]["content"] == {"text/plain": {"schema": {"type": "string"}}}
