@@ -63,6 +63,17 @@ _ERROR_TEXT = {
 #: Errors any route behind a bearer token may answer.
 _AUTH_ERRORS = (400, 401, 403, 429)
 _BODY_ERRORS = (400, 413, 415, 422)
+#: POSTs that create work take an Idempotency-Key: a retry with the same key returns
+#: the same record and never creates a second one.
+_IDEMPOTENCY = (
+    {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+        "description": "a retry with the same key returns the same record",
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,7 @@ class Doc:
     ok: type[BaseModel] | None
     body: str | None = None  # a component name under components.schemas
     errors: tuple[int, ...] = ()
+    #: Query and header parameters (OpenAPI parameter objects).
     query: tuple[dict[str, Any], ...] = ()
     public: bool = False
     description: str = ""
@@ -92,7 +104,8 @@ DOCS: dict[tuple[str, str], Doc] = {
         202,
         AnnouncementRecord,
         body="AnnouncementRequest",
-        errors=(*_BODY_ERRORS, 503),
+        errors=(*_BODY_ERRORS, 409, 503),
+        query=_IDEMPOTENCY,
         description="Accepted announcements are stored before the answer; `Location` "
         "names the record.",
         tags=("announcements",),
@@ -139,7 +152,8 @@ DOCS: dict[tuple[str, str], Doc] = {
         202,
         AnnouncementRecord,
         body="TriggerRequest",
-        errors=(*_BODY_ERRORS, 404, 503),
+        errors=(*_BODY_ERRORS, 404, 409, 503),
+        query=_IDEMPOTENCY,
         tags=("announcements",),
     ),
     ("GET", "/v1/schedules"): Doc("Every schedule", 200, ScheduleList, tags=("schedules",)),
@@ -149,6 +163,7 @@ DOCS: dict[tuple[str, str], Doc] = {
         ScheduleRecord,
         body="ScheduleConfig",
         errors=(*_BODY_ERRORS, 409),
+        query=_IDEMPOTENCY,
         tags=("schedules",),
     ),
     ("GET", "/v1/schedules/{id}"): Doc(

@@ -267,3 +267,15 @@ def test_a_text_response_is_documented_as_text(monkeypatch):
     assert openapi.undocumented(app) == [] and openapi.unrouted(app) == []
     op = openapi.build_document(app)["paths"]["/metrics"]["get"]
     assert op["responses"]["200"]["content"] == {"text/plain": {"schema": {"type": "string"}}}
+
+
+def test_posts_that_create_work_document_the_idempotency_key():
+    from aiohttp import web
+
+    app = web.Application()
+    for method, path in openapi.DOCS:
+        app.router.add_route(method, path, openapi.serve_document)
+    paths = openapi.build_document(app)["paths"]
+    for path in ("/v1/announcements", "/v1/triggers/{template}", "/v1/schedules"):
+        names = [p["name"] for p in paths[path]["post"]["parameters"] if p["in"] == "header"]
+        assert names == ["Idempotency-Key"], path
