@@ -386,22 +386,22 @@ class ScheduleConfig(_Section):
     """When a template is announced: exactly one of cron, every_s, at."""
 
     id: _ID
-    template: str
+    template: str = Field(max_length=64)
     #: Values for the template's variables.
-    variables: dict[str, Any] = Field(default_factory=dict)
+    variables: dict[str, Any] = Field(default_factory=dict, max_length=100)
     #: Zones (default: the template's).
-    zones: list[_ID] | None = None
-    cron: str | None = None
+    zones: list[_ID] | None = Field(default=None, max_length=256)
+    cron: str | None = Field(default=None, max_length=200)
     #: At most a year (366 days).
     every_s: int | None = Field(default=None, ge=1, le=366 * 86400)
     #: A one-shot date-time, ISO 8601; without an offset it is read in `timezone`.
-    at: str | None = None
-    start: str | None = None
-    end: str | None = None
+    at: str | None = Field(default=None, max_length=64)
+    start: str | None = Field(default=None, max_length=64)
+    end: str | None = Field(default=None, max_length=64)
     #: IANA zone the cron expression and dates are read in.
-    timezone: str = "UTC"
+    timezone: str = Field(default="UTC", max_length=64)
     #: Local dates on which it does not fire (holidays), "YYYY-MM-DD".
-    except_dates: list[str] = Field(default_factory=list)
+    except_dates: list[str] = Field(default_factory=list, max_length=1000)
     #: How late a firing may still play; default [scheduling] misfire_grace_s.
     misfire_grace_s: float | None = Field(default=None, ge=0, le=_WEEK_S)
     coalesce: bool | None = None

@@ -224,6 +224,12 @@ SCHEDULE_ATTACKS = [
         "end",
     ),
     ('{"id": "s\\ud800", "template": "departure", "every_s": 60}', "id"),
+    (
+        SCHEDULE + ', "every_s": 60, "except_dates": [' + ", ".join(['"2026-12-25"'] * 1001) + "]}",
+        "except_dates",
+    ),
+    (SCHEDULE + ', "cron": "' + "1," * 200 + '1 * * * *"}', "cron"),
+    (SCHEDULE + ', "every_s": 60, "timezone": "' + "A" * 100 + '"}', "timezone"),
     ('{"id": "s1\\n", "template": "departure", "every_s": 60}', "id"),
 ]
 
