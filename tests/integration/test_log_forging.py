@@ -18,6 +18,11 @@ from broadcaster.logsetup import JsonFormatter, TextFormatter
 
 pytestmark = pytest.mark.integration
 
+#: Sent with every request; the auth work's middleware needs a token that may do
+#: everything (add it to this file's config as an admin token at the merge).
+API_TOKEN = "test-admin-token"
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
 FORGED = "1999-01-01T10:00:00.000Z ERROR   broadcaster.app: FORGED"
 _RECORD_START = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR) ")
 
@@ -61,7 +66,7 @@ async def _attack(harness) -> None:
         harness.ws_url, _hello("ep-b", "token-b", ["hall"]), json.dumps({"type": "x\n" + FORGED})
     )
     # a caller's text, style and unknown template/zone names
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=AUTH) as http:
         for body in (
             {"text": "Mind the gap.\n" + FORGED, "zones": ["hall"], "style": "calm\r\n" + FORGED},
             {"text": "Mind the gap.", "zones": ["hall\n" + FORGED]},

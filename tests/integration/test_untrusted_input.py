@@ -19,6 +19,11 @@ from broadcaster.speech.espeak import EspeakEngine
 
 pytestmark = pytest.mark.integration
 
+#: Sent with every request; the auth work's middleware needs a token that may do
+#: everything (add it to this file's config as an admin token at the merge).
+API_TOKEN = "test-admin-token"
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
 
 def _config(chime_dir: Path | None = None) -> Any:
     audio: dict[str, Any] = {"chime_max_kb": 64, "chime_max_s": 2.0}
@@ -74,7 +79,7 @@ async def _send(
 ) -> tuple[int, Any]:
     headers = {"content-type": "application/json"}
     async with (
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(headers=AUTH) as http,
         http.request(method, api + path, data=raw, headers=headers, **kw) as r,
     ):
         text = await r.text()
