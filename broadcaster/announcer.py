@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -28,7 +29,7 @@ from broadcaster.announcements import (
     coverage_outcome,
     zone_coverage,
 )
-from broadcaster.audio.chimes import ChimeError, chime_pcm, load_chime_file
+from broadcaster.audio.chimes import ChimeError, chime_pcm, load_chime_file, resolve_chime_name
 from broadcaster.audio.loudness import LoudnessNormalizer
 from broadcaster.audio.pacer import Pacer
 from broadcaster.audio.transcode import MultiTranscoder
@@ -164,6 +165,10 @@ class AudioSettings:
     normalize: bool = True
     target_lufs: float = -16.0
     true_peak_dbtp: float = -1.0
+    #: Where a chime named by a bare "file:NAME" is looked up; limits on chime files.
+    chime_dir: str | None = None
+    chime_max_kb: int = 2048
+    chime_max_s: float = 10.0
 
 
 class Announcer:
@@ -484,11 +489,18 @@ class Announcer:
         audio = self.settings.audio
         try:
             if name.startswith("file:"):
+                path = name.removeprefix("file:")
+                if audio.chime_dir is not None and os.sep not in path:
+                    # A bare name (the only kind an API request may give) is looked up
+                    # in the chime folder again now: the file may have changed.
+                    path = str(resolve_chime_name(audio.chime_dir, path))
                 pcm = load_chime_file(
-                    name.removeprefix("file:"),
+                    path,
                     rate,
                     target_lufs=audio.target_lufs if audio.normalize else None,
                     true_peak_dbtp=audio.true_peak_dbtp,
+                    max_bytes=audio.chime_max_kb * 1024,
+                    max_duration_s=audio.chime_max_s,
                 )
             else:
                 pcm = chime_pcm(

@@ -211,6 +211,9 @@ class Service:
                     normalize=cfg.audio.normalize,
                     target_lufs=cfg.audio.target_lufs,
                     true_peak_dbtp=cfg.audio.true_peak_dbtp,
+                    chime_dir=cfg.audio.chime_dir,
+                    chime_max_kb=cfg.audio.chime_max_kb,
+                    chime_max_s=cfg.audio.chime_max_s,
                 ),
             ),
         )

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from broadcaster import __version__
 from broadcaster.model import LANGUAGES, SPEED_MAX, SPEED_MIN, VOICES
@@ -20,12 +20,10 @@ DEFAULT_API = "http://127.0.0.1:8080"
 DEFAULT_WS = "ws://127.0.0.1:8765/v1/endpoint"
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, fmt: Literal["text", "json"] = "text") -> None:
+    from broadcaster.logsetup import setup_logging
+
+    setup_logging(level, fmt)
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -55,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = config.model_copy(
             update={"store": config.store.model_copy(update={"path": args.store})}
         )
-    _setup_logging(args.log_level or config.logging.level)
+    _setup_logging(args.log_level or config.logging.level, config.logging.format)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -119,8 +117,46 @@ def cmd_listen(args: argparse.Namespace) -> int:
 # --- announce -----------------------------------------------------------------------------
 
 
+def _priority(value: str) -> int | str:
+    """--priority: 0-255 or a band name, as the API accepts."""
+    from broadcaster.model import PRIORITY_BANDS
+
+    if value in PRIORITY_BANDS:
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 255:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: give 0-255 or a band: {', '.join(PRIORITY_BANDS)}"
+        )
+    return number
+
+
+def _progress() -> tuple[Callable[[dict[str, Any]], None], ...]:
+    """Printers for the id (at once) and each change of state, overall and per endpoint."""
+    seen: dict[str, str] = {}
+
+    def created(record: dict[str, Any]) -> None:
+        print(record["id"], flush=True)
+
+    def update(record: dict[str, Any]) -> None:
+        if record.get("state") != seen.get(""):
+            seen[""] = record["state"]
+            reason = f" ({record['reason']})" if record.get("reason") else ""
+            print(f"state: {record['state']}{reason}", flush=True)
+        for eid, delivery in sorted((record.get("endpoints") or {}).items()):
+            state = str(delivery.get("state"))
+            if seen.get(eid) != state:
+                seen[eid] = state
+                print(f"  {eid}: {state}", flush=True)
+
+    return created, update
+
+
 def cmd_announce(args: argparse.Namespace) -> int:
-    from broadcaster.api.client import ApiError, announce_and_wait
+    from broadcaster.api.client import ApiError, WaitTimeout, announce_and_wait
 
     if args.text is None and args.template is None:
         return _fail("give the text to speak, or --template NAME")
@@ -134,8 +170,9 @@ def cmd_announce(args: argparse.Namespace) -> int:
         if value is not None:
             body[name] = value
     token = args.token or os.environ.get("BROADCASTER_TOKEN") or None
+    on_created, on_update = _progress()
     try:
-        result = asyncio.run(
+        _, final = asyncio.run(
             announce_and_wait(
                 args.api,
                 body,
@@ -143,15 +180,22 @@ def cmd_announce(args: argparse.Namespace) -> int:
                 timeout_s=args.timeout,
                 token=token,
                 ca_file=args.ca_file,
+                on_created=on_created,
+                on_update=on_update,
             )
         )
+    except WaitTimeout as exc:
+        url = f"{args.api.rstrip('/')}/v1/announcements/{exc.created['id']}"
+        print(
+            f"broadcaster: announcement {exc.created['id']} {exc}; it carries on. Look it up "
+            f"with\n  curl -H 'Authorization: Bearer $BROADCASTER_TOKEN' {url}",
+            file=sys.stderr,
+        )
+        return 1
     except ApiError as exc:
         return _fail(str(exc), 1)
-    created, final = result
-    print(created["id"])
     if final is None:
         return 0
-    print(f"state: {final['state']}" + (f" ({final['reason']})" if final.get("reason") else ""))
     print(f"spoken by: {final.get('engine')}")
     for warning in final.get("warnings") or []:
         print(f"warning: {warning}")
@@ -268,13 +312,22 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--language", choices=LANGUAGES)
     a.add_argument("--speed", type=float, help=f"{SPEED_MIN}–{SPEED_MAX}")
     a.add_argument("--style", help="style prompt (positivePrompt) for engines that take one")
-    a.add_argument("--priority", type=int, help="0–255")
-    a.add_argument("--wait", action="store_true", help="wait for the end and print deliveries")
+    a.add_argument(
+        "--priority",
+        type=_priority,
+        help="0–255 or a band: background, routine, operational, emergency",
+    )
+    a.add_argument(
+        "--token",
+        help="API token, sent as Authorization: Bearer (default: $BROADCASTER_TOKEN)",
+    )
+    a.add_argument(
+        "--wait",
+        action="store_true",
+        help="print progress as it plays (state, each endpoint) and the deliveries at the end",
+    )
     a.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait")
     a.add_argument("--api", default=DEFAULT_API, help=f"API base URL (default {DEFAULT_API})")
-    a.add_argument(
-        "--token", help="API token (default: the BROADCASTER_TOKEN environment variable)"
-    )
     a.add_argument("--ca-file", help="PEM CA certificate to trust for an https:// API")
     a.set_defaults(func=cmd_announce)
 
@@ -300,8 +353,15 @@ def main(argv: list[str] | None = None) -> int:
         args.format = ["opus/48000", "pcm_s16le/48000"]
     try:
         rc: int = args.func(args)
+        sys.stdout.flush()
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly. Point stdout at /dev/null so
+        # the interpreter's final flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # as a shell reports a process ended by SIGPIPE
     return rc
 
 

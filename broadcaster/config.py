@@ -15,6 +15,7 @@ import secrets
 import ssl
 import tomllib
 from collections.abc import Mapping
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,6 +35,10 @@ from broadcaster.scheduling.triggers import Trigger
 
 _ID = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
 _TOKEN_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+#: Upper bound of expiries and misfire graces, in seconds.
+_WEEK_S = 7 * 86400
+#: Schedule dates (at, start, end, except_dates) must fall in these years.
+_FIRST_YEAR, _LAST_YEAR = 1970, 2199
 
 #: File descriptors kept beyond the connection limits: listening sockets, the store,
 #: logs, the speech engine, the Runware connection, pipes of the event loop.
@@ -111,6 +116,16 @@ class ServerConfig(_Section):
     @property
     def ws_scheme(self) -> str:
         return "wss" if self.tls is not None else "ws"
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServerConfig:
+        # Port 0 means "any free port", so two zeros never collide.
+        if self.ws_port == self.http_port and self.ws_port != 0:
+            raise ValueError(
+                f"ws_port: {self.ws_port} is also the http_port; the HTTP API and the "
+                "endpoint WebSocket server need a port each"
+            )
+        return self
 
 
 class LimitsConfig(_Section):
@@ -311,6 +326,15 @@ class AudioConfig(_Section):
     target_lufs: float = Field(default=-16.0, ge=-40, le=-5)
     #: True-peak ceiling, dBTP.
     true_peak_dbtp: float = Field(default=-1.0, ge=-12, le=0)
+    #: Folder of chime files that API requests may name as "file:NAME" (a bare file
+    #: name inside it; no sub-folders, no "..", no symlinks leading out). Unset: API
+    #: requests may use the built-in chimes only. Templates in the config are trusted
+    #: and may give "file:PATH" to any file; a bare name (no "/") is looked up here.
+    chime_dir: str | None = None
+    #: Largest chime file read (checked before decoding), in KiB.
+    chime_max_kb: int = Field(default=2048, ge=1, le=1_048_576)
+    #: Longest chime, in seconds (decoding stops and refuses past it).
+    chime_max_s: float = Field(default=10.0, gt=0, le=600)
 
 
 _CHIME_NAMES = ("two-tone", "three-tone", "four-tone", "alert")
@@ -320,6 +344,24 @@ def _check_chime(v: str | None) -> str | None:
     if v is None or v.startswith("file:") or v in _CHIME_NAMES:
         return v
     raise ValueError(f"unknown chime {v!r}; one of {', '.join(_CHIME_NAMES)} or file:PATH")
+
+
+_CHIME_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def check_request_chime(v: str | None) -> str | None:
+    """A chime an API request may name: built-in, or ``file:NAME`` in ``[audio] chime_dir``."""
+    if v is None or v in _CHIME_NAMES:
+        return v
+    if v.startswith("file:"):
+        name = v.removeprefix("file:")
+        if _CHIME_FILE_NAME.fullmatch(name) and ".." not in name:
+            return v
+        raise ValueError(
+            "file:NAME takes a file name from the chime folder ([audio] chime_dir): "
+            "letters, digits, '.', '_' and '-', no path"
+        )
+    raise ValueError(f"unknown chime {v[:40]!r}; one of {', '.join(_CHIME_NAMES)} or file:NAME")
 
 
 class ZoneConfig(_Section):
@@ -369,8 +411,8 @@ class TemplateConfig(_Section):
     #: Variables the text uses ({{ name }}): a type name ("str", "int", "float",
     #: "bool", "time") or a table with type, default, choices, max_length.
     variables: dict[str, Any] = Field(default_factory=dict)
-    #: Seconds after its due time (or acceptance) after which it never starts.
-    expires_after_s: float | None = Field(default=None, gt=0)
+    #: Seconds after its due time (or acceptance) after which it never starts (<= 7 days).
+    expires_after_s: float | None = Field(default=None, gt=0, le=_WEEK_S)
     #: When a higher priority takes its zones: "stack" (replay afterwards) or "drop".
     on_preempt: Literal["stack", "drop"] = "stack"
     #: Call composition: a chime before and after (two-tone, three-tone, four-tone,
@@ -383,7 +425,7 @@ class TemplateConfig(_Section):
     #: variables as `text`), e.g. { German = "...", French = "..." }.
     translations: dict[str, str] = Field(default_factory=dict)
     #: Misfire policy for schedules of this template that do not set their own.
-    misfire_grace_s: float | None = Field(default=None, ge=0)
+    misfire_grace_s: float | None = Field(default=None, ge=0, le=_WEEK_S)
     coalesce: bool | None = None
 
     @model_validator(mode="after")
@@ -458,26 +500,27 @@ class ScheduleConfig(_Section):
     """When a template is announced: exactly one of cron, every_s, at."""
 
     id: _ID
-    template: str
+    template: str = Field(max_length=64)
     #: Values for the template's variables.
-    variables: dict[str, Any] = Field(default_factory=dict)
+    variables: dict[str, Any] = Field(default_factory=dict, max_length=100)
     #: Zones (default: the template's).
-    zones: list[_ID] | None = None
-    cron: str | None = None
-    every_s: int | None = Field(default=None, ge=1)
+    zones: list[_ID] | None = Field(default=None, max_length=256)
+    cron: str | None = Field(default=None, max_length=200)
+    #: At most a year (366 days).
+    every_s: int | None = Field(default=None, ge=1, le=366 * 86400)
     #: A one-shot date-time, ISO 8601; without an offset it is read in `timezone`.
-    at: str | None = None
-    start: str | None = None
-    end: str | None = None
+    at: str | None = Field(default=None, max_length=64)
+    start: str | None = Field(default=None, max_length=64)
+    end: str | None = Field(default=None, max_length=64)
     #: IANA zone the cron expression and dates are read in.
-    timezone: str = "UTC"
+    timezone: str = Field(default="UTC", max_length=64)
     #: Local dates on which it does not fire (holidays), "YYYY-MM-DD".
-    except_dates: list[str] = Field(default_factory=list)
+    except_dates: list[str] = Field(default_factory=list, max_length=1000)
     #: How late a firing may still play; default [scheduling] misfire_grace_s.
-    misfire_grace_s: float | None = Field(default=None, ge=0)
+    misfire_grace_s: float | None = Field(default=None, ge=0, le=_WEEK_S)
     coalesce: bool | None = None
     #: After this many seconds past its due time it never starts (default: template's).
-    expires_after_s: float | None = Field(default=None, gt=0)
+    expires_after_s: float | None = Field(default=None, gt=0, le=_WEEK_S)
     priority: int | None = Field(default=None, ge=0, le=255)
     language: str | None = None
     paused: bool = False
@@ -486,6 +529,31 @@ class ScheduleConfig(_Section):
     @classmethod
     def _language(cls, v: str | None) -> str | None:
         return _check_language(v)
+
+    @field_validator("at", "start", "end")
+    @classmethod
+    def _horizon(cls, v: str | None) -> str | None:
+        # Far-off dates are refused here so that no later arithmetic can overflow.
+        if v is not None:
+            try:
+                year = datetime.fromisoformat(v).year
+            except ValueError:
+                return v  # the trigger names the problem
+            if not _FIRST_YEAR <= year <= _LAST_YEAR:
+                raise ValueError(f"must be a date-time between {_FIRST_YEAR} and {_LAST_YEAR}")
+        return v
+
+    @field_validator("except_dates")
+    @classmethod
+    def _dates_horizon(cls, v: list[str]) -> list[str]:
+        for item in v:
+            try:
+                year = date.fromisoformat(item).year
+            except ValueError:
+                continue  # the trigger names the problem
+            if not _FIRST_YEAR <= year <= _LAST_YEAR:
+                raise ValueError(f"{item}: must be a date between {_FIRST_YEAR} and {_LAST_YEAR}")
+        return v
 
     @model_validator(mode="after")
     def _trigger(self) -> ScheduleConfig:
@@ -567,6 +635,9 @@ class ApiTokenConfig(_Section):
 
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: "text": one line per record, control characters escaped; "json": one JSON
+    #: object per line (time in UTC ISO 8601, level, logger, message, extras).
+    format: Literal["text", "json"] = "text"
 
 
 class Config(_Section):
@@ -747,4 +818,12 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{p}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
-    return parse_config(data, str(p))
+    if not data:
+        raise ConfigError(
+            f"{p}: zones: the file is empty; a config needs at least one [[zones]] "
+            "(configs/example.toml lists every key)"
+        )
+    config = parse_config(data, str(p))
+    if not config.zones:
+        raise ConfigError(f"{p}: zones: no [[zones]] defined, so nothing could be announced")
+    return config

@@ -5,7 +5,7 @@ Every request passes, in this order: the Host check (421), the Origin check
 the failed-attempt limit per source address (429), the bearer token (401) and
 the route's declared role (403); a POST body must be JSON (415). The handler
 then applies finer rules (priority band, zones, ownership) with the principal
-the middleware put in ``request["principal"]``.
+the middleware put in ``request[PRINCIPAL]``.
 
 Routes declare their role with :func:`requires`; a route that declares nothing
 needs ``admin`` (fail closed).
@@ -51,6 +51,8 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 #: Set by handlers for the audit entry: the id of what the call created, and a detail.
 AUDIT_CREATED: web.RequestKey[str] = web.RequestKey("audit_created", str)
 AUDIT_DETAIL: web.RequestKey[str] = web.RequestKey("audit_detail", str)
+#: The authenticated caller (set on every route that is not public).
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 
 #: Declared on a handler by :func:`requires`: a Role, or PUBLIC.
 _ROLE_ATTR = "__broadcaster_role__"
@@ -297,8 +299,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
                 Refusal(401, "unauthorized", message),
                 headers={"WWW-Authenticate": challenge},
             )
-        # A plain string key, as other modules read it (request.get("principal")).
-        request["principal"] = principal
+        request[PRINCIPAL] = principal
         assert isinstance(needs, Role)
         refusal = may_call(principal, needs, f"{request.method} {request.path}")
         if refusal is not None:

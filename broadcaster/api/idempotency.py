@@ -4,7 +4,7 @@ A client that did not get an answer (a timeout, a dropped connection, a server
 killed mid-request) retries with the same key; it gets the first answer back
 (the same record, the same status) and nothing is created twice:
 
-* Keys are scoped to the caller (``request["principal"].id``, else
+* Keys are scoped to the caller (``request[PRINCIPAL].id``, else
   ``"anonymous"``), so two callers never see each other's answers.
 * A key is 1–128 characters from ``A–Z a–z 0–9 . _ : ~ + / = -`` (a UUID fits);
   anything else is a 422 naming ``Idempotency-Key``.

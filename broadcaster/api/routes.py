@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from broadcaster.announcements import compose_spec, spoken_language
 from broadcaster.announcer import AlreadyClaimed, Announcer, QueueFull
+from broadcaster.audio.chimes import ChimeError, load_chime_file, resolve_chime_name
 from broadcaster.auth import (
     FailureLimiter,
     Principal,
@@ -29,6 +30,7 @@ from broadcaster.clock import Clock
 from broadcaster.config import Config, ScheduleConfig
 from broadcaster.events import EventLog
 from broadcaster.journal import row_as_dict, to_row
+from broadcaster.logsetup import quiet_bad_requests
 from broadcaster.model import AnnouncementState
 from broadcaster.monitoring import Readiness, ServiceMetrics
 from broadcaster.scheduling.runner import ScheduleError, ScheduleRunner
@@ -42,6 +44,7 @@ from .access import (
     ACCESS,
     AUDIT_CREATED,
     AUDIT_DETAIL,
+    PRINCIPAL,
     PUBLIC,
     Access,
     access_middleware,
@@ -49,7 +52,18 @@ from .access import (
     requires,
 )
 from .idempotency import IdempotencyKeys
-from .schemas import AnnouncementRequest, field_errors
+from .openapi import OPENAPI_PATH, serve_document
+from .schemas import (
+    CONTROL_CHARS,
+    DUE_AT_MAX_AHEAD_DAYS,
+    DUE_AT_MAX_PAST_DAYS,
+    MAX_EXPIRES_AFTER_S,
+    MAX_JSON_DEPTH,
+    AnnouncementRequest,
+    SilenceRequest,
+    check_json,
+    field_errors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +90,8 @@ def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except _BodyRefused as exc:  # a body refused before it was parsed (depth, Unicode...)
+        return exc.response
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[CONFIG].limits.max_body_bytes
         return _error(
@@ -94,7 +110,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def _principal(request: web.Request) -> Principal:
     """The caller the access middleware authenticated (every non-public route has one)."""
-    principal = request.get("principal")
+    principal = request.get(PRINCIPAL)
     if not isinstance(principal, Principal):  # only a route declared PUBLIC lacks one
         raise RuntimeError(f"{request.path}: no principal; is the route declared public?")
     return principal
@@ -105,21 +121,39 @@ def _forbid(request: web.Request, refusal: Refusal) -> web.Response:
     return refusal_response(refusal)
 
 
+class _BodyRefused(Exception):
+    def __init__(self, response: web.Response) -> None:
+        super().__init__("body refused")
+        self.response = response
+
+
 async def _json_body(request: web.Request) -> Any:
+    """The body as JSON; ``_BodyRefused`` (400 or 422) when no route could accept it."""
     raw = await request.read()
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": "invalid_json", "message": f"body is not JSON: {exc}"}),
-            content_type="application/json",
+        # NaN and Infinity are not JSON; read them as floats so check_json names the field.
+        body = json.loads(raw, parse_constant=float)
+    except RecursionError:
+        raise _BodyRefused(
+            _invalid("(body)", f"nested deeper than {MAX_JSON_DEPTH} levels")
         ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _BodyRefused(
+            _error(400, "invalid_json", f"body is not JSON: {str(exc)[:200]}")
+        ) from None
+    problems = check_json(body)
+    if problems:
+        raise _BodyRefused(_error(422, "validation_failed", "invalid fields", fields=problems))
+    return body
 
 
 @requires(Role.OPERATOR)
 async def create_announcement(request: web.Request) -> web.Response:
     """POST /v1/announcements: a text, or a template with variables (or both)."""
-    body = await _json_body(request)
+    try:
+        body = await _json_body(request)
+    except _BodyRefused as exc:
+        return exc.response
     return await _idempotent(
         request, body, lambda key: _announce(request, body, template_from_path=None, key=key)
     )
@@ -128,7 +162,10 @@ async def create_announcement(request: web.Request) -> web.Response:
 @requires(Role.OPERATOR)
 async def trigger_template(request: web.Request) -> web.Response:
     """POST /v1/triggers/{template}: an event (a delay feed, a sensor) fires a template."""
-    body = await _json_body(request)
+    try:
+        body = await _json_body(request)
+    except _BodyRefused as exc:
+        return exc.response
     template = request.match_info["template"]
     return await _idempotent(
         request, body, lambda key: _announce(request, body, template_from_path=template, key=key)
@@ -158,7 +195,7 @@ async def _idempotent(
     problem = idempotency.check_key(raw)
     if problem is not None:
         return _invalid(idempotency.HEADER, problem)
-    scope = idempotency.scope_of(request.get("principal"))
+    scope = idempotency.scope_of(request.get(PRINCIPAL))
     fp = idempotency.fingerprint(request.method, request.path, body)
     found = await keys.claim(scope, raw)
     if found is None:
@@ -231,6 +268,11 @@ async def _announce(
         except TemplateError as exc:
             field = f"variables.{exc.variable}" if exc.variable else "variables"
             problems.append({"field": field, "message": str(exc)})
+        else:
+            if any(CONTROL_CHARS.search(t) for t in (text, *(t for _, t in also))):
+                problems.append(
+                    {"field": "variables", "message": "the text would hold control characters"}
+                )
     zones = req.zones if req.zones is not None else (tpl.zones if tpl and tpl.zones else None)
     if text is None and not problems:
         problems.append({"field": "text", "message": "required (or give a template)"})
@@ -244,6 +286,19 @@ async def _announce(
                 f"{cfg.announcements.max_text_chars} are accepted",
             }
         )
+    spoken = len(text or "") + sum(len(t) for _, t in also)
+    if text is not None and len(text) <= cfg.announcements.max_text_chars < spoken:
+        problems.append(
+            {
+                "field": "also",
+                "message": f"{spoken} characters in all languages; at most "
+                f"{cfg.announcements.max_text_chars} are accepted",
+            }
+        )
+    for field in ("chime_before", "chime_after"):
+        problem = await _check_request_chime(cfg, getattr(req, field))
+        if problem is not None:
+            problems.append({"field": field, "message": problem})
     unknown = [z for z in zones or [] if z not in cfg.zone_ids]
     if unknown:
         problems.append({"field": "zones", "message": f"unknown zone(s): {', '.join(unknown)}"})
@@ -253,6 +308,21 @@ async def _announce(
         return _error(422, "validation_failed", "invalid fields", fields=problems)
 
     now = request.app[CLOCK].wall()
+    earliest = now - timedelta(days=DUE_AT_MAX_PAST_DAYS)
+    latest = now + timedelta(days=DUE_AT_MAX_AHEAD_DAYS)
+    # Compared before any arithmetic, so a date near year 9999 cannot overflow.
+    if req.due_at is not None and not earliest <= req.due_at <= latest:
+        return _invalid(
+            "due_at",
+            f"must be between {DUE_AT_MAX_PAST_DAYS} day ago and "
+            f"{DUE_AT_MAX_AHEAD_DAYS} days ahead",
+        )
+    if req.expires_at is not None and not (
+        req.expires_at <= latest + timedelta(seconds=MAX_EXPIRES_AFTER_S)
+    ):
+        return _invalid(
+            "expires_at", f"must be at most {DUE_AT_MAX_AHEAD_DAYS} days and a week ahead"
+        )
     due_at = req.due_at.astimezone(UTC) if req.due_at else None
     expires_at = req.expires_at.astimezone(UTC) if req.expires_at else None
     after_s = req.expires_after_s or (tpl.expires_after_s if tpl else None)
@@ -360,6 +430,33 @@ def _store_unavailable(what: str, exc: StoreError) -> web.Response:
     return _error(503, "store_unavailable", f"{what}: the store cannot write; try again later")
 
 
+async def _check_request_chime(cfg: Config, chime: str | None) -> str | None:
+    """Why a request's ``file:NAME`` chime cannot be used (None: it can, or built-in)."""
+    if chime is None or not chime.startswith("file:"):
+        return None
+    name = chime.removeprefix("file:")
+    audio = cfg.audio
+    if audio.chime_dir is None:
+        return "no chime folder is configured ([audio] chime_dir); use a built-in chime"
+    try:
+        path = resolve_chime_name(audio.chime_dir, name)
+    except ChimeError as exc:
+        return str(exc)
+    try:
+        # Decoded once now, within the limits (off the event loop), so a file that is
+        # too big, too long or not audio is refused here rather than skipped later.
+        await asyncio.to_thread(
+            load_chime_file,
+            path,
+            8000,
+            max_bytes=audio.chime_max_kb * 1024,
+            max_duration_s=audio.chime_max_s,
+        )
+    except ChimeError as exc:
+        return str(exc).replace(repr(str(path)), repr(name))  # never the server's path
+    return None
+
+
 def _invalid(field: str, message: str) -> web.Response:
     return _error(
         422, "validation_failed", "invalid fields", fields=[{"field": field, "message": message}]
@@ -392,7 +489,10 @@ async def list_schedules(request: web.Request) -> web.Response:
 
 @requires(Role.OPERATOR)
 async def create_schedule(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+    try:
+        body = await _json_body(request)
+    except _BodyRefused as exc:
+        return exc.response
     return await _idempotent(request, body, lambda key: _create_schedule(request, body, key))
 
 
@@ -400,9 +500,16 @@ async def _create_schedule(request: web.Request, body: Any, key: _Key | None) ->
     if not isinstance(body, dict):
         return _invalid("(body)", "must be an object")
     try:
-        spec = ScheduleConfig.model_validate(body)
+        # Strict: JSON gives exact types, so true is not 1 and "60" is not 60.
+        spec = ScheduleConfig.model_validate(body, strict=True)
     except ValidationError as exc:
-        return _error(422, "validation_failed", "invalid fields", fields=field_errors(exc))
+        fields = field_errors(exc)
+        for f in fields:
+            # The trigger's checks span fields and say which one first ("cron: ...").
+            head, sep, rest = f["message"].partition(": ")
+            if f["field"] == "(body)" and sep and head in ScheduleConfig.model_fields:
+                f["field"], f["message"] = head, rest
+        return _error(422, "validation_failed", "invalid fields", fields=fields)
     cfg = request.app[CONFIG]
     if cfg.template(spec.template) is not None:  # (an unknown one is refused by the runner)
         zones, priority = _schedule_scope(cfg, spec.model_dump())
@@ -520,21 +627,35 @@ def _query_time(request: web.Request, name: str) -> datetime | None:
         return None
     try:
         value = datetime.fromisoformat(raw)
-    except ValueError:
+        value = value if value.tzinfo else value.replace(tzinfo=UTC)
+        # In UTC now, so a date at the edge of the calendar fails here, not in the store.
+        return value.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise _Invalid(name, "must be an ISO 8601 date-time, e.g. 2026-11-26T08:00:00Z") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+_STATES = frozenset(s.value for s in AnnouncementState)
 
 
 @requires(Role.VIEWER)
 async def list_announcements(request: web.Request) -> web.Response:
     """History, newest first: ?since=&until= (ISO 8601), &state= (repeatable), &limit=."""
     try:
-        try:
-            limit = int(request.query.get("limit", "50"))
-        except ValueError:
-            raise _Invalid("limit", "must be an integer") from None
+        unknown = sorted(set(request.query) - {"limit", "since", "until", "state"})
+        if unknown:
+            raise _Invalid(unknown[0][:64], "unknown query parameter")
+        raw_limit = request.query.get("limit", "50")
+        if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 5):
+            raise _Invalid("limit", "must be an integer 1-1000")
+        limit = int(raw_limit)
+        if not 1 <= limit <= 1000:
+            raise _Invalid("limit", "must be an integer 1-1000")
         since = _query_time(request, "since")
         until = _query_time(request, "until")
+        states = request.query.getall("state", None)
+        for state in states or []:
+            if state not in _STATES:
+                raise _Invalid("state", f"one of {', '.join(sorted(_STATES))}")
     except _Invalid as exc:
         return _error(
             422,
@@ -542,8 +663,6 @@ async def list_announcements(request: web.Request) -> web.Response:
             "invalid query",
             fields=[{"field": exc.field, "message": str(exc)}],
         )
-    limit = max(1, min(limit, 1000))
-    states = request.query.getall("state", None)
     store = request.app.get(STORE)
     registry = request.app[ANNOUNCER].registry
     if store is None:
@@ -601,15 +720,12 @@ async def silence_zone(request: web.Request) -> web.Response:
     note: str | None = None
     if request.body_exists:
         body = await _json_body(request)
-        raw_note = body.get("reason") if isinstance(body, dict) else None
-        extra = set(body) - {"reason"} if isinstance(body, dict) else {"(body)"}
-        if extra or (raw_note is not None and not isinstance(raw_note, str)):
-            field = sorted(extra)[0] if extra else "reason"
-            return _invalid(field, 'the body may only be {"reason": "text"}')
-        if isinstance(raw_note, str):
-            if len(raw_note) > 200:
-                return _invalid("reason", "at most 200 characters")
-            note = raw_note.strip() or None
+        if not isinstance(body, dict):
+            return _invalid("(body)", "must be an object")
+        try:
+            note = (SilenceRequest.model_validate(body).reason or "").strip() or None
+        except ValidationError as exc:
+            return _error(422, "validation_failed", "invalid fields", fields=field_errors(exc))
     reason = f"zone {zone} silenced by {principal.id} ({principal.role})"
     if note:
         reason += f": {note}"
@@ -782,6 +898,7 @@ def build_app(
     metrics: ServiceMetrics | None = None,
     readiness: Readiness | None = None,
 ) -> web.Application:
+    quiet_bad_requests()  # an unparsable request is one WARNING line, not a traceback
     """The API. Every route declares its role with ``@requires`` (undeclared: admin only)."""
     app = web.Application(
         middlewares=[_errors, access_middleware], client_max_size=config.limits.max_body_bytes
@@ -827,4 +944,5 @@ def build_app(
     app.router.add_get("/v1/audit", list_audit)
     app.router.add_get("/healthz", health)
     app.router.add_get("/readyz", readiness_route)
+    app.router.add_get(OPENAPI_PATH, serve_document)
     return app

@@ -22,7 +22,11 @@ name            notes (each lasts until the next one starts)    length
 A chime is exactly ``round(length * sample_rate_hz)`` samples long
 (``chime_duration_s`` gives the length).
 
-``load_chime_file`` reads a chime from any audio file PyAV can decode.
+``load_chime_file`` reads a chime from any audio file PyAV can decode, refusing a
+file larger than ``max_bytes`` before opening it and stopping as soon as the
+decoded audio passes ``max_duration_s`` (so a long file never fills memory).
+``resolve_chime_name`` finds a chime named by an API request inside the chime
+folder: a bare file name, never a path, never through a symlink leading out.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import av
 import numpy as np
@@ -45,6 +51,7 @@ __all__ = [
     "chime_duration_s",
     "chime_pcm",
     "load_chime_file",
+    "resolve_chime_name",
     "silence",
 ]
 
@@ -184,12 +191,35 @@ def _mono_s16(frame: AudioFrame) -> bytes:
     return bytes(frame.planes[0])[: frame.samples * 2]
 
 
+_BARE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def resolve_chime_name(folder: str | os.PathLike[str], name: str) -> Path:
+    """The file ``name`` inside ``folder``, or ``ChimeError`` saying why not.
+
+    ``name`` must be a bare file name (no separator, no ``..``); the file must be
+    a regular file whose real path (symlinks followed) is still inside the real
+    path of ``folder``.
+    """
+    if not _BARE_NAME.fullmatch(name) or ".." in name:
+        raise ChimeError(f"{name[:40]!r} is not a plain file name")
+    root = Path(folder).resolve()
+    candidate = (root / name).resolve()
+    if candidate.parent != root:
+        raise ChimeError(f"{name!r} leads out of the chime folder")
+    if not candidate.is_file():
+        raise ChimeError(f"no chime file {name!r} in the chime folder")
+    return candidate
+
+
 def load_chime_file(
     path: str | os.PathLike[str],
     sample_rate_hz: int,
     *,
     target_lufs: float | None = None,
     true_peak_dbtp: float = -1.0,
+    max_bytes: int | None = None,
+    max_duration_s: float | None = None,
 ) -> bytes:
     """Decode an audio file (WAV, FLAC, MP3, Ogg...) to mono s16le at ``sample_rate_hz``.
 
@@ -205,6 +235,10 @@ def load_chime_file(
     name = os.fspath(path)
     if not os.path.isfile(name):
         raise ChimeError(f"chime file {name!r} does not exist or is not a file")
+    if max_bytes is not None and os.path.getsize(name) > max_bytes:
+        raise ChimeError(
+            f"chime file {name!r} is {os.path.getsize(name)} bytes; at most {max_bytes} are read"
+        )
     resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate_hz)
     out = bytearray()
     in_samples = 0
@@ -217,6 +251,8 @@ def load_chime_file(
             for frame in container.decode(stream):
                 in_samples += frame.samples
                 in_rate = frame.sample_rate
+                if max_duration_s is not None and in_samples > max_duration_s * in_rate:
+                    raise ChimeError(f"chime file {name!r} is longer than {max_duration_s:g} s")
                 for converted in resampler.resample(frame):
                     out += _mono_s16(converted)
             for converted in resampler.resample(None):

@@ -298,6 +298,7 @@ async def test_serve_refuses_limits_beyond_the_hard_file_limit(tmp_path):
     cfg = tmp_path / "big.toml"
     cfg.write_text(
         f'[limits]\nmax_ws_connections = 1000000\n[store]\npath = "{tmp_path / "s.sqlite3"}"\n'
+        '[[zones]]\nid = "hall"\n'
     )
     proc = await asyncio.create_subprocess_exec(
         *CLI, "serve", "--config", str(cfg), cwd=ROOT, stderr=asyncio.subprocess.PIPE

@@ -279,3 +279,59 @@ async def test_late_joiner_gets_the_start_message_and_only_fresh_audio():
     assert seqs[-1] == box.audio[-1][1].seq  # to the end
     assert all(h.play_at_us > joined_at for _, h in late_box.audio)  # nothing stale
     assert ann.deliveries["late"].late_join
+
+
+# --- chime files (issue 8): the folder for bare names, limits for every file -------------
+
+
+def _chime_announcer(tmp_path, **audio):
+    from broadcaster.announcements import Registry
+    from broadcaster.announcer import Announcer, AudioSettings, PlayoutSettings
+
+    clock = FakeClock()
+    return Announcer(
+        engine=FakeEngine(clock, 1.0),
+        hub=Hub(),
+        clock=clock,
+        registry=Registry(10),
+        settings=PlayoutSettings(
+            lead_us=LEAD_US,
+            opus_bitrate_bps=32000,
+            first_segment_max_chars=100,
+            queue_limit=10,
+            audio=AudioSettings(normalize=False, **audio),
+        ),
+    )
+
+
+def _wav(path, seconds, rate=8000):
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\x10\x00" * int(seconds * rate))
+    return path
+
+
+def test_a_bare_chime_name_is_looked_up_in_the_chime_folder(tmp_path, caplog):
+    folder = tmp_path / "chimes"
+    folder.mkdir()
+    _wav(folder / "ding.wav", 0.5)
+    (folder / "out.wav").symlink_to(_wav(tmp_path / "secret.wav", 0.5))
+    announcer = _chime_announcer(tmp_path, chime_dir=str(folder))
+    sound = announcer._chime("file:ding.wav", 8000)
+    assert sound is not None and len(sound.pcm) == 2 * 4000
+    assert announcer._chime("file:out.wav", 8000) is None  # a symlink out: skipped, logged
+    assert "leads out of the chime folder" in caplog.text
+
+
+def test_a_template_path_is_trusted_but_the_limits_hold(tmp_path, caplog):
+    announcer = _chime_announcer(tmp_path, chime_max_s=1.0, chime_max_kb=64)
+    short = _wav(tmp_path / "short.wav", 0.5)
+    assert announcer._chime(f"file:{short}", 8000) is not None  # any path from the config
+    assert announcer._chime(f"file:{_wav(tmp_path / 'long.wav', 2.0)}", 8000) is None
+    assert "longer than 1 s" in caplog.text
+    assert announcer._chime(f"file:{_wav(tmp_path / 'big.wav', 1.0, 48000)}", 8000) is None
+    assert "at most 65536 are read" in caplog.text

@@ -162,3 +162,70 @@ def test_empty_wav(tmp_path: Path) -> None:
     _write_wav(path, np.zeros(0, dtype=np.int16), 16000, channels=1)
     with pytest.raises(ChimeError, match=r"empty\.wav"):
         load_chime_file(path, 16000)
+
+
+# --- chime files named by API requests: the folder and the limits -------------------------
+
+
+def _plain_wav(path, seconds, rate=8000):
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\x10\x00" * int(seconds * rate))
+    return path
+
+
+def test_resolve_chime_name_finds_a_file_in_the_folder(tmp_path):
+    from broadcaster.audio.chimes import resolve_chime_name
+
+    _plain_wav(tmp_path / "ding.wav", 0.1)
+    assert resolve_chime_name(tmp_path, "ding.wav") == (tmp_path / "ding.wav").resolve()
+
+
+@pytest.mark.parametrize(
+    "name", ["../x.wav", "/etc/passwd", "a/b.wav", "..", ".hidden", "", "x\x00.wav", "a" * 200]
+)
+def test_resolve_chime_name_refuses_paths(tmp_path, name):
+    from broadcaster.audio.chimes import ChimeError, resolve_chime_name
+
+    with pytest.raises(ChimeError):
+        resolve_chime_name(tmp_path, name)
+
+
+def test_resolve_chime_name_refuses_a_symlink_out_and_a_folder(tmp_path):
+    from broadcaster.audio.chimes import ChimeError, resolve_chime_name
+
+    folder = tmp_path / "chimes"
+    folder.mkdir()
+    outside = _plain_wav(tmp_path / "secret.wav", 0.1)
+    (folder / "out.wav").symlink_to(outside)
+    (folder / "sub").mkdir()
+    with pytest.raises(ChimeError, match="leads out"):
+        resolve_chime_name(folder, "out.wav")
+    with pytest.raises(ChimeError, match="no chime file"):
+        resolve_chime_name(folder, "sub")
+    # a symlink that stays inside is fine
+    _plain_wav(folder / "real.wav", 0.1)
+    (folder / "alias.wav").symlink_to(folder / "real.wav")
+    assert resolve_chime_name(folder, "alias.wav") == (folder / "real.wav").resolve()
+
+
+def test_load_chime_file_refuses_a_big_file_before_decoding(tmp_path):
+    from broadcaster.audio.chimes import ChimeError, load_chime_file
+
+    path = tmp_path / "big.wav"
+    path.write_bytes(b"\x00" * 5000)  # not even audio: refused on its size alone
+    with pytest.raises(ChimeError, match="5000 bytes; at most 4096"):
+        load_chime_file(path, 8000, max_bytes=4096)
+
+
+def test_load_chime_file_stops_decoding_past_the_duration_limit(tmp_path):
+    from broadcaster.audio.chimes import ChimeError, load_chime_file
+
+    path = _plain_wav(tmp_path / "long.wav", 3.0)
+    with pytest.raises(ChimeError, match="longer than 2 s"):
+        load_chime_file(path, 8000, max_duration_s=2.0)
+    assert len(load_chime_file(path, 8000, max_duration_s=3.5)) == 2 * 24000

@@ -29,6 +29,7 @@ def test_example_lists_every_option_with_its_default():
         "speech.runware.upload_endpoint",
         "speech.runware.ttl_s",
         "server.tls",  # off by default: a commented [server.tls] table shows its keys
+        "audio.chime_dir",
     }
 
     def check(model: BaseModel, table: dict, path: str) -> None:
@@ -119,3 +120,51 @@ def test_example_shows_every_template_and_schedule_key():
         for key in model.model_fields:
             # the alternatives of a key may be shown commented out
             assert key in shown or f"# {key} =" in text, f"{table}.{key} is not in example.toml"
+
+
+def test_an_empty_file_is_refused_naming_zones(tmp_path):
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match=r"empty\.toml: zones: the file is empty"):
+        load_config(empty)
+    only_server = tmp_path / "server.toml"
+    only_server.write_text("[server]\nhttp_port = 9000\n")
+    with pytest.raises(ConfigError, match=r"server\.toml: zones: no \[\[zones\]\] defined"):
+        load_config(only_server)
+
+
+def test_the_websocket_port_must_differ_from_the_http_port():
+    with pytest.raises(
+        ConfigError, match=r"site\.toml: server: ws_port: 9000 is also the http_port"
+    ):
+        parse_config({"server": {"http_port": 9000, "ws_port": 9000}}, "site.toml")
+    # port 0 means "any free port": twice is fine
+    assert parse_config({"server": {"http_port": 0, "ws_port": 0}}).server.ws_port == 0
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("audio", "chime_max_kb", 0),
+        ("audio", "chime_max_s", 0),
+        ("logging", "format", "xml"),
+    ],
+)
+def test_input_limits_are_checked(section, key, value):
+    with pytest.raises(ConfigError, match=f"{section}.{key}"):
+        parse_config({section: {key: value}}, "site.toml")
+
+
+def test_the_demo_runs_a_station_not_the_seed_fiction():
+    cfg = load_config(ROOT / "configs" / "demo.toml")
+    fiction = {"museum-audio-guide", "orbital-docking-briefing", "seaside-emergency-bulletin"}
+    assert fiction <= {t.name for t in cfg.templates}  # kept as templates
+    scheduled = {s.template for s in cfg.schedules}
+    assert not scheduled & fiction
+    assert {"platform-safety", "no-smoking", "departure"} <= scheduled
+    departure = next(s for s in cfg.schedules if s.template == "departure")
+    assert departure.variables  # a departure from a template with variables
+    no_smoking = next(s for s in cfg.schedules if s.template == "no-smoking")
+    assert (no_smoking.zones or cfg.template("no-smoking").zones) == ["concourse"]
+    emergency = [t for t in cfg.templates if (t.priority or 0) >= 224]
+    assert emergency and all(t.chime_before == "alert" and t.repeats >= 1 for t in emergency)
