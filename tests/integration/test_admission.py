@@ -299,6 +299,7 @@ async def test_readyz_gives_reasons_and_healthz_stays_live(tmp_path: Path):
     one_zone = parse_config(
         {
             "server": {"http_port": 0, "ws_port": 0},
+            "store": {"path": ":memory:"},
             "zones": [{"id": "hall"}],
             "endpoints": [
                 {"id": "ep-b", "token_hash": hash_token(TOKENS["ep-b"]), "zones": ["hall"]}
