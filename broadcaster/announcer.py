@@ -1026,6 +1026,12 @@ class Announcer:
                 f"{what}: no playback receipt from zone(s) {', '.join(unconfirmed)}",
             )
 
+    def _emit_fallback(self, ann: Announcement, outcome: SpeechOutcome) -> None:
+        """The operator is told when the fallback engine speaks (an emergency: at error)."""
+        severity = "error" if ann.spec.priority >= self.settings.emergency_priority else "warning"
+        detail = f"{outcome.engine} spoke instead: {outcome.fallback_reason}"
+        self._emit("speech_fallback", severity, ann.id, detail)
+
     def _emit(self, kind: str, severity: str, subject: str, detail: str) -> None:
         if self.events is not None:
             self.events.emit(kind, severity, subject, detail)
@@ -1085,6 +1091,7 @@ class Announcer:
                     ann.engine = outcome.engine
                     if outcome.fallback_reason:
                         ann.warnings.append(outcome.fallback_reason)
+                        self._emit_fallback(ann, outcome)
                 if multi is None or block.sample_rate_hz != rate:
                     if multi is not None:
                         base_us = await flush()
@@ -1103,6 +1110,7 @@ class Announcer:
             self.speech_fallback_reason = outcome.fallback_reason
             if outcome.fallback_reason and outcome.fallback_reason not in ann.warnings:
                 ann.warnings.append(outcome.fallback_reason)
+                self._emit_fallback(ann, outcome)
                 if self.observer is not None:
                     self.observer.speech_failed(self.engine.name)
             ann.cost = outcome.meta.cost

@@ -251,6 +251,7 @@ class Service:
                 supervisor=supervisor,
                 events=self.events,
                 now_us=self.clock.monotonic_us,
+                edges=self._edge_guards,
             )
         )
         await self.endpoint_server.start(cfg.server.ws_host, cfg.server.ws_port, ssl_context=tls)
@@ -370,6 +371,13 @@ class Service:
         if self._fallback is not None:
             await self._fallback.aclose()
         log.info("stopped")
+
+    def _edge_guards(self) -> dict[str, EdgeGuard]:
+        """The connection gates of both listeners, by name (for metrics)."""
+        guards = {"http": self.http_guard}
+        if self.endpoint_server is not None:
+            guards["websocket"] = self.endpoint_server.guard
+        return {name: g for name, g in guards.items() if g is not None}
 
     def _store_health_changed(self, health: StoreHealth) -> None:
         """A store fault or its recovery becomes an event (the store logs it itself)."""

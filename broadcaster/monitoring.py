@@ -29,6 +29,7 @@ from broadcaster.model import priority_band
 if TYPE_CHECKING:
     from broadcaster.announcer import Announcer
     from broadcaster.config import Config
+    from broadcaster.edge import EdgeGuard
     from broadcaster.events import EventLog
     from broadcaster.streaming.hub import Hub
     from broadcaster.streaming.supervision import Supervisor
@@ -215,7 +216,9 @@ class LiveCollector(Collector):
         supervisor: Supervisor | None,
         events: EventLog | None,
         now_us: Callable[[], int],
+        edges: Callable[[], Mapping[str, EdgeGuard]] | None = None,
     ) -> None:
+        self.edges = edges
         self.config = config
         self.hub = hub
         self.announcer = announcer
@@ -295,6 +298,8 @@ class LiveCollector(Collector):
         for eid, skew_us in sorted(self.announcer.playback_skew_us.items()):
             skew.add_metric([eid], skew_us / 1e6)
         yield skew
+        if self.edges is not None:
+            yield from self._edge_metrics(self.edges())
         if self.events is not None:
             ev = CounterMetricFamily(
                 "broadcaster_events",
@@ -309,3 +314,29 @@ class LiveCollector(Collector):
                 "Failed writes of events to the store",
                 value=self.events.write_errors,
             )
+
+    @staticmethod
+    def _edge_metrics(guards: Mapping[str, EdgeGuard]) -> Iterator[Metric]:
+        """Connections at the network edge, per listener (http, websocket)."""
+        open_ = GaugeMetricFamily(
+            "broadcaster_connections_open", "Connections open, per listener", labels=["listener"]
+        )
+        refused = CounterMetricFamily(
+            "broadcaster_connections_refused",
+            "Connections refused at accept, per listener and limit",
+            labels=["listener", "limit"],
+        )
+        timeouts = CounterMetricFamily(
+            "broadcaster_header_timeouts",
+            "Connections closed for not completing their headers (or TLS handshake) in time",
+            labels=["listener"],
+        )
+        for name, guard in sorted(guards.items()):
+            c = guard.gate.counters
+            open_.add_metric([name], c.open)
+            refused.add_metric([name, "total"], c.refused_total_limit)
+            refused.add_metric([name, "per_address"], c.refused_per_address_limit)
+            timeouts.add_metric([name], guard.header_timeouts)
+        yield open_
+        yield refused
+        yield timeouts

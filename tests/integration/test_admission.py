@@ -382,6 +382,23 @@ async def test_metrics_parse_and_have_the_families(tmp_path: Path):
     )
     assert abs(skew) < 0.05  # the reference endpoint starts on time (loopback)
     assert value("broadcaster_store_write_errors", "broadcaster_store_write_errors_total") == 1
+    # The network edge: the endpoint's WebSocket is open, and this scrape's own connection.
+    open_ws = value(
+        "broadcaster_connections_open", "broadcaster_connections_open", listener="websocket"
+    )
+    assert open_ws == 1
+    assert (
+        value("broadcaster_connections_open", "broadcaster_connections_open", listener="http") >= 1
+    )
+    assert (
+        value(
+            "broadcaster_connections_refused",
+            "broadcaster_connections_refused_total",
+            listener="http",
+            limit="per_address",
+        )
+        == 0
+    )
     assert (
         value(
             "broadcaster_speech_first_audio_seconds",
