@@ -39,6 +39,9 @@ from broadcaster.streaming.server import ENDPOINT_PATH, EndpointServer
 
 log = logging.getLogger(__name__)
 
+#: How long the rest of an unread request body is drained after the answer.
+_LINGER_S = 2.0
+
 #: How often the store is probed with a write (``Service._watch_store``).
 _PROBE_OK_US = 5_000_000
 _PROBE_FAILING_US = 1_000_000
@@ -284,7 +287,14 @@ class Service:
         )
         lim = cfg.limits
         self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, keepalive_timeout=lim.keepalive_timeout_s
+            app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=lim.keepalive_timeout_s,
+            # After answering a request whose body was not read whole (refused early, or
+            # trickled in), aiohttp reads what is left for at most this long, so the
+            # answer is not lost to a reset, then closes: a slow body cannot hold on.
+            lingering_time=_LINGER_S,
         )
         await self._runner.setup()
         self.http_guard = EdgeGuard(

@@ -18,8 +18,11 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+_T = TypeVar("_T")
 
 
 class Clock(Protocol):
@@ -152,3 +155,22 @@ async def wait_event_or_deadline(
             waker.cancel()
             timer.cancel()
     event.clear()
+
+
+async def within_us(clock: Clock, awaitable: Awaitable[_T], timeout_us: int) -> _T:
+    """``await awaitable``, or TimeoutError once ``timeout_us`` have passed on ``clock``.
+
+    The awaitable is cancelled on timeout (like ``asyncio.wait_for``, on the injectable clock).
+    """
+    work = asyncio.ensure_future(awaitable)
+    timer = asyncio.ensure_future(clock.sleep_us(timeout_us))
+    try:
+        await asyncio.wait({work, timer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        timer.cancel()
+        timed_out = not work.done()
+        if timed_out:
+            work.cancel()
+    if timed_out:
+        raise TimeoutError(f"not done within {timeout_us / 1e6:g} s")
+    return work.result()

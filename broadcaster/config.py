@@ -138,6 +138,9 @@ class LimitsConfig(_Section):
     header_timeout_s: float = Field(default=10.0, gt=0, le=300)
     #: An HTTP connection idle between requests is closed after this many seconds.
     keepalive_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    #: A request body must arrive whole within this many seconds of its handler
+    #: starting to read it (a body trickled in byte by byte is answered 408).
+    body_timeout_s: float = Field(default=10.0, gt=0, le=300)
     #: Concurrent HTTP connections, in all and from one source address.
     max_http_connections: int = Field(default=512, ge=2, le=1_000_000)
     max_http_per_address: int = Field(default=128, ge=1, le=1_000_000)

@@ -26,7 +26,7 @@ from broadcaster.auth import (
     may_manage_schedule,
     may_silence,
 )
-from broadcaster.clock import Clock
+from broadcaster.clock import Clock, within_us
 from broadcaster.config import Config, ScheduleConfig
 from broadcaster.events import EventLog
 from broadcaster.journal import row_as_dict, to_row
@@ -128,8 +128,18 @@ class _BodyRefused(Exception):
 
 
 async def _json_body(request: web.Request) -> Any:
-    """The body as JSON; ``_BodyRefused`` (400 or 422) when no route could accept it."""
-    raw = await request.read()
+    """The body as JSON; ``_BodyRefused`` (400, 408 or 422) when no route could accept it."""
+    limits = request.app[CONFIG].limits
+    try:
+        raw = await within_us(request.app[CLOCK], request.read(), int(limits.body_timeout_s * 1e6))
+    except TimeoutError:
+        late = _error(
+            408,
+            "request_timeout",
+            f"the body did not arrive within {limits.body_timeout_s:g} s (limits.body_timeout_s)",
+        )
+        late.force_close()  # the rest of the body is not waited for
+        raise _BodyRefused(late) from None
     try:
         # NaN and Infinity are not JSON; read them as floats so check_json names the field.
         body = json.loads(raw, parse_constant=float)

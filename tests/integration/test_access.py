@@ -66,7 +66,9 @@ async def call(
         http.request(method, f"{h.api}{path}", headers=headers or {}, **kw) as r,
     ):
         text = await r.text()
-        return r.status, (json.loads(text) if text else None), r.headers
+        if r.content_type == "application/json" and text:
+            return r.status, json.loads(text), r.headers
+        return r.status, text or None, r.headers
 
 
 async def audit(h: Harness, **query: str) -> list[dict[str, Any]]:
@@ -93,6 +95,15 @@ async def test_no_or_wrong_token_is_401_and_healthz_stays_open(h):
     assert status == 401
     status, body, _ = await call(h, "GET", "/healthz")
     assert status == 200 and body["status"] == "ok"
+    # readiness is for monitors too: open, and it answers (503 here: zones have no endpoint)
+    status, body, _ = await call(h, "GET", "/readyz")
+    assert status == 503 and body["ready"] is False
+    # metrics and the API document need a token, a viewer's is enough
+    for path in ("/metrics", "/v1/openapi.json"):
+        status, _, _ = await call(h, "GET", path)
+        assert status == 401, path
+        status, _, _ = await call(h, "GET", path, headers=bearer("viewer"))
+        assert status == 200, path
 
 
 async def test_each_role_reads_and_the_viewer_is_refused_writes_naming_its_role(h):

@@ -479,6 +479,33 @@ async def test_connections_that_never_complete_their_headers_are_closed(service)
     writer.close()
 
 
+@pytest.mark.parametrize("service", [{"body_timeout_s": 0.6}], indirect=True)
+async def test_a_body_trickled_in_is_answered_408_and_closed(service):
+    body = b'{"text": "Hello there.", "zones": ["hall"]}'
+    reader, writer = await open_raw(service.http_port)
+    writer.write(
+        b"POST /v1/announcements HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + f"Authorization: Bearer {API_TOKENS['admin']}\r\n".encode()
+        + b"Content-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body[:5]  # ... and the rest never comes
+    )
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    answer = await asyncio.wait_for(reader.read(), 10)  # answered, then closed
+    took = loop.time() - t0
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer
+    assert json.loads(payload)["error"] == "request_timeout"
+    assert 0.5 <= took < 5, took  # 0.6 s to the answer, then at most 2 s of lingering
+    writer.close()
+    # A body that arrives whole is read as usual.
+    async with aiohttp.ClientSession(headers=bearer()) as http:
+        url = f"http://127.0.0.1:{service.http_port}/v1/announcements"
+        async with http.post(url, json={"text": "x", "zones": ["moon"]}) as r:
+            assert r.status == 422
+
+
 @pytest.mark.parametrize(
     "service", [{"keepalive_timeout_s": 1.0, "header_timeout_s": 0.3}], indirect=True
 )
