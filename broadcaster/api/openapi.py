@@ -59,6 +59,7 @@ _ERROR_TEXT = {
     401: "no token, or a wrong one",
     403: "the token's role or zones do not allow this",
     404: "no such resource",
+    408: "the body did not arrive in time (limits.body_timeout_s)",
     409: "a resource with this id exists already",
     413: "the body is too large",
     415: "the body is not application/json",
@@ -68,7 +69,7 @@ _ERROR_TEXT = {
 }
 #: Errors any route behind a bearer token may answer.
 _AUTH_ERRORS = (400, 401, 403, 429)
-_BODY_ERRORS = (400, 413, 415, 422)
+_BODY_ERRORS = (400, 408, 413, 415, 422)
 #: POSTs that create work take an Idempotency-Key: a retry with the same key returns
 #: the same record and never creates a second one.
 _IDEMPOTENCY = (
