@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _api import HEADERS, api_tokens
 
 from broadcaster.announcements import Admission
 from broadcaster.app import Service
@@ -56,6 +57,7 @@ async def bench_service(waiting: int) -> None:
     cfg = parse_config(
         {
             "server": {"http_port": 0, "ws_port": 0, "shutdown_timeout_s": 2},
+            "api_tokens": api_tokens(),
             "store": {"path": ":memory:"},
             "announcements": {"queue_limit": waiting},
             "streaming": {"playout_delay_ms": 200},
@@ -80,7 +82,7 @@ async def bench_service(waiting: int) -> None:
             task = asyncio.create_task(ep.run())
             await asyncio.wait_for(ep.joined.wait(), 10)
             api = f"http://127.0.0.1:{svc.http_port}"
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession(headers=HEADERS) as http:
 
                 async def post(body: dict[str, Any]) -> tuple[int, Any, float]:
                     t0 = time.perf_counter()

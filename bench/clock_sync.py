@@ -61,6 +61,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _api import HEADERS, api_tokens_toml
+
 from broadcaster.clock import SystemClock
 from broadcaster.endpoint import ClockEstimate, EndpointRefused, ReferenceEndpoint
 from broadcaster.streaming import wire
@@ -604,7 +606,7 @@ def _post(http_port: int, text: str) -> None:
     req = urllib.request.Request(
         f"http://127.0.0.1:{http_port}/v1/announcements",
         data=body,
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **HEADERS},
         method="POST",
     )
     with urllib.request.urlopen(req, timeout=5) as r:
@@ -626,7 +628,7 @@ def _config(ws_host: str, heartbeat_ms: int) -> str:
         f"heartbeat_timeout_ms = {max(10000, heartbeat_ms * 3)}\n\n"
         '[store]\npath = ":memory:"\n\n'  # `serve --store` is parsed but not applied (cli.py)
         '[logging]\nlevel = "INFO"\n\n'
-        f'[[zones]]\nid = "{ZONE}"\n\n{eps}'
+        f'[[zones]]\nid = "{ZONE}"\n\n{eps}' + api_tokens_toml()
     )
 
 

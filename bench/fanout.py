@@ -69,6 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # fanout_client
 
 import fanout_client
+from _api import HEADERS, api_tokens_toml
 
 from broadcaster.config import hash_token
 
@@ -396,13 +397,15 @@ def _write_server_config(path: Path, n: int, fmt: Fmt, http_port: int, ws_port: 
     for i in range(n):
         lines += ["[[endpoints]]", f'id = "ep{i:05d}"', f'token_hash = "{token_hash}"']
         lines.append(f'zones = ["{ZONE}"]')
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + api_tokens_toml())
 
 
 def _http(method: str, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)
     req.add_header("Content-Type", "application/json")
+    for name, value in HEADERS.items():
+        req.add_header(name, value)
     with urllib.request.urlopen(req, timeout=30) as resp:
         result: dict[str, Any] = json.loads(resp.read())
         return result

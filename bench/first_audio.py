@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+from _api import HEADERS, api_tokens
 
 from broadcaster.app import Service
 from broadcaster.config import hash_token, parse_config
@@ -64,6 +65,7 @@ async def main(runs: int, chars: int, speed: float, file_store: bool) -> None:
     cfg = parse_config(
         {
             "server": {"http_port": 0, "ws_port": 0},
+            "api_tokens": api_tokens(),
             "store": {"path": store},
             "zones": [{"id": "z"}],
             "endpoints": [{"id": e, "token_hash": hash_token("t"), "zones": ["z"]} for e in ids],
@@ -92,7 +94,7 @@ async def main(runs: int, chars: int, speed: float, file_store: bool) -> None:
         api = f"http://127.0.0.1:{svc.http_port}/v1/announcements"
         results: dict[str, list[float]] = {f: [] for f in FORMATS}
         server_side: list[float] = []
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=HEADERS) as http:
             for _ in range(runs):
                 t0 = time.perf_counter()
                 async with http.post(api, json={"text": text, "zones": ["z"], "speed": speed}) as r:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
+from _api import HEADERS, api_tokens
 
 from broadcaster.app import Service
 from broadcaster.config import hash_token, parse_config
@@ -54,6 +55,7 @@ async def main(count: int, spacing_s: float) -> None:
         cfg = parse_config(
             {
                 "server": {"http_port": 0, "ws_port": 0},
+                "api_tokens": api_tokens(),
                 "store": {"path": str(Path(tempfile.mkdtemp()) / "s.db")},
                 "speech": {
                     "engine": "runware",
@@ -84,7 +86,7 @@ async def main(count: int, spacing_s: float) -> None:
             base = datetime.now(UTC) + timedelta(seconds=3)
             dues = [base + timedelta(seconds=i * spacing_s) for i in range(count)]
             numbers = []
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession(headers=HEADERS) as http:
                 for due in dues:
                     body = {"text": TEXT, "zones": ["z"], "due_at": due.isoformat()}
                     async with http.post(api, json=body) as r:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+from _api import HEADERS, api_tokens
 
 from broadcaster.app import Service
 from broadcaster.config import hash_token, parse_config
@@ -54,6 +55,7 @@ def config(fake, cache: Path, pause_ms: int, text: str):
     return parse_config(
         {
             "server": {"http_port": 0, "ws_port": 0},
+            "api_tokens": api_tokens(),
             "store": {"path": ":memory:"},
             "speech": {
                 "engine": "runware",
@@ -117,7 +119,7 @@ async def main(runs: int, chars: int, speed: float) -> None:
         await ep.joined.wait()
         api = f"http://127.0.0.1:{svc.http_port}/v1/announcements"
         results = {}
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=HEADERS) as http:
             for split in (True, False):
                 rows = [await one(svc, ep, http, api, text, split) for _ in range(runs)]
                 results[split] = rows
