@@ -38,7 +38,7 @@ from broadcaster.auth import (
     origin_allowed,
     source_key,
 )
-from broadcaster.clock import Clock
+from broadcaster.clock import Clock, SystemClock, within_us
 from broadcaster.config import Config
 from broadcaster.store import AsyncStore, AuditRow
 
@@ -92,7 +92,8 @@ class AuditWriter:
     logged at error and the batch is dropped; requests go on.
     """
 
-    def __init__(self, store: AsyncStore | None, *, limit: int) -> None:
+    def __init__(self, store: AsyncStore | None, *, limit: int, clock: Clock | None = None) -> None:
+        self._clock: Clock = clock or SystemClock()
         self._store = store
         self._queue: deque[AuditRow] = deque()
         self._limit = limit
@@ -156,8 +157,8 @@ class AuditWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.flush(), 5)
+            with contextlib.suppress(Exception):  # a stuck store cannot hold up a stop
+                await within_us(self._clock, self.flush(), 5_000_000)
 
 
 @dataclass
@@ -187,7 +188,7 @@ class Access:
             hosts=allowed_hosts(a.public_hosts, config.server.http_host),
             origins=frozenset(a.allowed_origins),
             clock=clock,
-            audit=AuditWriter(store, limit=a.audit_queue_limit),
+            audit=AuditWriter(store, limit=a.audit_queue_limit, clock=clock),
         )
 
 

@@ -647,32 +647,34 @@ def _query_time(request: web.Request, name: str) -> datetime | None:
 _STATES = frozenset(s.value for s in AnnouncementState)
 
 
+def _listing_query(
+    request: web.Request, *, default_limit: int, also: frozenset[str] | set[str] = frozenset()
+) -> tuple[int, datetime | None]:
+    """``?limit=`` (1-1000) and ``?since=`` of a listing; other keys than ``also`` refused."""
+    unknown = sorted(set(request.query) - {"limit", "since", *also})
+    if unknown:
+        raise _Invalid(unknown[0][:64], "unknown query parameter")
+    raw_limit = request.query.get("limit", str(default_limit))
+    if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 5):
+        raise _Invalid("limit", "must be an integer 1-1000")
+    limit = int(raw_limit)
+    if not 1 <= limit <= 1000:
+        raise _Invalid("limit", "must be an integer 1-1000")
+    return limit, _query_time(request, "since")
+
+
 @requires(Role.VIEWER)
 async def list_announcements(request: web.Request) -> web.Response:
     """History, newest first: ?since=&until= (ISO 8601), &state= (repeatable), &limit=."""
     try:
-        unknown = sorted(set(request.query) - {"limit", "since", "until", "state"})
-        if unknown:
-            raise _Invalid(unknown[0][:64], "unknown query parameter")
-        raw_limit = request.query.get("limit", "50")
-        if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 5):
-            raise _Invalid("limit", "must be an integer 1-1000")
-        limit = int(raw_limit)
-        if not 1 <= limit <= 1000:
-            raise _Invalid("limit", "must be an integer 1-1000")
-        since = _query_time(request, "since")
+        limit, since = _listing_query(request, default_limit=50, also={"until", "state"})
         until = _query_time(request, "until")
         states = request.query.getall("state", None)
         for state in states or []:
             if state not in _STATES:
                 raise _Invalid("state", f"one of {', '.join(sorted(_STATES))}")
     except _Invalid as exc:
-        return _error(
-            422,
-            "validation_failed",
-            "invalid query",
-            fields=[{"field": exc.field, "message": str(exc)}],
-        )
+        return _invalid_query(exc)
     store = request.app.get(STORE)
     registry = request.app[ANNOUNCER].registry
     if store is None:
@@ -753,21 +755,17 @@ async def silence_zone(request: web.Request) -> web.Response:
 async def list_audit(request: web.Request) -> web.Response:
     """GET /v1/audit?since=&limit=: state-changing and refused calls, oldest first."""
     try:
-        try:
-            limit = int(request.query.get("limit", "100"))
-        except ValueError:
-            raise _Invalid("limit", "must be an integer") from None
-        since = _query_time(request, "since")
+        limit, since = _listing_query(request, default_limit=100)
     except _Invalid as exc:
-        return _invalid(exc.field, str(exc))
+        return _invalid_query(exc)
     store = request.app.get(STORE)
     if store is None:
         return _error(503, "store_unavailable", "no store: the audit log is only in the log")
     # What was just done is in the answer (bounded: a stuck store does not hang the read).
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(request.app[ACCESS].audit.flush(), 2)
+        await within_us(request.app[CLOCK], request.app[ACCESS].audit.flush(), 2_000_000)
     try:
-        rows = await store.list_audit(since=since, limit=max(1, min(limit, 1000)))
+        rows = await store.list_audit(since=since, limit=limit)
     except StoreError as exc:
         log.error("audit log not readable: %s", exc)
         return _error(503, "store_unavailable", "the audit log could not be read")
@@ -800,14 +798,9 @@ async def list_events(request: web.Request) -> web.Response:
     ``?since=`` (ISO 8601): from then on; else the newest ``?limit=`` (default 100).
     """
     try:
-        try:
-            limit = int(request.query.get("limit", "100"))
-        except ValueError:
-            raise _Invalid("limit", "must be an integer") from None
-        since = _query_time(request, "since")
+        limit, since = _listing_query(request, default_limit=100)
     except _Invalid as exc:
         return _invalid_query(exc)
-    limit = max(1, min(limit, 1000))
     log_ = request.app.get(EVENTS)
     if log_ is not None:
         try:
