@@ -58,6 +58,9 @@ PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 _ROLE_ATTR = "__broadcaster_role__"
 PUBLIC = "public"
 
+#: While the store fails, queued audit entries are retried this often.
+_AUDIT_RETRY_US = 1_000_000
+
 #: Methods that do not change state (audited only when refused).
 _READ_METHODS = frozenset({"GET", "HEAD"})
 #: Statuses of refused calls, audited whatever the method.
@@ -101,6 +104,7 @@ class AuditWriter:
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
         self.failed_writes = 0
+        self._failing = False
 
     def record(self, row: AuditRow) -> None:
         audit_log.info(
@@ -131,21 +135,37 @@ class AuditWriter:
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
-            await self._write_batch()
+            if not await self._write_batch():
+                await self._clock.sleep_us(_AUDIT_RETRY_US)
 
-    async def _write_batch(self) -> None:
+    async def _write_batch(self) -> bool:
+        """Write the oldest entries; False when the store failed (they stay queued)."""
         if self._store is None or not self._queue:
-            return
+            return True
         batch = [self._queue.popleft() for _ in range(min(200, len(self._queue)))]
         try:
             await self._store.insert_audit(batch)
         except Exception as exc:
             self.failed_writes += len(batch)
-            log.error("audit: %d entries could not be stored: %s", len(batch), exc)
+            self._queue.extendleft(reversed(batch))  # kept in order, retried
+            if not self._failing:
+                log.error(
+                    "audit: %d entries could not be stored (kept, retried every second): %s",
+                    len(batch),
+                    exc,
+                )
+            self._failing = True
+            return False
+        if self._failing:
+            log.warning("audit: entries are stored again")
+            self._failing = False
+        return True
 
     async def flush(self) -> None:
+        """Write what is queued; stops at the first failure (the writer task retries)."""
         while self._queue:
-            await self._write_batch()
+            if not await self._write_batch():
+                return
 
     async def context(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: owns the drain task for the app's lifetime."""
