@@ -864,6 +864,7 @@ class Announcer:
             # Scheduled: the first chunk plays at the due instant, not a lead after now.
             start_us = max(start_us, self._mono(ann.due_at))
         pacer = Pacer(start_us=start_us, lead_us=self.settings.lead_us)
+        prepared.attach(pacer)  # each segment is now due when the playout needs it
         ann.state = AnnouncementState.PLAYING
         ann.started_at = clock.wall()
         ann.start_at_us = pacer.start_us
@@ -1026,10 +1027,24 @@ class Announcer:
                 f"{what}: no playback receipt from zone(s) {', '.join(unconfirmed)}",
             )
 
+    def _note_speech_warnings(self, ann: Announcement, outcome: SpeechOutcome) -> bool:
+        """Copy the speech's new warnings (which segment the fallback spoke, and why) to
+        the record; the operator is told once, at the first. True if the fallback spoke."""
+        new = [w for w in outcome.warnings if w not in ann.warnings]
+        if (
+            new
+            and outcome.fallback_reason
+            and not any(w.startswith("segment ") and " spoken by " in w for w in ann.warnings)
+        ):
+            self._emit_fallback(ann, outcome)
+        ann.warnings.extend(new)
+        return outcome.fallback_reason is not None
+
     def _emit_fallback(self, ann: Announcement, outcome: SpeechOutcome) -> None:
         """The operator is told when the fallback engine speaks (an emergency: at error)."""
         severity = "error" if ann.spec.priority >= self.settings.emergency_priority else "warning"
-        detail = f"{outcome.engine} spoke instead: {outcome.fallback_reason}"
+        first = next((w for w in outcome.warnings if " spoken by " in w), None)
+        detail = first or f"{outcome.engine} spoke instead: {outcome.fallback_reason}"
         self._emit("speech_fallback", severity, ann.id, detail)
 
     def _emit(self, kind: str, severity: str, subject: str, detail: str) -> None:
@@ -1087,11 +1102,8 @@ class Announcer:
                 if asked_us is not None and self.observer is not None:
                     waited_s = (self.clock.monotonic_us() - asked_us) / 1e6
                     self.observer.first_audio(outcome.engine, waited_s)
-                if ann.engine != outcome.engine:
-                    ann.engine = outcome.engine
-                    if outcome.fallback_reason:
-                        ann.warnings.append(outcome.fallback_reason)
-                        self._emit_fallback(ann, outcome)
+                ann.engine = outcome.engine
+                self._note_speech_warnings(ann, outcome)
                 if multi is None or block.sample_rate_hz != rate:
                     if multi is not None:
                         base_us = await flush()
@@ -1108,11 +1120,8 @@ class Announcer:
         finally:
             ann.engine = outcome.engine
             self.speech_fallback_reason = outcome.fallback_reason
-            if outcome.fallback_reason and outcome.fallback_reason not in ann.warnings:
-                ann.warnings.append(outcome.fallback_reason)
-                self._emit_fallback(ann, outcome)
-                if self.observer is not None:
-                    self.observer.speech_failed(self.engine.name)
+            if self._note_speech_warnings(ann, outcome) and self.observer is not None:
+                self.observer.speech_failed(self.engine.name)
             ann.cost = outcome.meta.cost
             ann.speech_requests = outcome.meta.requests
             ann.cache_hits = outcome.meta.cache_hits

@@ -17,12 +17,19 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from broadcaster.model import PcmBlock, SpeechRequest
 from broadcaster.speech.chain import EngineChain, SpeechOutcome
 
 #: Gaps and repeats are handed out in blocks of this length.
 _BLOCK_MS = 100
+
+
+class Timeline(Protocol):
+    """When the chunk at a media offset must be sent (the announcer's Pacer)."""
+
+    def send_at(self, offset_us: int) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +101,19 @@ class PreparedSpeech:
         self._normalize = normalize
         self._queue: asyncio.Queue[PcmBlock | _Done] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        #: Media offset of the next block put (µs from the programme's start).
+        self._offset_us = 0
+        #: The playout's timeline, once it plays (see :meth:`attach`).
+        self._timeline: Timeline | None = None
+
+    def attach(self, timeline: Timeline) -> None:
+        """The playout's timeline: from now on each segment's audio is due when the
+        playout needs it (a late one is spoken by the fallback in its place)."""
+        self._timeline = timeline
+
+    def _needed_at(self) -> int | None:
+        timeline = self._timeline
+        return None if timeline is None else timeline.send_at(self._offset_us)
 
     def start(self) -> None:
         """Begin in a task this object owns (cancelled by :meth:`close`)."""
@@ -112,7 +132,11 @@ class PreparedSpeech:
 
     async def _make(self) -> None:
         p = self._programme
-        put = self._queue.put_nowait
+
+        def put(block: PcmBlock) -> None:
+            self._offset_us += block.duration_us
+            self._queue.put_nowait(block)
+
         rate = 0  # the speech's rate, for gaps
         before = await asyncio.to_thread(p.before) if p.before is not None else None
         if before is not None:
@@ -129,6 +153,8 @@ class PreparedSpeech:
                 priority=self._priority,
                 outcome=self.outcome,
                 transform=self._normalize,
+                needed_at=self._needed_at,
+                starts_audio=self._offset_us == 0,
             ):
                 rate = block.sample_rate_hz
                 put(block)

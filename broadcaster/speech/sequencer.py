@@ -98,7 +98,7 @@ async def synthesize_in_order(
                 item = await q.get()
                 if isinstance(item, _End):
                     if transform is not None and gathered:
-                        for block in await _transformed(gathered, transform):
+                        for block in await transformed(gathered, transform):
                             yield index, block
                     if mark_ends:
                         yield index, None
@@ -125,7 +125,7 @@ async def synthesize_in_order(
 _BLOCK_MS = 100
 
 
-async def _transformed(
+async def transformed(
     blocks: list[PcmBlock], transform: Callable[[bytes, int], bytes]
 ) -> list[PcmBlock]:
     out: list[PcmBlock] = []

@@ -51,7 +51,9 @@ class ScriptedEngine:
                 meta.requests += 1
                 meta.add_cost(0.5)
             for part in (b"A", b"B"):
-                yield PcmBlock(f"{self.name}:{request.text}:".encode() + part, 16000)
+                # half a second each, so the audio handed out has a play time
+                tagged = f"{self.name}:{request.text}:".encode() + part
+                yield PcmBlock(tagged.ljust(16000, b"\0"), 16000)
         except asyncio.CancelledError:
             self.cancelled.append(request.text)
             raise
@@ -60,6 +62,10 @@ class ScriptedEngine:
 
     async def aclose(self):
         pass
+
+
+def tag(block):
+    return block.samples.rstrip(b"\0")
 
 
 def reqs(*texts):
@@ -86,7 +92,7 @@ async def test_in_order_even_when_later_segments_finish_first():
         clock, collect(synthesize_in_order(engine, reqs("one", "two", "three"), ahead=3))
     )
     assert [i for i, _ in items] == [0, 0, 1, 1, 2, 2]
-    assert next(b.samples for _, b in items) == b"primary:one:A"
+    assert next(tag(b) for _, b in items) == b"primary:one:A"
     assert engine.max_active == 3  # all requested at once
 
 
@@ -139,37 +145,68 @@ async def test_primary_speaks_when_it_is_on_time():
             chain(clock, primary, fallback).speak(reqs("a", "b"), priority=100, outcome=outcome)
         ),
     )
-    assert all(b.samples.startswith(b"primary:") for b in blocks) and len(blocks) == 4
+    assert all(tag(b).startswith(b"primary:") for b in blocks) and len(blocks) == 4
     assert outcome.engine == "primary" and outcome.fallback_reason is None
     assert outcome.meta.requests == 2 and outcome.meta.cost == 1.0
     assert fallback.started == []
 
 
-@pytest.mark.parametrize(
-    ("priority", "deadline_s", "falls_back"), [(100, 6.0, False), (230, 2.0, True)]
-)
-async def test_emergencies_wait_less_for_the_primary(priority, deadline_s, falls_back):
+async def test_a_routine_announcement_waits_for_the_primary_up_to_its_deadline():
     clock = FakeClock()
-    primary = ScriptedEngine(clock, delay_us=lambda t: 3_000_000)  # 3 s to first audio
+    slow = ScriptedEngine(clock, delay_us=lambda t: 3_000_000)  # 3 s to first audio
+    outcome = SpeechOutcome(engine="?")
+    c = chain(clock, slow, ScriptedEngine(clock, "local"), first_audio_deadline_s=6.0)
+    blocks = await run_with_clock(
+        clock, collect(c.speak(reqs("a", "b"), priority=100, outcome=outcome))
+    )
+    assert all(tag(b).startswith(b"primary:") for b in blocks)
+    stuck = ScriptedEngine(clock, delay_us=lambda t: 30_000_000)
+    outcome = SpeechOutcome(engine="?")
+    c = chain(clock, stuck, ScriptedEngine(clock, "local"), first_audio_deadline_s=6.0)
+    blocks = await run_with_clock(clock, collect(c.speak(reqs("a"), priority=100, outcome=outcome)))
+    assert [tag(b) for b in blocks] == [b"local:a:A", b"local:a:B"]
+    assert outcome.fallback_reason == "primary produced no audio within 6 s"
+    assert outcome.engine == "local (fallback from primary)"
+
+
+async def test_an_emergency_starts_locally_at_once_and_returns_to_the_primary():
+    clock = FakeClock()
+    primary = ScriptedEngine(clock, delay_us=lambda t: 600_000)  # all ready after 0.6 s
     fallback = ScriptedEngine(clock, "local")
     outcome = SpeechOutcome(engine="?")
-    c = chain(
-        clock, primary, fallback, first_audio_deadline_s=6.0, emergency_first_audio_deadline_s=2.0
-    )
+    c = chain(clock, primary, fallback, emergency_priority=224)
+    t0 = clock.monotonic_us()
     blocks = await run_with_clock(
-        clock, collect(c.speak(reqs("a", "b"), priority=priority, outcome=outcome))
+        clock, collect(c.speak(reqs("a", "b", "c"), priority=230, outcome=outcome))
     )
-    if falls_back:
-        assert all(b.samples.startswith(b"local:") for b in blocks) and len(blocks) == 4
-        assert outcome.fallback_reason == f"primary produced no audio within {deadline_s:g} s"
-        assert outcome.fallback_from_segment == 0
-        assert outcome.engine == "local (fallback from primary)"
-        assert sorted(primary.cancelled) == ["a", "b"]  # nothing left running
-    else:
-        assert all(b.samples.startswith(b"primary:") for b in blocks)
+    # segment 1 locally at once (1 s of audio), then the primary's, ready in time
+    assert [tag(b) for b in blocks] == [
+        b"local:a:A",
+        b"local:a:B",
+        b"primary:b:A",
+        b"primary:b:B",
+        b"primary:c:A",
+        b"primary:c:B",
+    ]
+    assert fallback.start_times[0] - t0 == 100_000  # emergency_start_s: a cache hit's time
+    assert outcome.sources == ["local", "primary", "primary"]
+    assert outcome.engine == "primary (1 of 3 segments by local)"
+    assert outcome.warnings == [
+        "segment 1 spoken by local: emergency: primary's audio was not ready at once"
+    ]
 
 
-async def test_failure_mid_way_resumes_on_the_fallback_at_that_segment():
+async def test_an_emergency_uses_the_primary_when_its_audio_is_already_there():
+    clock = FakeClock()
+    primary = ScriptedEngine(clock)  # answers at once (a cached segment)
+    outcome = SpeechOutcome(engine="?")
+    c = chain(clock, primary, ScriptedEngine(clock, "local"))
+    blocks = await run_with_clock(clock, collect(c.speak(reqs("a"), priority=240, outcome=outcome)))
+    assert all(tag(b).startswith(b"primary:") for b in blocks)
+    assert outcome.engine == "primary" and not outcome.warnings
+
+
+async def test_failure_mid_way_is_spoken_locally_for_that_segment_only():
     clock = FakeClock()
     primary = ScriptedEngine(clock, fail_on={"b"})
     fallback = ScriptedEngine(clock, "local")
@@ -182,16 +219,18 @@ async def test_failure_mid_way_resumes_on_the_fallback_at_that_segment():
             )
         ),
     )
-    assert [b.samples for b in blocks] == [
+    assert [tag(b) for b in blocks] == [
         b"primary:a:A",
         b"primary:a:B",
         b"local:b:A",
         b"local:b:B",
-        b"local:c:A",
-        b"local:c:B",
+        b"primary:c:A",
+        b"primary:c:B",
     ]
     assert outcome.fallback_from_segment == 1
     assert outcome.fallback_reason == "primary failed: primary cannot say b"
+    assert outcome.warnings == ["segment 2 spoken by local: primary failed: primary cannot say b"]
+    assert outcome.engine == "primary (1 of 3 segments by local)"
 
 
 async def test_fallback_resplits_for_a_smaller_limit():
@@ -224,29 +263,70 @@ async def test_without_fallback_the_error_is_the_outcome():
         )
 
 
-async def test_a_segment_stalling_mid_announcement_is_spoken_by_the_fallback():
+async def test_a_segment_stalling_mid_announcement_is_spoken_locally_in_its_place():
     clock = FakeClock()
     primary = ScriptedEngine(clock, delay_us=lambda t: 10_000_000 if t == "c" else 0)
     fallback = ScriptedEngine(clock, "local")
     outcome = SpeechOutcome(engine="?")
-    c = chain(clock, primary, fallback, first_audio_deadline_s=2.0)
+    c = chain(clock, primary, fallback, margin_s=0.3)
     t0 = clock.monotonic_us()
     blocks = await run_with_clock(
         clock, collect(c.speak(reqs("a", "b", "c", "d"), priority=100, outcome=outcome))
     )
-    assert [b.samples for b in blocks] == [
+    assert [tag(b) for b in blocks] == [
         b"primary:a:A",
         b"primary:a:B",
         b"primary:b:A",
         b"primary:b:B",
         b"local:c:A",
         b"local:c:B",
-        b"local:d:A",
-        b"local:d:B",
+        b"primary:d:A",  # back to the primary: its audio is ready
+        b"primary:d:B",
     ]
     assert outcome.fallback_from_segment == 2
-    assert outcome.fallback_reason == (
-        "primary fell behind: segment 3 was not ready 2 s after the audio before it ran out"
+    assert outcome.warnings == [
+        "segment 3 spoken by local: primary's audio was not ready 0.3 s before it was needed"
+    ]
+    # a and b (2 s of audio) were handed out at t0: c was needed at t0 + 2 s, and the
+    # fallback started it one margin before, not after the stalled request
+    assert fallback.start_times[0] - t0 == 1_700_000
+    assert "c" in primary.cancelled
+
+
+async def test_a_segment_is_due_when_the_playout_timeline_needs_it():
+    clock = FakeClock()
+    primary = ScriptedEngine(clock, delay_us=lambda t: 5_000_000 if t == "b" else 0)
+    fallback = ScriptedEngine(clock, "local")
+    outcome = SpeechOutcome(engine="?")
+    t0 = clock.monotonic_us()
+    # the playout sends the next chunk 4 s from now (e.g. made ahead of its due time)
+    c = chain(clock, primary, fallback, margin_s=0.3)
+    blocks = await run_with_clock(
+        clock,
+        collect(
+            c.speak(
+                reqs("a", "b"),
+                priority=100,
+                outcome=outcome,
+                needed_at=lambda: t0 + 4_000_000,
+            )
+        ),
     )
-    # the fallback took over at the grace, not after the stalled request
-    assert 2_000_000 <= fallback.start_times[0] - t0 < 2_010_000
+    assert [tag(b)[:9] for b in blocks] == [b"primary:a"] * 2 + [b"local:b:A", b"local:b:B"]
+    assert fallback.start_times == [t0 + 3_700_000]
+
+
+async def test_without_fallback_a_late_segment_is_waited_for_and_recorded():
+    clock = FakeClock()
+    primary = ScriptedEngine(clock, delay_us=lambda t: 3_000_000 if t == "b" else 0)
+    outcome = SpeechOutcome(engine="?")
+    blocks = await run_with_clock(
+        clock,
+        collect(chain(clock, primary, None).speak(reqs("a", "b"), priority=1, outcome=outcome)),
+    )
+    assert [tag(b)[:9] for b in blocks] == [b"primary:a"] * 2 + [b"primary:b"] * 2
+    assert outcome.engine == "primary"
+    assert outcome.warnings == [
+        "segment 2 was late: primary's audio was not ready 0.3 s before it was needed "
+        "(no fallback engine)"
+    ]
