@@ -678,6 +678,11 @@ class FakeRunware:
         self._per_char_latency_ms = 0.0
         self._failures: deque[_Failure] = deque()
         self._stalls = 0
+        # Periodic faults (holes): every Nth valid audioInference task, counted from 1.
+        self._every_count = 0
+        self._stall_every = 0
+        self._fail_every: tuple[int, str, str] | None = None
+        self._rate_limit_every = 0
         self._drop_on_accept = 0
         self._drop_after_results: int | None = None
         self._clock_offset = 0.0
@@ -781,6 +786,47 @@ class FakeRunware:
             self._failures.append(
                 _Failure(code, message, with_task_uuid, http_status, parameter, when, delay_ms)
             )
+
+    def stall_every(self, n: int) -> None:
+        """Every ``n``-th valid audioInference task (``n``, ``2n``, …) never answers
+        (0: off). Counted over all tasks since the call."""
+        self._stall_every = n
+        self._every_count = 0
+
+    def fail_every(
+        self, n: int, code: str = "serverError", message: str = "Internal server error"
+    ) -> None:
+        """Every ``n``-th valid task fails after its latency with a retryable error
+        (default ``serverError``, HTTP 500 on REST); 0: off."""
+        self._fail_every = (n, code, message) if n else None
+        self._every_count = 0
+
+    def rate_limit_every(self, n: int) -> None:
+        """Every ``n``-th valid task is refused at submission with Runware's rate-limit
+        error (``rateLimitExceeded``, HTTP 429 on REST); 0: off."""
+        self._rate_limit_every = n
+        self._every_count = 0
+
+    def _periodic_fault(self) -> tuple[bool, _Failure | None]:
+        """(stall?, failure) for the task being accepted, from the every-Nth faults."""
+        if not (self._stall_every or self._fail_every or self._rate_limit_every):
+            return False, None
+        self._every_count += 1
+        k = self._every_count
+        if self._rate_limit_every and k % self._rate_limit_every == 0:
+            return False, _Failure(
+                "rateLimitExceeded",
+                "Rate limit exceeded. Please slow down your requests.",
+                True,
+                None,
+                None,
+                "submit",
+                0.0,
+            )
+        if self._fail_every is not None and k % self._fail_every[0] == 0:
+            _, code, message = self._fail_every
+            return False, _Failure(code, message, True, None, None, "processing", 0.0)
+        return bool(self._stall_every and k % self._stall_every == 0), None
 
     def stall_next(self, count: int = 1) -> None:
         """Accept the next ``count`` tasks (async: ack them) and never finish them."""
@@ -1133,6 +1179,8 @@ class FakeRunware:
                 task_uuid=params.task_uuid,
             )
         failure = self._failures.popleft() if self._failures else None
+        periodic_stall, periodic = self._periodic_fault()
+        failure = failure or periodic
         if failure is not None and failure.when == "submit":
             raise failure.error(params.task_uuid)
         task = _Task(
@@ -1144,6 +1192,7 @@ class FakeRunware:
         stalled = self._stalls > 0
         if stalled:
             self._stalls -= 1
+        stalled = stalled or periodic_stall
         self._tasks[params.task_uuid] = task
         task.runner = asyncio.create_task(self._run(task, failure, stalled))
         return task
