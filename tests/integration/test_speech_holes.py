@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from broadcaster.app import Service
+from broadcaster.config import TemplateConfig
 from tests.fakes.runware import FakeRunware
 
 from .conftest import Harness
@@ -54,8 +55,9 @@ async def fake():
         yield f
 
 
-async def start(fake, tmp_path, *, fallback=True, **runware):
+async def start(fake, tmp_path, *, fallback=True, templates=(), **runware):
     cfg = runware_config(fake, tmp_path / "cache", fallback=fallback)
+    cfg = cfg.model_copy(update={"templates": list(templates)})
     rw = cfg.speech.runware.model_copy(
         update={
             "segment_max_chars": 60,
@@ -69,17 +71,22 @@ async def start(fake, tmp_path, *, fallback=True, **runware):
     sp = cfg.speech.model_copy(
         update={"runware": rw, "first_audio_deadline_s": 6, "first_segment_max_chars": 40}
     )
-    service = Service(cfg.model_copy(update={"speech": sp}), environ={"RUNWARE_API_KEY": "test-key"})
+    service = Service(
+        cfg.model_copy(update={"speech": sp}), environ={"RUNWARE_API_KEY": "test-key"}
+    )
     await service.start()
     return service, Harness(service, tmp_path)
 
 
 async def play(h: Harness, text: str = TEXT, **extra) -> tuple[dict, Path, int]:
+    """Final record, the endpoint's WAV and when its first chunk played (after the POST)."""
     ep = await h.endpoint("ep-a", ["hall"], ["pcm_s16le/24000"])
     asked_us = h.service.clock.monotonic_us()
     status, created = await h.post({"text": text, "zones": ["hall"], **extra})
     assert status == 202, created
     final = await h.wait_final(created["id"])
+    if final["state"] == "failed":
+        return final, Path(), 0
     await h.wait_receipts(created["id"], ["ep-a"])
     rec = ep.announcements[created["id"]]
     assert rec.path is not None
@@ -92,7 +99,7 @@ async def run_fault(fake, tmp_path, fault, *, fallback=True):
         fake.set_latency(base_ms=100, per_char_ms=1)
         fault(fake)
         final, wav, _ = await play(h)
-        return final, longest_hole_ms(wav)
+        return final, longest_hole_ms(wav) if final["state"] != "failed" else None
     finally:
         await h.close()
         await service.stop()
@@ -117,4 +124,58 @@ async def test_no_hole_longer_than_the_pause_whatever_runware_does(fake, tmp_pat
     final, hole = await run_fault(fake, tmp_path, FAULTS[fault])
     assert final["state"] == "finished", final
     assert hole <= PAUSE_MS + TOLERANCE_MS, (hole, final["engine"], final["warnings"])
-    print(fault, hole, final["engine"], final["warnings"])
+    # a fault costs the segments it hits, not the rest: later ones are Runware's again
+    assert final["engine"].startswith("runware"), final["engine"]
+    assert all(w.startswith("segment ") for w in final["warnings"]), final["warnings"]
+
+
+EMERGENCY = (
+    "Evacuate platform two now. Leave by the north stairs and follow the staff. "
+    "Do not use the lifts. Move away from the platform edge."
+)
+
+
+async def test_an_emergency_starts_locally_within_2_s_and_returns_to_runware(fake, tmp_path):
+    service, h = await start(fake, tmp_path)
+    try:
+        fake.set_latency(base_ms=400, per_char_ms=4)
+        final, wav, first_us = await play(h, EMERGENCY, priority=240)
+        assert first_us < 2_000_000, first_us  # first audio at the endpoint
+        assert final["state"] == "finished", final
+        # segment 1 locally at once; Runware's audio for the rest arrived in time
+        assert final["engine"].startswith("runware (1 of "), final["engine"]
+        assert final["warnings"][0] == (
+            "segment 1 spoken by espeak-ng: emergency: runware's audio was not ready at once"
+        )
+        assert longest_hole_ms(wav) <= PAUSE_MS + TOLERANCE_MS
+    finally:
+        await h.close()
+        await service.stop()
+
+
+async def test_a_bulletin_spoken_whole_plays_locally_when_an_emergency_and_says_why(fake, tmp_path):
+    bulletin = TemplateConfig(name="bulletin", text=EMERGENCY, split=False, priority=240)
+    service, h = await start(fake, tmp_path, templates=[bulletin])
+    try:
+        fake.set_latency(base_ms=400, per_char_ms=4)
+        ep = await h.endpoint("ep-a", ["hall"], ["pcm_s16le/24000"])
+        asked_us = service.clock.monotonic_us()
+        status, created = await h.post({"template": "bulletin", "zones": ["hall"]})
+        assert status == 202, created
+        final = await h.wait_final(created["id"])
+        assert final["segments"] == 1 and final["state"] == "finished", final
+        assert final["engine"] == "espeak-ng (fallback from runware)"
+        assert final["warnings"] == [
+            "segment 1 spoken by espeak-ng: emergency: runware's audio was not ready at once"
+        ]
+        await h.wait_receipts(created["id"], ["ep-a"])
+        assert ep.announcements[created["id"]].play_at_us[0] - asked_us < 2_000_000
+    finally:
+        await h.close()
+        await service.stop()
+
+
+async def test_without_fallback_the_record_names_the_fault(fake, tmp_path):
+    final, _ = await run_fault(fake, tmp_path, lambda f: f.rate_limit_every(1), fallback=False)
+    assert final["state"] == "failed", final
+    assert "rateLimitExceeded" in final["reason"], final
