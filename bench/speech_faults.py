@@ -161,7 +161,9 @@ async def main(chars: int) -> None:
         f"text {len(text)} chars; fake latency 400 ms + 4 ms/char unless said; "
         f"segment pause {PAUSE_MS} ms; fallback espeak-ng"
     )
-    print(f"{'fault':<30}{'first audio ms':>15}{'longest silence ms':>20}{'underrun ms':>13}  engine")
+    print(
+        f"{'fault':<30}{'first audio ms':>15}{'longest silence ms':>20}{'underrun ms':>13}  engine"
+    )
     for name, first_ms, silence, gap, engine in rows:
         print(f"{name:<30}{first_ms:>15.0f}{silence:>20.0f}{gap:>13.1f}  {engine}")
 

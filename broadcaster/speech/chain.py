@@ -209,6 +209,7 @@ class EngineChain:
                     if transform is not None and blocks:
                         blocks = await transformed(blocks, transform)
                     outcome.sources.append(primary.name)
+                    self._label(outcome)
                     for block in blocks:
                         if first_us is None:
                             first_us = self.clock.monotonic_us()
@@ -235,14 +236,18 @@ class EngineChain:
                     fut.exception()  # retrieved: no "never retrieved" warning
                 else:
                     fut.cancel()
-            outcome.engine = engine_label(
-                primary.name, self.fallback.name if self.fallback else None, outcome.sources
-            )
+            self._label(outcome)
+
+    def _label(self, outcome: SpeechOutcome) -> None:
+        """Keep ``engine`` honest while the speech is made (the first audio's metric uses it)."""
+        local = self.fallback.name if self.fallback is not None else None
+        outcome.engine = engine_label(self.primary.name, local, outcome.sources)
 
     def _note_local(self, outcome: SpeechOutcome, reason: str) -> None:
         assert self.fallback is not None
         number = len(outcome.sources)
         outcome.sources.append(self.fallback.name)
+        self._label(outcome)
         line = f"segment {number + 1} spoken by {self.fallback.name}: {reason}"
         outcome.warnings.append(line)
         if outcome.fallback_reason is None:
