@@ -175,7 +175,15 @@ async def test_a_bulletin_spoken_whole_plays_locally_when_an_emergency_and_says_
         await service.stop()
 
 
-async def test_without_fallback_the_record_names_the_fault(fake, tmp_path):
-    final, _ = await run_fault(fake, tmp_path, lambda f: f.rate_limit_every(1), fallback=False)
+NAMED = {
+    "rateLimitExceeded": lambda f: f.rate_limit_every(1),
+    "serverError": lambda f: f.fail_every(1),
+    "timeout": lambda f: f.stall_every(1),
+}
+
+
+@pytest.mark.parametrize("fault", NAMED, ids=list(NAMED))
+async def test_without_fallback_the_record_names_the_fault(fake, tmp_path, fault):
+    final, _ = await run_fault(fake, tmp_path, NAMED[fault], fallback=False)
     assert final["state"] == "failed", final
-    assert "rateLimitExceeded" in final["reason"], final
+    assert fault in final["reason"], final
