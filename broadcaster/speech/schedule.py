@@ -105,7 +105,10 @@ class SegmentScheduler:
             return Decision(Pick.LOCAL, reason=f"{self.primary} failed: {error}")
         deadline = self.deadline_us(index, needed_at_us)
         if deadline is not None and now_us >= deadline:
-            if self.local is None:  # nothing else can speak: wait, and say so
+            if self.local is None:
+                if index == 0 and self.starts_audio:
+                    return Decision(Pick.WAIT)  # a later start, not a hole
+                # nothing else can speak: wait, and say so
                 return Decision(Pick.WAIT, None, self.late_reason(index))
             return Decision(Pick.LOCAL, reason=self.late_reason(index))
         return Decision(Pick.WAIT, deadline)

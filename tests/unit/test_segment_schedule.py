@@ -82,6 +82,9 @@ def test_without_a_local_engine_a_late_segment_is_waited_for_with_the_reason():
     assert d == Decision(
         Pick.WAIT, None, "runware's audio was not ready 0.3 s before it was needed"
     )
+    # a late first segment only starts the announcement later: no hole, no warning
+    first = plan(local=None, emergency=True).decide(0, now_us=T0 + 5_000_000, ready=False)
+    assert first == Decision(Pick.WAIT)
 
 
 def test_the_engine_label_is_honest_about_a_mix():
