@@ -95,7 +95,9 @@ class RunwareEngine:
                 "text": request.text,
                 "voice": request.voice,
                 "language": request.language,
-                "speed": round(request.speed, 2),
+                # As given: a speed off the 0.01 grid is refused by the check, never
+                # rounded (config and API refuse it before it gets here).
+                "speed": request.speed,
             },
             "settings": {
                 # (speed clamped only for the estimate; the task check refuses it)
