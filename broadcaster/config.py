@@ -244,6 +244,12 @@ class RunwareConfig(_Section):
     #: On-disk cache of synthesized segments (survives restarts); 0 MB disables it.
     cache_dir: str = "var/speech-cache"
     cache_max_mb: int = Field(default=512, ge=0, le=1_000_000)
+    #: Synthesize the fixed texts of the templates (their default variables) into the
+    #: cache at start, in the background, so they play at once (needs the cache).
+    warm_up: bool = True
+    #: Warm-up tasks in flight at once; at most max_in_flight - 1, so announcements
+    #: always find a free slot.
+    warm_up_concurrency: int = Field(default=2, ge=1, le=8)
 
     @field_validator("ws_url")
     @classmethod
