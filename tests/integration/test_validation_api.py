@@ -88,3 +88,16 @@ async def test_check_config_names_a_bad_runware_url(tmp_path, line, key, problem
     assert rc == 2, err
     assert f"{path}: speech.runware.{key}: {problem}" in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [({"every_s": True}, "every_s"), ({"priority": True}, "priority"), ({"paused": 1}, "paused")],
+)
+async def test_schedule_422_booleans_are_not_numbers(h, extra, field):
+    body = {"id": "s1", "template": "notice", "every_s": 3600, **extra}
+    status, resp = await h.post(body, path="/v1/schedules")
+    assert status == 422, resp
+    assert field in [f["field"] for f in resp["fields"]], resp
+    _, listed = await h.get("/v1/schedules")
+    assert listed["schedules"] == []

@@ -177,3 +177,11 @@ def test_good_runware_urls_load():
         }
     )
     assert cfg.speech.runware.ws_url == "ws://127.0.0.1:9/v1"
+
+
+def test_a_boolean_is_not_a_number_in_a_configured_schedule():
+    msg = config_error(
+        templates=[{"name": "t", "text": "hi", "zones": ["hall"]}],
+        schedules=[{"id": "s", "template": "t", "every_s": True}],
+    )
+    assert "site.toml: schedules[0] (id 's').every_s: must be a number, not true" in msg, msg
