@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -36,6 +37,9 @@ from broadcaster.speech.engine import SpeechEngine
 from broadcaster.store import AsyncStore, StoreError, StoreHealth
 from broadcaster.streaming.hub import Hub
 from broadcaster.streaming.server import ENDPOINT_PATH, EndpointServer
+
+if TYPE_CHECKING:
+    from broadcaster.speech.runware.warmup import WarmUp, WarmUpReport
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +155,9 @@ class Service:
         self.metrics = ServiceMetrics(config.announcements.emergency_priority)
         self.http_port = 0
         self.ws_port = 0
+        #: The Runware cache warm-up's progress (None: no warm-up; see _start_warm_up).
+        self.warm_up: WarmUpReport | None = None
+        self._warm_up_task: asyncio.Task[None] | None = None
 
     @property
     def engine(self) -> SpeechEngine:
@@ -336,9 +343,39 @@ class Service:
             ", ".join(cfg.zone_ids) or "(none)",
             len(cfg.endpoints),
         )
+        self._start_warm_up()
+
+    def _start_warm_up(self) -> None:
+        """Runware only (its cache): the templates' fixed texts synthesized in the
+        background, owned here and cancelled at stop; start-up never waits for it."""
+        from broadcaster.speech.runware.engine import RunwareEngine
+        from broadcaster.speech.runware.warmup import WarmUp
+
+        rw = self.config.speech.runware
+        engine = self._engine
+        if not isinstance(engine, RunwareEngine) or engine.cache is None or not rw.warm_up:
+            return  # (espeak-ng needs no cache: it speaks ~1000x faster than real time)
+        # Below the client's limit, so announcements always find a free slot.
+        slots = max(1, engine.client.settings.max_in_flight - 1)
+        warm = WarmUp(
+            self.config, engine, clock=self.clock, concurrency=min(rw.warm_up_concurrency, slots)
+        )
+        self.warm_up = warm.report
+        self._warm_up_task = asyncio.create_task(self._run_warm_up(warm), name="speech-warm-up")
+
+    async def _run_warm_up(self, warm: WarmUp) -> None:
+        try:
+            await warm.run()
+        except Exception:  # a bug, not a Runware fault (those are counted): said at once
+            log.exception("speech warm-up stopped")
 
     async def stop(self) -> None:
         timeout = self.config.server.shutdown_timeout_s
+        if self._warm_up_task is not None:
+            self._warm_up_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._warm_up_task
+            self._warm_up_task = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

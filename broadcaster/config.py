@@ -14,10 +14,12 @@ import re
 import secrets
 import ssl
 import tomllib
+import types
 from collections.abc import Mapping
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -25,11 +27,20 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from broadcaster.model import LANGUAGES, SPEED_MAX, SPEED_MIN, VOICES, StreamFormat
+from broadcaster.model import (
+    LANGUAGES,
+    SPEED_MAX,
+    SPEED_MIN,
+    VOICES,
+    StreamFormat,
+    check_speed,
+    check_style,
+)
 from broadcaster.scheduling.templates import CompiledTemplate, TemplateRenderer
 from broadcaster.scheduling.triggers import Trigger
 
@@ -53,8 +64,42 @@ class ConfigError(Exception):
     """A configuration that cannot be used; the message is meant for the operator."""
 
 
+def _numeric(annotation: Any) -> bool:
+    """Whether a field holds a number (int or float, optionally None)."""
+    if annotation in (int, float):
+        return True
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return bool(args) and all(a in (int, float) for a in args)
+    return False
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        # TOML's true is not 1: a number key given true/false is a mistake, not a value.
+        name = info.field_name
+        if isinstance(v, bool) and name is not None and _numeric(cls.model_fields[name].annotation):
+            raise ValueError(f"must be a number, not {str(v).lower()}")
+        return v
+
+
+def _check_url(value: str, schemes: tuple[str, ...]) -> str:
+    """``value`` if it is an absolute URL with one of ``schemes`` and a host."""
+    want = " or ".join(f"{s}://" for s in schemes)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (a port that is not a number raises here)
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL ({exc}); expected {want}…") from None
+    if parts.scheme.lower() not in schemes:
+        raise ValueError(f"must start with {want}, got {value[:80]!r}")
+    if not parts.hostname or any(c.isspace() for c in value):
+        raise ValueError(f"must be an absolute {want}host… URL, got {value[:80]!r}")
+    return value
 
 
 class TlsConfig(_Section):
@@ -199,6 +244,27 @@ class RunwareConfig(_Section):
     #: On-disk cache of synthesized segments (survives restarts); 0 MB disables it.
     cache_dir: str = "var/speech-cache"
     cache_max_mb: int = Field(default=512, ge=0, le=1_000_000)
+    #: Synthesize the fixed texts of the templates (their default variables) into the
+    #: cache at start, in the background, so they play at once (needs the cache).
+    warm_up: bool = True
+    #: Warm-up tasks in flight at once; at most max_in_flight - 1, so announcements
+    #: always find a free slot.
+    warm_up_concurrency: int = Field(default=2, ge=1, le=8)
+
+    @field_validator("ws_url")
+    @classmethod
+    def _ws_url(cls, v: str) -> str:
+        return _check_url(v, ("ws", "wss"))
+
+    @field_validator("rest_url")
+    @classmethod
+    def _rest_url(cls, v: str) -> str:
+        return _check_url(v, ("http", "https"))
+
+    @field_validator("webhook_url", "upload_endpoint")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        return None if v is None else _check_url(v, ("http", "https"))
 
 
 class SpeechConfig(_Section):
@@ -225,6 +291,11 @@ class SpeechConfig(_Section):
     def _voice(cls, v: str) -> str:
         _check_voice(v)
         return v
+
+    @field_validator("default_speed")
+    @classmethod
+    def _speed(cls, v: float) -> float:
+        return check_speed(v)
 
     @field_validator("default_language")
     @classmethod
@@ -478,6 +549,16 @@ class TemplateConfig(_Section):
     @classmethod
     def _chime(cls, v: str | None) -> str | None:
         return _check_chime(v)
+
+    @field_validator("speed")
+    @classmethod
+    def _speed(cls, v: float | None) -> float | None:
+        return None if v is None else check_speed(v)
+
+    @field_validator("style")
+    @classmethod
+    def _style(cls, v: str | None) -> str | None:
+        return None if v is None else check_style(v)
 
     @field_validator("translations")
     @classmethod

@@ -7,6 +7,7 @@ inside the pipeline everything is one of these small dataclasses.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 #: The nine preset voices of Qwen3-TTS 1.7B CustomVoice, spelled as the API wants them.
@@ -58,6 +59,40 @@ def priority_band(priority: int) -> str:
 
 SPEED_MIN = 0.25
 SPEED_MAX = 4.0
+#: The model's speed grid (the seed: ``speech.speed`` float, min 0.25, max 4, step 0.01).
+SPEED_STEP = 0.01
+
+
+def check_speed(value: object) -> float:
+    """``value`` as a speed on the model's grid, or ``ValueError`` saying why not.
+
+    The grid applies whatever the engine (espeak-ng would take any speed in range):
+    which engine speaks is only known segment by segment (fallback), so a speed
+    must be valid for both, and it is never rounded silently.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number, got {value!r}")
+    speed = float(value)
+    if not SPEED_MIN <= speed <= SPEED_MAX:  # (NaN fails this too)
+        raise ValueError(f"must be between {SPEED_MIN} and {SPEED_MAX:g}, got {value!r}")
+    hundredths = round(speed / SPEED_STEP)
+    if abs(speed / SPEED_STEP - hundredths) > 1e-6:
+        low = math.floor(speed / SPEED_STEP) / 100
+        raise ValueError(
+            f"must be a multiple of {SPEED_STEP} (the model's grid; {low:.2f} or "
+            f"{low + SPEED_STEP:.2f}?), got {value!r}; speeds are never rounded"
+        )
+    return hundredths / 100
+
+
+def check_style(v: str) -> str:
+    """A style prompt (Runware's positivePrompt) must say something: a blank one is
+    refused, not dropped, so a request meaning "no style" (leave the field out) is
+    never confused with one that lost its text (and a template's style is never
+    replaced by nothing)."""
+    if not v.strip():
+        raise ValueError("is blank; leave style out for no style prompt")
+    return v
 
 
 class Codec(enum.StrEnum):

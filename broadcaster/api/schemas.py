@@ -22,7 +22,15 @@ from pydantic import (
     field_validator,
 )
 
-from broadcaster.model import LANGUAGES, PRIORITY_BANDS, SPEED_MAX, SPEED_MIN, VOICES
+from broadcaster.model import (
+    LANGUAGES,
+    PRIORITY_BANDS,
+    SPEED_MAX,
+    SPEED_MIN,
+    VOICES,
+    check_speed,
+    check_style,
+)
 
 #: Deepest nesting of arrays and objects a request body may have.
 MAX_JSON_DEPTH = 32
@@ -163,7 +171,12 @@ class AnnouncementRequest(BaseModel):
     @field_validator("style")
     @classmethod
     def _style(cls, v: str | None) -> str | None:
-        return None if v is None else check_spoken(v)
+        return None if v is None else check_spoken(check_style(v))
+
+    @field_validator("speed")
+    @classmethod
+    def _speed(cls, v: float | None) -> float | None:
+        return None if v is None else check_speed(v)
 
     @field_validator("priority", mode="before")
     @classmethod

@@ -182,7 +182,10 @@ async def test_seed_template_is_one_request_exactly_as_in_the_seed(fake, tmp_pat
     root = Path(__file__).resolve().parents[2]
     demo = load_config(root / "configs" / "demo.toml")
     cfg = runware_config(fake, tmp_path / "cache")
-    cfg = cfg.model_copy(update={"templates": demo.templates})
+    # (no warm-up: this counts the announcement's own request; test_warm_up.py warms)
+    runware = cfg.speech.runware.model_copy(update={"warm_up": False})
+    speech = cfg.speech.model_copy(update={"runware": runware})
+    cfg = cfg.model_copy(update={"templates": demo.templates, "speech": speech})
     service = Service(cfg, environ={"RUNWARE_API_KEY": "test-key"})
     await service.start()
     h = Harness(service, tmp_path)

@@ -95,7 +95,9 @@ class RunwareEngine:
                 "text": request.text,
                 "voice": request.voice,
                 "language": request.language,
-                "speed": round(request.speed, 2),
+                # As given: a speed off the 0.01 grid is refused by the check, never
+                # rounded (config and API refuse it before it gets here).
+                "speed": request.speed,
             },
             "settings": {
                 # (speed clamped only for the estimate; the task check refuses it)
@@ -162,6 +164,28 @@ class RunwareEngine:
         step = rate * _BLOCK_MS // 1000 * 2
         for start in range(0, len(pcm), step):
             yield PcmBlock(pcm[start : start + step], rate)
+
+    async def warm(self, request: SpeechRequest) -> tuple[bool, float | None]:
+        """Put ``request``'s audio in the cache (the warm-up); ``(fetched, cost)``:
+        ``fetched`` is False when it was there already. Raises ``SpeechError`` or
+        ``RunwareError``; without a cache there is nothing to warm."""
+        if self.cache is None:
+            return False, None
+        key = self.cache_key_for(request)
+        if await asyncio.to_thread(self.cache.__contains__, key):
+            return False, None
+        try:
+            task = build_task(**self.task_fields(request))
+        except TaskValidationError as exc:
+            raise SpeechError(f"invalid request field {exc.field}: {exc}") from None
+        result = (await self.client.run(task))[0]
+        data = decode_inline_audio(result)
+        if data is None:
+            if result.audio_url is None:
+                raise SpeechError("runware answered without audio")
+            data = await self.client.download(result.audio_url)
+        await asyncio.to_thread(self.cache.put, key, data)
+        return True, result.cost
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -287,6 +287,13 @@ class AudioInferenceTask(_WireModel):
             raise ValueError(f"model must be {MODEL_ID!r}, got {v!r}")
         return v
 
+    @field_validator("positivePrompt")
+    @classmethod
+    def _prompt(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("positivePrompt is blank (leave it out for no style prompt)")
+        return v
+
     @field_validator("webhookURL", "uploadEndpoint")
     @classmethod
     def _uri(cls, v: str | None) -> str | None:
