@@ -274,7 +274,9 @@ class SpeechConfig(_Section):
     fallback: bool = True
     #: How long Runware may take to produce the first audio before the fallback speaks.
     first_audio_deadline_s: float = Field(default=6.0, gt=0, le=120)
-    #: The same for emergency priority (announcements.emergency_priority and above).
+    #: No longer used (older configs still load): an emergency now starts on the local
+    #: engine at once unless Runware's audio is already there, and switches to Runware
+    #: at a segment boundary (speech/chain.py), so its first audio comes well within 2 s.
     emergency_first_audio_deadline_s: float = Field(default=2.0, gt=0, le=120)
     default_voice: str = "ryan"
     default_language: str = "English"
