@@ -335,3 +335,15 @@ def test_a_template_path_is_trusted_but_the_limits_hold(tmp_path, caplog):
     assert "longer than 1 s" in caplog.text
     assert announcer._chime(f"file:{_wav(tmp_path / 'big.wav', 1.0, 48000)}", 8000) is None
     assert "at most 65536 are read" in caplog.text
+
+
+async def test_first_audio_latency_is_not_an_underrun():
+    # Like every remote engine: 1.5 s before the first block, then faster than real time.
+    clock, announcer, box = setup(
+        lambda c: FakeEngine(c, seconds=3, stall_at_s=0.0, stall_us=1_500_000)
+    )
+    [ann] = await play(clock, announcer, spec())
+    assert ann.state.value == "unconfirmed", ann.reason
+    assert ann.underruns == 0
+    plays = [h.play_at_us for _, h in box.audio]
+    assert all(b - a == 20_000 for a, b in itertools.pairwise(plays))  # no gap inside
