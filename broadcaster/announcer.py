@@ -1113,7 +1113,10 @@ class Announcer:
                 self._emit_fallback(ann, outcome)
                 if self.observer is not None:
                     self.observer.speech_failed(self.engine.name)
-            ann.cost = outcome.meta.cost
+            cost = outcome.meta.cost  # an exact decimal sum
+            ann.cost = None if cost is None else float(cost)
+            ann.speech_tasks_billed = outcome.meta.tasks_billed
+            ann.speech_tasks_heard = outcome.meta.tasks_heard
             ann.speech_requests = outcome.meta.requests
             ann.cache_hits = outcome.meta.cache_hits
         if multi is not None:

@@ -86,6 +86,8 @@ class EngineChain:
             ):
                 assert only is not None
                 yield only
+            for r in requests:
+                outcome.meta.mark_heard(r)  # all of it was handed on to be played
             return
 
         stream = synthesize_in_order(
@@ -114,6 +116,7 @@ class EngineChain:
                 index, block = item
                 if block is None:
                     resume_at = index + 1  # segment `index` was delivered whole
+                    outcome.meta.mark_heard(requests[index])
                     continue
                 if not heard:
                     heard = True

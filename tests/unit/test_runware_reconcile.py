@@ -1,0 +1,156 @@
+"""The client's bookkeeping after a resume and for billing, driven by frames: no sockets."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from broadcaster.clock import FakeClock
+from broadcaster.speech.engine import SynthesisMeta
+from broadcaster.speech.runware.client import ClientSettings, RunwareClient
+from broadcaster.speech.runware.errors import RunwareError
+from broadcaster.speech.runware.schema import build_task, new_task_uuid
+
+
+def a_task(text: str = "Platform two."):
+    return build_task(
+        taskType="audioInference",
+        taskUUID=new_task_uuid(),
+        model="alibaba:qwen@3-tts-1.7b-customvoice",
+        speech={"text": text, "voice": "ryan", "language": "English", "speed": 1.0},
+        outputType="base64Data",
+        outputFormat="WAV",
+        deliveryMethod="sync",
+        includeCost=True,
+    )
+
+
+def client() -> RunwareClient:
+    return RunwareClient(ClientSettings(api_key="k", ws_url="ws://unused"), clock=FakeClock())
+
+
+async def test_after_a_resume_only_tasks_of_the_old_link_are_asked_about():
+    c = client()
+    old = c._register(a_task(), via_ws=True)
+    c._link = 1  # the link it was sent on died; this is the resumed one
+    new = c._register(a_task(), via_ws=True)
+    new.link = 1
+    rest = c._register(a_task(), via_ws=False)
+    assert c.to_reconcile() == [old]
+    assert rest not in c.to_reconcile()
+
+
+async def test_unknown_to_the_server_means_resubmit_and_known_means_wait():
+    c = client()
+    lost, running, done = (c._register(a_task(), via_ws=True) for _ in range(3))
+    c._link = 1
+    for e in (lost, running, done):
+        e.reconciling = True
+    c._dispatch(
+        {
+            "errors": [
+                {
+                    "code": "taskNotFound",
+                    "message": "No task",
+                    "taskType": "getResponse",
+                    "taskUUID": lost.task_uuid,
+                }
+            ]
+        }
+    )
+    c._dispatch(
+        {
+            "data": [
+                {
+                    "taskType": "audioInference",
+                    "taskUUID": running.task_uuid,
+                    "status": "processing",
+                    "progress": 40,
+                }
+            ]
+        }
+    )
+    assert c._resend == [lost] and not lost.future.done()  # sent again, not failed
+    assert not running.reconciling and not running.future.done()  # still being made: wait
+    assert running not in c._resend
+    # a getResponse "not found" for a task not being reconciled stays an error
+    done.reconciling = False
+    c._dispatch(
+        {
+            "errors": [
+                {
+                    "code": "taskNotFound",
+                    "message": "gone",
+                    "taskType": "getResponse",
+                    "taskUUID": done.task_uuid,
+                }
+            ]
+        }
+    )
+    assert isinstance(done.future.exception(), RunwareError)
+
+
+def test_costs_are_summed_in_decimal_and_abandoned_tasks_count():
+    meta = SynthesisMeta()
+    meta.bill("a", 0.0001)
+    meta.bill("b", 0.0002)
+    meta.bill("c", None)  # abandoned: billed, cost unknown so far
+    assert meta.cost == Decimal("0.0003")  # floats would give 0.00030000000000000003
+    assert 0.0001 + 0.0002 != 0.0003
+    assert meta.tasks_billed == 3
+    meta.bill("c", 0.0001)  # its late answer
+    meta.bill("a", 0.0001)  # a repeated item does not bill twice
+    assert meta.cost == Decimal("0.0004") and meta.tasks_billed == 3
+
+
+def test_heard_counts_only_billed_segments_handed_on():
+    meta = SynthesisMeta()
+    first, second = object(), object()
+    meta.bill("t1", 0.0001)
+    meta.segment_task[id(first)] = "t1"
+    meta.bill("t2", 0.0001)
+    meta.segment_task[id(second)] = "t2"
+    meta.mark_heard(first)
+    meta.mark_heard(object())  # a cached or fallback segment: nothing billed
+    assert (meta.tasks_billed, meta.tasks_heard) == (2, 1)
+
+
+async def test_a_late_result_of_an_abandoned_task_is_billed():
+    c = client()
+    meta = SynthesisMeta()
+    entry = c._register(a_task(), via_ws=True, bill=meta.bill)
+    c._settle(entry, sent=True)  # given up on before its answer
+    assert meta.tasks_billed == 1 and meta.cost is None
+    c._dispatch(
+        {
+            "data": [
+                {
+                    "taskType": "audioInference",
+                    "taskUUID": entry.task_uuid,
+                    "audioUUID": new_task_uuid(),
+                    "audioBase64Data": "UklGRg==",
+                    "cost": 0.00013,
+                }
+            ]
+        }
+    )
+    assert meta.cost == Decimal("0.00013") and meta.tasks_heard == 0
+
+
+async def test_a_refused_task_is_not_billed():
+    c = client()
+    meta = SynthesisMeta()
+    entry = c._register(a_task(), via_ws=True, bill=meta.bill)
+    c._dispatch(
+        {
+            "errors": [
+                {
+                    "code": "invalidSpeechVoice",
+                    "message": "no",
+                    "taskType": "audioInference",
+                    "taskUUID": entry.task_uuid,
+                }
+            ]
+        }
+    )
+    c._settle(entry, sent=True)
+    assert meta.tasks_billed == 0
