@@ -154,3 +154,32 @@ async def test_a_refused_task_is_not_billed():
     )
     c._settle(entry, sent=True)
     assert meta.tasks_billed == 0
+
+
+def test_readiness_reasons_read_the_client_health():
+    from datetime import UTC, datetime
+
+    from broadcaster.monitoring import speech_reasons
+    from broadcaster.speech.runware.client import ClientHealth
+
+    at = datetime(2026, 12, 4, 17, 0, tzinfo=UTC)
+    refused = ClientHealth(
+        authenticated=False,
+        last_error="authentication failed (invalidApiKey: Invalid API key)",
+        last_error_at=at,
+    )
+    assert speech_reasons("runware", False, None, refused) == [
+        "runware: authentication failed (invalidApiKey: Invalid API key) since "
+        "2026-12-04T17:00:00+00:00"
+    ]
+    down = ClientHealth(last_error="WebSocket unavailable: refused", last_error_at=at)
+    assert speech_reasons("runware", False, None, down) == [
+        "speech engine runware is not connected: WebSocket unavailable: refused since "
+        "2026-12-04T17:00:00+00:00"
+    ]
+    disabled = ClientHealth(ws_disabled="invalid speech.runware.ws_url 'x'", last_error_at=at)
+    assert speech_reasons("runware", False, None, disabled) == [
+        "runware: invalid speech.runware.ws_url 'x'; tasks go over REST since "
+        "2026-12-04T17:00:00+00:00"
+    ]
+    assert speech_reasons("runware", True, None, ClientHealth(connected=True)) == []
