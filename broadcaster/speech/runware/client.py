@@ -79,6 +79,8 @@ FaultSink = Callable[[str, str, str], None]
 
 #: Abandoned tasks whose late answers are still counted (oldest forgotten first).
 _ABANDONED_LIMIT = 1024
+#: Frames at least this long are parsed off the event loop.
+_PARSE_IN_THREAD_BYTES = 64 * 1024
 
 
 @dataclass
@@ -558,7 +560,7 @@ class RunwareClient:
     async def _read_until_auth(self, ws: ClientConnection) -> None:
         async for message in ws:
             self._last_rx_us = self.clock.monotonic_us()
-            self._dispatch_text(message)
+            await self._receive(message)
             if self._auth_waiter is None or self._auth_waiter.done():
                 return
 
@@ -570,7 +572,7 @@ class RunwareClient:
                 await self._reconcile(ws)
             async for message in ws:
                 self._last_rx_us = self.clock.monotonic_us()
-                self._dispatch_text(message)
+                await self._receive(message)
                 await self._flush_resends(ws)
         finally:
             pinger.cancel()
@@ -632,6 +634,19 @@ class RunwareClient:
                 )
 
     # --- dispatch -------------------------------------------------------------------------
+
+    async def _receive(self, message: str | bytes) -> None:
+        """Parse and dispatch one frame. A result frame carries megabytes of base64:
+        it is parsed in a worker thread (awaited, so frames stay in order)."""
+        if len(message) < _PARSE_IN_THREAD_BYTES:
+            self._dispatch_text(message)
+            return
+        try:
+            frame = await asyncio.to_thread(json.loads, message)
+        except ValueError:
+            log.warning("runware sent a frame that is not JSON; ignored")
+            return
+        self._dispatch(frame)
 
     def _dispatch_text(self, message: str | bytes) -> None:
         try:
