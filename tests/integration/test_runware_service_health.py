@@ -96,3 +96,25 @@ async def test_a_drop_mid_announcement_loses_no_task_and_bills_each_once(fake, t
     finally:
         await h.close()
         await service.stop()
+
+
+async def test_a_superseded_task_is_billed_in_the_record_and_not_heard(fake, tmp_path):  # noqa: F811
+    # Runware answers after the emergency deadline: espeak speaks instead, and the task
+    # Runware still made (and billed) is in the record, with its cost, as not heard.
+    service, h = await start(fake, tmp_path)
+    try:
+        fake.set_latency(base_ms=1500)
+        await h.endpoint("ep-a", ["hall"], ["pcm_s16le/24000"])
+        text = "Evacuate the platform now. Leave by the nearest exit and follow the staff."
+        _, created = await h.post({"text": text, "zones": ["hall"], "priority": 240})
+        final = await h.wait_final(created["id"])
+        assert "fallback from runware" in final["engine"], final
+        sent = fake.tasks_received
+        assert sent and final["speech_tasks_billed"] == len(sent)
+        # at least the first segment's task was superseded by the local engine
+        assert final["speech_tasks_heard"] < final["speech_tasks_billed"]
+        exact = sum((Decimal(repr(fake.cost_for(t["speech"]["text"]))) for t in sent), Decimal(0))
+        assert Decimal(repr(final["cost_usd"])) == exact
+    finally:
+        await h.close()
+        await service.stop()
