@@ -114,3 +114,23 @@ async def test_a_superseded_task_is_billed_when_its_late_answer_comes(fake):
         assert meta.tasks_heard == 0
     finally:
         await c.aclose()
+
+
+async def test_a_recovered_websocket_is_an_event_and_clears_the_fallback(fake):
+    fake.refuse_websocket = True
+    c = RunwareClient(settings(fake), clock=SystemClock())
+    faults: list[tuple[str, str, str]] = []
+    c.set_fault_sink(lambda *a: faults.append(a))
+    await c.start()
+    try:
+        [result] = await c.run(task())
+        assert result.audio_base64 and c.health.rest_fallback
+        fake.refuse_websocket = False
+        for _ in range(200):
+            if c.connected:
+                break
+            await asyncio.sleep(0.02)
+        assert c.connected and c.health.rest_fallback is None and c.health.authenticated
+        assert [k for k, _, _ in faults] == ["runware_fault", "runware_recovered"]
+    finally:
+        await c.aclose()

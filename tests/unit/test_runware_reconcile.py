@@ -183,3 +183,37 @@ def test_readiness_reasons_read_the_client_health():
         "2026-12-04T17:00:00+00:00"
     ]
     assert speech_reasons("runware", True, None, ClientHealth(connected=True)) == []
+
+
+async def test_a_connection_task_that_dies_is_surfaced_at_once():
+    c = client()
+    faults: list[tuple[str, str, str]] = []
+    c.set_fault_sink(lambda *a: faults.append(a))
+
+    async def broken() -> None:
+        raise RuntimeError("bug in the link code")
+
+    c._connection_loop = broken  # type: ignore[method-assign]
+    await c.start()
+    try:
+        assert c._conn_task is not None
+        with __import__("contextlib").suppress(RuntimeError):
+            await c._conn_task
+        await __import__("asyncio").sleep(0)  # the done callback runs
+        assert c.health.rest_fallback and "bug in the link code" in c.health.rest_fallback
+        assert c.health.last_error == c.health.rest_fallback and c.health.last_error_at
+        assert faults and faults[0][0] == "runware_fault"
+        assert c._ws_failures >= 1  # tasks go over REST, without waiting for the link
+    finally:
+        await c.aclose()
+
+
+async def test_abandoned_tasks_are_bounded():
+    from broadcaster.speech.runware import client as client_module
+
+    c = client()
+    meta = SynthesisMeta()
+    for _ in range(client_module._ABANDONED_LIMIT + 5):
+        c._settle(c._register(a_task(), via_ws=True, bill=meta.bill), sent=True)
+    assert len(c._abandoned) == client_module._ABANDONED_LIMIT
+    assert meta.tasks_billed == client_module._ABANDONED_LIMIT + 5

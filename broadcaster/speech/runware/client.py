@@ -212,7 +212,9 @@ class RunwareClient:
     async def aclose(self) -> None:
         if self._conn_task is not None:
             self._conn_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # An exception it ended with was logged and reported when it ended
+            # (_connection_ended): no traceback at shutdown.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._conn_task
             self._conn_task = None
         closed = RunwareError(ErrorCategory.CONNECTION, "client closed")
