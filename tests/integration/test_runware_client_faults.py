@@ -71,8 +71,9 @@ async def test_a_wrong_key_is_a_distinct_health_state(fake):
         await c.aclose()
 
 
-async def test_an_invalid_ws_url_leaves_no_dead_task_and_uses_rest_at_once(fake):
-    c = RunwareClient(settings(fake, ws_url="http://127.0.0.1:1/v1"), clock=SystemClock())
+@pytest.mark.parametrize("url", ["http://127.0.0.1:1/v1", "ws://127.0.0.1:port/v1"])
+async def test_an_invalid_ws_url_leaves_no_dead_task_and_uses_rest_at_once(fake, url):
+    c = RunwareClient(settings(fake, ws_url=url), clock=SystemClock())
     faults: list[tuple[str, str, str]] = []
     c.set_fault_sink(lambda *a: faults.append(a))
     await c.start()

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.uri import parse_uri
 
 from broadcaster.clock import Clock
 from broadcaster.speech.runware.errors import ErrorCategory, RunwareError, error_from_item
@@ -455,6 +456,17 @@ class RunwareClient:
     # --- the WebSocket link ---------------------------------------------------------------
 
     async def _connection_loop(self) -> None:
+        try:
+            parse_uri(self.settings.ws_url)
+        except (InvalidURI, ValueError) as exc:
+            # A config error: retrying cannot help. Tasks go over REST from now on.
+            why = f"invalid speech.runware.ws_url {self.settings.ws_url!r}: {exc}"
+            log.error("runware WebSocket disabled: %s; tasks go over REST", why)
+            self.health.ws_disabled = why
+            self.health.rest_fallback = why
+            self._ws_failures += 1
+            self._fault(why)
+            return
         attempt = 0
         while True:
             try:
@@ -497,15 +509,6 @@ class RunwareClient:
                 else:
                     self._fault(f"WebSocket: {exc}", event=False)
                 self._ws_failures += 1
-            except (InvalidURI, ValueError, TypeError) as exc:
-                # A config error: retrying cannot help. Tasks go over REST from now on.
-                why = f"invalid speech.runware.ws_url {self.settings.ws_url!r}: {exc}"
-                log.error("runware WebSocket disabled: %s; tasks go over REST", why)
-                self.health.ws_disabled = why
-                self.health.rest_fallback = why
-                self._ws_failures += 1
-                self._fault(why)
-                return
             except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed) as exc:
                 first = self._ws_failures == 0
                 self._ws_failures += 1
