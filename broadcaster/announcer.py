@@ -122,6 +122,9 @@ def _record_billing(ann: Announcement, meta: SynthesisMeta) -> None:
     ann.cost = None if cost is None else float(cost)
     ann.speech_tasks_billed = meta.tasks_billed
     ann.speech_tasks_heard = meta.tasks_heard
+    for note in meta.notes:  # faults the engine got through (e.g. a dropped link)
+        if note not in ann.warnings:
+            ann.warnings.append(note)
 
 
 class _StartNotRecorded(Exception):

@@ -126,6 +126,8 @@ class _Pending:
     #: Asked with getResponse after a resume; a "not found" answer means resubmit.
     reconciling: bool = False
     bill: BillSink | None = None
+    #: Where a fault this task went through is told (the announcement's record).
+    note: Callable[[str], None] | None = None
 
 
 class RunwareClient:
@@ -242,6 +244,7 @@ class RunwareClient:
         *,
         deadline_us: int | None = None,
         bill: BillSink | None = None,
+        note: Callable[[str], None] | None = None,
     ) -> list[AudioResult]:
         """Run one audioInference task; retry what may pass, with a fresh taskUUID each time.
 
@@ -255,7 +258,7 @@ class RunwareClient:
         while True:
             attempt += 1
             try:
-                return await self._attempt(current, deadline_us, bill)
+                return await self._attempt(current, deadline_us, bill, note)
             except RunwareError as exc:
                 now = self.clock.monotonic_us()
                 if not exc.retryable or attempt >= s.max_attempts:
@@ -306,7 +309,11 @@ class RunwareClient:
         return int(base * (0.5 + self._rng.random() / 2) * 1e6)
 
     async def _attempt(
-        self, task: AudioInferenceTask, deadline_us: int | None, bill: BillSink | None = None
+        self,
+        task: AudioInferenceTask,
+        deadline_us: int | None,
+        bill: BillSink | None = None,
+        note: Callable[[str], None] | None = None,
     ) -> list[AudioResult]:
         s = self.settings
         now = self.clock.monotonic_us()
@@ -324,15 +331,20 @@ class RunwareClient:
             if self._auth_error is not None:
                 raise self._auth_error
             if self._connected.is_set():
-                return await self._attempt_ws(task, attempt_deadline, bill)
+                return await self._attempt_ws(task, attempt_deadline, bill, note)
             return await self._attempt_rest(task, attempt_deadline, bill)
 
     async def _attempt_ws(
-        self, task: AudioInferenceTask, deadline_us: int, bill: BillSink | None = None
+        self,
+        task: AudioInferenceTask,
+        deadline_us: int,
+        bill: BillSink | None = None,
+        note: Callable[[str], None] | None = None,
     ) -> list[AudioResult]:
         ws = self._ws
         assert ws is not None
         entry = self._register(task, via_ws=True, bill=bill)
+        entry.note = note
         sent = False
         try:
             try:
@@ -629,6 +641,11 @@ class RunwareClient:
             entry.link = self._link
             self.stats["resubmitted"] += 1
             log.warning("runware task %s never reached the server; sent again", entry.task_uuid)
+            if entry.note is not None:
+                entry.note(
+                    "runware connection dropped: a segment never reached the server "
+                    "and was sent again after the session resumed"
+                )
             await ws.send(json.dumps([entry.wire]))
 
     def _fail_ws_pending(self, why: str) -> None:

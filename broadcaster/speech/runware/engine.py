@@ -152,7 +152,7 @@ class RunwareEngine:
         else:
             # Every task sent is billed into ``meta`` (a late answer to one given up
             # on too); the segment remembers which task's audio it carries.
-            results = await self.client.run(task, bill=meta.bill)
+            results = await self.client.run(task, bill=meta.bill, note=meta.notes.append)
             meta.requests += 1
             result = results[0]
             meta.bill(result.task_uuid, result.cost)
