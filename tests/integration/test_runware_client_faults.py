@@ -51,6 +51,9 @@ async def test_drop_after_the_nth_task_loses_nothing_and_bills_nothing_twice(fak
     # the tasks behind the drop were found unknown by getResponse and sent again
     assert c.stats["reconciled"] >= 1 and c.stats["resubmitted"] >= 1
     assert took < 10  # reconciled, not found by the 30 s per-attempt timeout
+    # a drop is the last error, not a REST fallback
+    assert c.health.last_error and c.health.last_error.startswith("WebSocket dropped")
+    assert c.health.rest_fallback is None
 
 
 async def test_a_wrong_key_is_a_distinct_health_state(fake):
@@ -133,5 +136,21 @@ async def test_a_recovered_websocket_is_an_event_and_clears_the_fallback(fake):
             await asyncio.sleep(0.02)
         assert c.connected and c.health.rest_fallback is None and c.health.authenticated
         assert [k for k, _, _ in faults] == ["runware_fault", "runware_recovered"]
+    finally:
+        await c.aclose()
+
+
+async def test_a_task_asked_during_a_resume_waits_for_the_websocket(fake):
+    c = RunwareClient(settings(fake), clock=SystemClock())
+    await c.start()
+    try:
+        [first] = await c.run(task())
+        fake.drop_connections()  # TCP reset: the client resumes in a moment
+        while c.connected:
+            await asyncio.sleep(0.005)
+        [second] = await c.run(task("Platform three."))
+        assert first.audio_base64 and second.audio_base64
+        assert [t["transport"] for t in fake.tasks_received] == ["ws", "ws"]
+        assert c.stats["ws_resumes"] >= 1 and c.health.rest_fallback is None
     finally:
         await c.aclose()

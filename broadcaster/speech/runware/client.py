@@ -141,7 +141,8 @@ class RunwareClient:
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._ws: ClientConnection | None = None
         self._connected = asyncio.Event()
-        #: Set once the first connection attempt has ended either way.
+        #: Set while the link is up or known down (an attempt failed); clear while the
+        #: first connection or a resume after a drop is under way: tasks wait for it.
         self._first_try = asyncio.Event()
         self._session_uuid: str | None = None
         self._dropped_at_us: int | None = None
@@ -522,18 +523,27 @@ class RunwareClient:
                     self._fault(f"WebSocket: {exc}", event=False)
                 self._ws_failures += 1
             except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed) as exc:
-                first = self._ws_failures == 0
-                self._ws_failures += 1
-                log.warning("runware WebSocket unavailable: %s", exc)
-                self.health.rest_fallback = f"WebSocket unavailable: {exc}"
-                self._fault(f"WebSocket unavailable: {exc}", event=first)
+                if self._ws is not None:
+                    # An established link dropped: it resumes at once (tasks in flight
+                    # are reconciled), so it is the last error, not a REST fallback;
+                    # new tasks wait for the resume (up to connect_timeout_s).
+                    log.warning("runware link dropped: %s; resuming", exc)
+                    self._fault(f"WebSocket dropped: {exc}", event=False)
+                else:
+                    first = self._ws_failures == 0
+                    self._ws_failures += 1
+                    log.warning("runware WebSocket unavailable: %s", exc)
+                    self.health.rest_fallback = f"WebSocket unavailable: {exc}"
+                    self._fault(f"WebSocket unavailable: {exc}", event=first)
             finally:
                 if self._ws is not None:
                     self._dropped_at_us = self.clock.monotonic_us()
+                    self._first_try.clear()  # a link that was up: new tasks wait for it
                 self._ws = None
                 self._connected.clear()
                 self.health.connected = False
-                self._first_try.set()
+                if self._ws_failures > 0:
+                    self._first_try.set()  # known down: tasks go over REST
             attempt += 1
             await self.clock.sleep_us(self._backoff_us(attempt))
 
