@@ -110,6 +110,10 @@ class Announcement:
     preemptions: int = 0
     speech_requests: int = 0
     cache_hits: int = 0
+    #: Provider tasks that may be billed (abandoned, timed out and superseded ones
+    #: included; ``cost`` is their exact decimal sum) and how many were heard.
+    speech_tasks_billed: int = 0
+    speech_tasks_heard: int = 0
     #: The API token id that asked for it (None: a schedule, or made internally).
     created_by: str | None = None
     #: Per endpoint of its audience: which of *its* zones that endpoint plays in.
@@ -163,6 +167,8 @@ class Announcement:
             "also": [{"language": lang, "text": text} for lang, text in s.also],
             "speech_requests": self.speech_requests,
             "cache_hits": self.cache_hits,
+            "speech_tasks_billed": self.speech_tasks_billed,
+            "speech_tasks_heard": self.speech_tasks_heard,
             "endpoints": {k: v.as_dict() for k, v in self.deliveries.items()},
             "coverage": self.coverage,
         }

@@ -42,7 +42,7 @@ from broadcaster.model import (
     StreamFormat,
 )
 from broadcaster.speech.chain import EngineChain, FallbackPolicy, SpeechOutcome
-from broadcaster.speech.engine import SpeechEngine, SpeechError
+from broadcaster.speech.engine import SpeechEngine, SpeechError, SynthesisMeta
 from broadcaster.speech.prepared import ChimeMaker, PreparedSpeech, Programme, Sound, Speech
 from broadcaster.speech.segmenter import split_text
 from broadcaster.streaming import wire
@@ -114,6 +114,17 @@ class Observer(Protocol):
 
 class AlreadyClaimed(Exception):
     """A scheduled firing was already acted on (before a restart): not played twice."""
+
+
+def _record_billing(ann: Announcement, meta: SynthesisMeta) -> None:
+    """Cost (an exact decimal sum, shown as a JSON number), tasks billed and heard."""
+    cost = meta.cost
+    ann.cost = None if cost is None else float(cost)
+    ann.speech_tasks_billed = meta.tasks_billed
+    ann.speech_tasks_heard = meta.tasks_heard
+    for note in meta.notes:  # faults the engine got through (e.g. a dropped link)
+        if note not in ann.warnings:
+            ann.warnings.append(note)
 
 
 class _StartNotRecorded(Exception):
@@ -960,6 +971,8 @@ class Announcer:
 
         self._live.pop(ann.id, None)  # all audio is out: nothing left to join
         ann.underruns = pacer.underruns
+        # Late answers of tasks given up on (a fallback, a timeout) bill while it plays.
+        _record_billing(ann, prepared.outcome.meta)
         end_offset_us = max(end_us.values())
         ann.duration_ms = end_offset_us // 1000
         end_at_us = pacer.play_at(end_offset_us)
@@ -1122,7 +1135,7 @@ class Announcer:
             self.speech_fallback_reason = outcome.fallback_reason
             if self._note_speech_warnings(ann, outcome) and self.observer is not None:
                 self.observer.speech_failed(self.engine.name)
-            ann.cost = outcome.meta.cost
+            _record_billing(ann, outcome.meta)
             ann.speech_requests = outcome.meta.requests
             ann.cache_hits = outcome.meta.cache_hits
         if multi is not None:

@@ -164,6 +164,19 @@ class Service:
         assert self._engine is not None
         return self._engine
 
+    def _wire_speech_faults(self, events: EventLog) -> None:
+        """The Runware client's faults (refused key, unusable WebSocket, REST
+        fallback) and recoveries become events at once (it logs them itself)."""
+        client = getattr(self._engine, "client", None)
+        set_sink = getattr(client, "set_fault_sink", None)
+        if set_sink is None:
+            return
+
+        def sink(kind: str, severity: str, detail: str) -> None:
+            events.emit(kind, severity, "speech", detail, write_log=False)
+
+        set_sink(sink)
+
     async def start(self) -> None:
         cfg = self.config
         log.info("%s", ensure_file_limit(cfg.limits))
@@ -178,6 +191,7 @@ class Service:
         self.journal = StoreJournal(self.store)
         self.events = await EventLog.open(self.clock, self.store, keep_days=cfg.store.keep_days)
         self._events_task = asyncio.create_task(self.events.run(), name="event-log")
+        self._wire_speech_faults(self.events)
         self.store.health.listeners.append(self._store_health_changed)
         self.store.health.failure_listeners.append(
             lambda _reason: self.metrics.store_write_errors.inc()

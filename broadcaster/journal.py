@@ -73,6 +73,8 @@ def to_row(ann: Announcement) -> AnnouncementRow:
             "cost_usd",
             "speech_requests",
             "cache_hits",
+            "speech_tasks_billed",
+            "speech_tasks_heard",
             "endpoints",
             "created_by",
             "coverage",

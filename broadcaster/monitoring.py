@@ -71,11 +71,28 @@ def faulty_endpoints(statuses: Mapping[str, str]) -> list[str]:
     return [f"endpoint {eid} is faulty" for eid, st in sorted(statuses.items()) if st == "faulty"]
 
 
-def speech_reasons(engine: str, connected: bool | None, fallback_reason: str | None) -> list[str]:
-    """The primary speech engine unreachable, or the last announcement spoken by the fallback."""
+def speech_reasons(
+    engine: str,
+    connected: bool | None,
+    fallback_reason: str | None,
+    health: object | None = None,
+) -> list[str]:
+    """The primary speech engine unreachable (and why, from its client's ``health``:
+    a refused key, a WebSocket that cannot work, the last error and since when), or
+    the last announcement spoken by the fallback."""
     out: list[str] = []
-    if connected is False:
-        out.append(f"speech engine {engine} is not connected")
+    authenticated = getattr(health, "authenticated", None)
+    last_error = getattr(health, "last_error", None)
+    at = getattr(health, "last_error_at", None)
+    since = f" since {at.isoformat()}" if at is not None else ""
+    ws_disabled = getattr(health, "ws_disabled", None)
+    if authenticated is False:
+        out.append(f"{engine}: {last_error or 'authentication failed'}{since}")
+    elif ws_disabled:
+        out.append(f"{engine}: {ws_disabled}; tasks go over REST{since}")
+    elif connected is False:
+        why = f": {last_error}{since}" if last_error else ""
+        out.append(f"speech engine {engine} is not connected{why}")
     if fallback_reason:
         out.append(f"speech on the fallback engine: {fallback_reason}")
     return out
@@ -111,6 +128,7 @@ def service_readiness(
             announcer.engine.name,
             getattr(getattr(announcer.engine, "client", None), "connected", None),
             announcer.speech_fallback_reason,
+            getattr(getattr(announcer.engine, "client", None), "health", None),
         ),
     )
     return ready

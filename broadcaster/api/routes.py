@@ -872,8 +872,21 @@ async def health(request: web.Request) -> web.Response:
         if store is not None
         else None
     )
-    # Still 200 (the process is alive); "status" says when the store cannot write.
+    # Still 200 (the process is alive); "status" says when the store cannot write,
+    # or when the primary speech engine refuses our key.
+    client_health = getattr(client, "health", None)
     status = "ok" if store is None or store.health.ok else "store_failing"
+    if status == "ok" and getattr(client_health, "authenticated", None) is False:
+        status = "speech_failing"
+    speech: dict[str, object] = {
+        "engine": announcer.engine.name,
+        "fallback_engine": fallback.name if fallback is not None else None,
+        # the last announcement's speech fell back, and why (None: it did not)
+        "fallback_active": announcer.speech_fallback_reason is not None,
+        "fallback_reason": announcer.speech_fallback_reason,
+    }
+    if client_health is not None:
+        speech.update(client_health.as_dict())
     return web.json_response(
         {
             "status": status,
@@ -881,6 +894,7 @@ async def health(request: web.Request) -> web.Response:
             "engine": announcer.engine.name,
             "fallback_engine": fallback.name if fallback is not None else None,
             "engine_connected": getattr(client, "connected", None),
+            "speech": speech,
             "endpoints_connected": len(request.app[HUB].links()),
             "announcements_waiting": len(announcer.arbiter),
         }

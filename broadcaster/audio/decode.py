@@ -99,6 +99,38 @@ class AudioFileError(ValueError):
     """Bytes that PyAV cannot read as an audio file."""
 
 
+def parse_pcm_wav(data: bytes) -> tuple[bytes, int] | None:
+    """``(pcm, rate)`` of a mono 16-bit PCM WAV by reading its chunks (one copy, no
+    decoder); None for any other file (compressed, stereo, other sample width), which
+    :func:`decode_audio_file` handles."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    view = memoryview(data)
+    pos = 12
+    rate: int | None = None
+    while pos + 8 <= len(data):
+        cid = bytes(view[pos : pos + 4])
+        size = int.from_bytes(view[pos + 4 : pos + 8], "little")
+        body = pos + 8
+        if cid == b"fmt ":
+            if size < 16:
+                return None
+            fmt_tag = int.from_bytes(view[body : body + 2], "little")
+            channels = int.from_bytes(view[body + 2 : body + 4], "little")
+            rate = int.from_bytes(view[body + 4 : body + 8], "little")
+            bits = int.from_bytes(view[body + 14 : body + 16], "little")
+            if fmt_tag != 1 or channels != 1 or bits != 16 or rate <= 0:
+                return None
+        elif cid == b"data":
+            if rate is None:
+                return None
+            end = min(len(data), body + size) if size != 0xFFFFFFFF else len(data)
+            end -= (end - body) % 2
+            return bytes(view[body:end]), rate
+        pos = body + size + (size & 1)
+    return None
+
+
 def decode_audio_file(data: bytes) -> tuple[bytes, int]:
     """Decode a whole audio file (WAV, FLAC, MP3, Ogg...) to mono s16le PCM.
 

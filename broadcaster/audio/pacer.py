@@ -10,6 +10,11 @@ a discontinuity, and everything after it stays contiguous again. Because the
 timeline is shifted instead of bursting, a stall never makes the server send
 more than ``lead`` of audio ahead of its play time, which is what the
 endpoint's buffer is sized for.
+
+The first chunk is different: it is usually late because synthesis had to
+make it (the first-audio latency). Shifting for it moves the start, not a
+gap inside the audio, so it is kept apart as ``start_delay_us`` and never
+counted as an underrun.
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ class Pacer:
         self.tolerance_us = lead_us // 2 if tolerance_us is None else tolerance_us
         self.shift_us = 0
         self.underruns = 0
+        #: How much later than ``start_us`` the first chunk could play.
+        self.start_delay_us = 0
+        self._placed = 0
 
     def play_at(self, offset_us: int) -> int:
         return self.start_us + self.shift_us + offset_us
@@ -57,6 +65,10 @@ class Pacer:
         discontinuity = False
         if late_us > self.tolerance_us:
             self.shift_us += late_us
-            self.underruns += 1
+            if self._placed == 0:
+                self.start_delay_us = late_us  # a late start, not a gap in the audio
+            else:
+                self.underruns += 1
             discontinuity = True
+        self._placed += 1
         return Slot(self.send_at(offset_us), self.play_at(offset_us), discontinuity)

@@ -215,6 +215,7 @@ class EngineChain:
                             first_us = self.clock.monotonic_us()
                         handed_us += block.duration_us
                         yield block
+                    outcome.meta.mark_heard(requests[index])  # handed on whole: heard
                     continue
                 # The fallback speaks this segment in the primary's place.
                 assert self.fallback is not None and decision.reason is not None

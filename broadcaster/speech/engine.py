@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
 from broadcaster.model import PcmBlock, SpeechRequest
@@ -34,12 +35,48 @@ class SynthesisMeta:
     requests: int = 0  # requests sent to a remote engine
     cache_hits: int = 0
     retries: int = 0
-    cost: float | None = None  # USD, when the engine reports it
     notes: list[str] = field(default_factory=list)
+    #: Every task a remote engine may bill: task id -> its cost (None: not known
+    #: yet, e.g. abandoned before its answer came). Abandoned, timed-out and
+    #: superseded tasks stay here; a late answer fills their cost in.
+    billed: dict[str, Decimal | None] = field(default_factory=dict)
+    #: Segment (request identity) -> the task whose audio it is, for ``mark_heard``.
+    segment_task: dict[int, str] = field(default_factory=dict)
+    #: Task ids whose audio was handed on to be played.
+    heard: set[str] = field(default_factory=set)
+
+    def bill(self, task_uuid: str, cost: float | Decimal | None) -> None:
+        """Record a task the provider may charge for (idempotent; a known cost sticks)."""
+        if cost is not None:
+            # repr() is the shortest text that reads back as the same float: the
+            # provider's decimal figure, without binary noise (0.0001 stays 0.0001).
+            self.billed[task_uuid] = cost if isinstance(cost, Decimal) else Decimal(repr(cost))
+        else:
+            self.billed.setdefault(task_uuid, None)
 
     def add_cost(self, cost: float | None) -> None:
+        """A cost not tied to a task id (kept for engines that know no ids)."""
         if cost is not None:
-            self.cost = (self.cost or 0.0) + cost
+            self.bill(f"untracked-{len(self.billed)}", cost)
+
+    def mark_heard(self, request: object) -> None:
+        task = self.segment_task.get(id(request))
+        if task is not None:
+            self.heard.add(task)
+
+    @property
+    def cost(self) -> Decimal | None:
+        """Exact decimal sum of the known costs (None: nothing billed with a cost)."""
+        known = [c for c in self.billed.values() if c is not None]
+        return sum(known, Decimal(0)) if known else None
+
+    @property
+    def tasks_billed(self) -> int:
+        return len(self.billed)
+
+    @property
+    def tasks_heard(self) -> int:
+        return len(self.heard & self.billed.keys())
 
 
 @runtime_checkable

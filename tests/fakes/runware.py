@@ -567,6 +567,7 @@ class _Conn:
     last_activity: float
     session: _Session | None = None
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    dead: bool = False  # reset by drop_after_tasks: later frames are lost
 
 
 @dataclass(eq=False)
@@ -685,6 +686,8 @@ class FakeRunware:
         self._rate_limit_every = 0
         self._drop_on_accept = 0
         self._drop_after_results: int | None = None
+        self._drop_after_tasks: int | None = None
+        self.tasks_lost_in_drop = 0
         self._clock_offset = 0.0
 
         self._conns: set[_Conn] = set()
@@ -851,6 +854,25 @@ class FakeRunware:
         if n < 0:
             raise ValueError("n must be >= 0")
         self._drop_after_results = n
+
+    def drop_after_tasks(self, n: int) -> None:
+        """Fault "drop after the Nth task": once ``n`` more WebSocket audioInference
+        tasks are accepted, reset every socket (TCP abort, no close frame). Whatever
+        the client had already written behind the Nth task never reaches the server
+        (counted in ``tasks_lost_in_drop``), as with a connection dying under load."""
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        self._drop_after_tasks = n
+
+    def _count_task_for_drop(self) -> None:
+        if self._drop_after_tasks is None:
+            return
+        self._drop_after_tasks -= 1
+        if self._drop_after_tasks == 0:
+            self._drop_after_tasks = None
+            for conn in list(self._conns):
+                conn.dead = True
+            self.drop_connections()
 
     def advance_clock(self, seconds: float) -> None:
         """Move the fake's clock for URL expiry and the resume buffer (not latency)."""
@@ -1050,6 +1072,11 @@ class FakeRunware:
             )
             return
         for task in payload:
+            if conn.dead:
+                # Reset by drop_after_tasks: bytes behind the drop are lost.
+                if task.get("taskType") == "audioInference":
+                    self.tasks_lost_in_drop += 1
+                continue
             task_type = task.get("taskType")
             raw_uuid = task.get("taskUUID")
             task_uuid = raw_uuid if isinstance(raw_uuid, str) else None
@@ -1081,6 +1108,7 @@ class FakeRunware:
                     if accepted.params.delivery == "async":
                         await self._send_conn(conn, {"data": [self._ack(accepted)]})
                     self._after_accept()
+                    self._count_task_for_drop()
                 else:
                     raise TaskError(
                         "invalidTaskType",

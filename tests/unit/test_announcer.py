@@ -47,7 +47,9 @@ class FakeEngine:
         stall_at_s: float | None = None,
         stall_us: int = 0,
         fail_at_s: float | None = None,
+        stall_request: int = 0,
     ) -> None:
+        self.stall_request = stall_request  # which request (segment) stalls
         self.clock = clock
         self.seconds = seconds
         self.stall_at_s = stall_at_s
@@ -61,7 +63,8 @@ class FakeEngine:
         t = np.arange(block) / RATE
         pcm = (np.sin(2 * np.pi * 440 * t) * 8000).astype("<i2").tobytes()
         for i in range(round(self.seconds * 10)):
-            if self.stall_at_s is not None and i == round(self.stall_at_s * 10):
+            stalls = len(self.requests) - 1 == self.stall_request
+            if stalls and self.stall_at_s is not None and i == round(self.stall_at_s * 10):
                 await self.clock.sleep_us(self.stall_us)
             if self.fail_at_s is not None and i == round(self.fail_at_s * 10):
                 raise SpeechError("engine fell over")
@@ -153,10 +156,14 @@ async def test_ten_minutes_are_paced_exactly_with_no_drift():
 
 
 async def test_a_stall_shifts_the_timeline_without_a_burst():
+    # The second segment is 3 s late (no fallback engine): the audio has a gap there.
+    # (A segment is handed on whole, so the stall shows between segments.)
     clock, announcer, box = setup(
-        lambda c: FakeEngine(c, seconds=5, stall_at_s=1.0, stall_us=3_000_000)
+        lambda c: FakeEngine(c, seconds=2, stall_at_s=0.0, stall_us=3_000_000, stall_request=1)
     )
-    [ann] = await play(clock, announcer, spec())
+    text = "First part of the message here. " + "Then the second sentence goes on. " * 5
+    [ann] = await play(clock, announcer, spec(text))
+    assert ann.segments == 2
     assert ann.state.value == "unconfirmed"
     assert ann.underruns == 1
     flagged = [h for _, h in box.audio if h.flags & wire.FLAG_DISCONTINUITY]
@@ -335,3 +342,15 @@ def test_a_template_path_is_trusted_but_the_limits_hold(tmp_path, caplog):
     assert "longer than 1 s" in caplog.text
     assert announcer._chime(f"file:{_wav(tmp_path / 'big.wav', 1.0, 48000)}", 8000) is None
     assert "at most 65536 are read" in caplog.text
+
+
+async def test_first_audio_latency_is_not_an_underrun():
+    # Like every remote engine: 1.5 s before the first block, then faster than real time.
+    clock, announcer, box = setup(
+        lambda c: FakeEngine(c, seconds=3, stall_at_s=0.0, stall_us=1_500_000)
+    )
+    [ann] = await play(clock, announcer, spec())
+    assert ann.state.value == "unconfirmed", ann.reason
+    assert ann.underruns == 0
+    plays = [h.play_at_us for _, h in box.audio]
+    assert all(b - a == 20_000 for a, b in itertools.pairwise(plays))  # no gap inside

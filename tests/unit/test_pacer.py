@@ -40,3 +40,18 @@ def test_underrun_shifts_the_timeline_once_and_marks_the_gap():
     assert not after.discontinuity
     assert after.play_at_us == late.play_at_us + 20_000
     assert pacer.underruns == 1
+
+
+def test_a_late_first_chunk_is_a_late_start_not_an_underrun():
+    # Synthesis made the first chunk 1.2 s after the pacer was created: that delays
+    # the start; the audio itself has no gap, so the record must not say "underrun".
+    pacer = Pacer(start_us=1_300_000, lead_us=300_000)
+    first = pacer.place(0, ready_us=2_200_000)
+    assert first.send_at_us == 2_200_000 and first.play_at_us == 2_500_000
+    assert pacer.start_delay_us == 1_200_000
+    for i in range(1, 50):
+        pacer.place(i * 20_000, ready_us=pacer.send_at(i * 20_000))
+    assert pacer.underruns == 0
+    # a real stall afterwards still counts
+    pacer.place(50 * 20_000, ready_us=pacer.send_at(50 * 20_000) + 1_000_000)
+    assert pacer.underruns == 1

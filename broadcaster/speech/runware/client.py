@@ -21,13 +21,16 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import Awaitable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.uri import parse_uri
 
 from broadcaster.clock import Clock
 from broadcaster.speech.runware.errors import ErrorCategory, RunwareError, error_from_item
@@ -70,6 +73,42 @@ class ClientSettings:
     download_timeout_s: float = 30.0
 
 
+#: (task id, cost or None) for every task the provider may bill.
+BillSink = Callable[[str, float | None], None]
+#: (kind, severity, detail) of a fault or recovery, for the service's event log.
+FaultSink = Callable[[str, str, str], None]
+
+#: Abandoned tasks whose late answers are still counted (oldest forgotten first).
+_ABANDONED_LIMIT = 1024
+#: Frames at least this long are parsed off the event loop.
+_PARSE_IN_THREAD_BYTES = 64 * 1024
+
+
+@dataclass
+class ClientHealth:
+    """What the client knows about its link, for /healthz and /readyz."""
+
+    connected: bool = False
+    #: None: not tried yet; False: the key was refused.
+    authenticated: bool | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    #: Why tasks go over REST instead of the WebSocket (None: they do not).
+    rest_fallback: str | None = None
+    #: The WebSocket can never work with this config (e.g. an invalid URL).
+    ws_disabled: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "connected": self.connected,
+            "authenticated": self.authenticated,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at.isoformat() if self.last_error_at else None,
+            "rest_fallback": self.rest_fallback,
+            "ws_disabled": self.ws_disabled,
+        }
+
+
 @dataclass(eq=False)
 class _Pending:
     """A task sent and not yet answered."""
@@ -80,6 +119,15 @@ class _Pending:
     via_ws: bool
     results: dict[str, AudioResult] = field(default_factory=dict)
     answered: asyncio.Event = field(default_factory=asyncio.Event)  # any item seen (polls)
+    #: The task as sent, to resubmit it unchanged if the server never got it.
+    wire: dict[str, Any] = field(default_factory=dict)
+    #: Which WebSocket link it was sent on (see ``RunwareClient._link``).
+    link: int = 0
+    #: Asked with getResponse after a resume; a "not found" answer means resubmit.
+    reconciling: bool = False
+    bill: BillSink | None = None
+    #: Where a fault this task went through is told (the announcement's record).
+    note: Callable[[str], None] | None = None
 
 
 class RunwareClient:
@@ -93,6 +141,9 @@ class RunwareClient:
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._ws: ClientConnection | None = None
         self._connected = asyncio.Event()
+        #: Set while the link is up or known down (an attempt failed); clear while the
+        #: first connection or a resume after a drop is under way: tasks wait for it.
+        self._first_try = asyncio.Event()
         self._session_uuid: str | None = None
         self._dropped_at_us: int | None = None
         self._ws_failures = 0  # consecutive failures to establish the WebSocket
@@ -101,6 +152,12 @@ class RunwareClient:
         self._auth_waiter: asyncio.Future[str] | None = None
         self._conn_task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
+        self._link = 0  # number of the current WebSocket link (one per authentication)
+        self._resend: list[_Pending] = []  # found unknown by the server: sent again
+        #: Tasks given up on (timeout, cancelled): their late results are still billed.
+        self._abandoned: OrderedDict[str, BillSink] = OrderedDict()
+        self.health = ClientHealth()
+        self._fault_sink: FaultSink | None = None
         #: Counters for the operator and the tests.
         self.stats: dict[str, int] = {
             "ws_connects": 0,
@@ -110,6 +167,8 @@ class RunwareClient:
             "tasks_rest": 0,
             "retries": 0,
             "unroutable_errors": 0,
+            "reconciled": 0,
+            "resubmitted": 0,
         }
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -117,11 +176,49 @@ class RunwareClient:
     async def start(self) -> None:
         self._http = aiohttp.ClientSession()
         self._conn_task = asyncio.create_task(self._connection_loop(), name="runware-ws")
+        self._conn_task.add_done_callback(self._connection_ended)
+
+    def set_fault_sink(self, sink: FaultSink | None) -> None:
+        """Where faults go (the service's event log); a fault already known is sent now."""
+        self._fault_sink = sink
+        if sink is not None and self.health.last_error is not None:
+            self._report("runware_fault", "error", self.health.last_error)
+
+    def _report(self, kind: str, severity: str, detail: str) -> None:
+        if self._fault_sink is not None:
+            try:
+                self._fault_sink(kind, severity, detail)
+            except Exception:  # a broken sink must not stop the client
+                log.exception("runware fault sink failed")
+
+    def _fault(self, detail: str, *, event: bool = True) -> None:
+        self.health.last_error = detail
+        self.health.last_error_at = self.clock.wall()
+        if event:
+            self._report("runware_fault", "error", detail)
+
+    def _connection_ended(self, task: asyncio.Task[None]) -> None:
+        """The connection task never ends by itself; if it does, say so at once."""
+        self._first_try.set()
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None and self.health.ws_disabled:
+            return  # a config error, already logged and reported
+        why = f"WebSocket task ended: {exc!r}" if exc else "WebSocket task ended"
+        log.error("runware %s; tasks go over REST", why, exc_info=exc)
+        self.health.connected = False
+        self.health.ws_disabled = self.health.ws_disabled or why
+        self.health.rest_fallback = why
+        self._ws_failures = max(1, self._ws_failures)
+        self._fault(why)
 
     async def aclose(self) -> None:
         if self._conn_task is not None:
             self._conn_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # An exception it ended with was logged and reported when it ended
+            # (_connection_ended): no traceback at shutdown.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._conn_task
             self._conn_task = None
         closed = RunwareError(ErrorCategory.CONNECTION, "client closed")
@@ -143,7 +240,12 @@ class RunwareClient:
     # --- running tasks --------------------------------------------------------------------
 
     async def run(
-        self, task: AudioInferenceTask, *, deadline_us: int | None = None
+        self,
+        task: AudioInferenceTask,
+        *,
+        deadline_us: int | None = None,
+        bill: BillSink | None = None,
+        note: Callable[[str], None] | None = None,
     ) -> list[AudioResult]:
         """Run one audioInference task; retry what may pass, with a fresh taskUUID each time.
 
@@ -157,7 +259,7 @@ class RunwareClient:
         while True:
             attempt += 1
             try:
-                return await self._attempt(current, deadline_us)
+                return await self._attempt(current, deadline_us, bill, note)
             except RunwareError as exc:
                 now = self.clock.monotonic_us()
                 if not exc.retryable or attempt >= s.max_attempts:
@@ -208,7 +310,11 @@ class RunwareClient:
         return int(base * (0.5 + self._rng.random() / 2) * 1e6)
 
     async def _attempt(
-        self, task: AudioInferenceTask, deadline_us: int | None
+        self,
+        task: AudioInferenceTask,
+        deadline_us: int | None,
+        bill: BillSink | None = None,
+        note: Callable[[str], None] | None = None,
     ) -> list[AudioResult]:
         s = self.settings
         now = self.clock.monotonic_us()
@@ -222,52 +328,84 @@ class RunwareClient:
                 # The first connection may still be opening: give it its chance.
                 wait_until = min(attempt_deadline, now + int(s.connect_timeout_s * 1e6))
                 with contextlib.suppress(TimeoutError):
-                    await self._until(self._connected.wait(), wait_until)
+                    await self._until(self._first_try.wait(), wait_until)
             if self._auth_error is not None:
                 raise self._auth_error
             if self._connected.is_set():
-                return await self._attempt_ws(task, attempt_deadline)
-            return await self._attempt_rest(task, attempt_deadline)
+                return await self._attempt_ws(task, attempt_deadline, bill, note)
+            return await self._attempt_rest(task, attempt_deadline, bill)
 
-    async def _attempt_ws(self, task: AudioInferenceTask, deadline_us: int) -> list[AudioResult]:
+    async def _attempt_ws(
+        self,
+        task: AudioInferenceTask,
+        deadline_us: int,
+        bill: BillSink | None = None,
+        note: Callable[[str], None] | None = None,
+    ) -> list[AudioResult]:
         ws = self._ws
         assert ws is not None
-        entry = self._register(task, via_ws=True)
+        entry = self._register(task, via_ws=True, bill=bill)
+        entry.note = note
+        sent = False
         try:
             try:
-                await ws.send(json.dumps([task.to_wire()]))
+                entry.link = self._link
+                await ws.send(json.dumps([entry.wire]))
             except ConnectionClosed as exc:
                 raise RunwareError(
                     ErrorCategory.CONNECTION, f"WebSocket closed while sending: {exc}"
                 ) from None
+            sent = True
             self.stats["tasks_ws"] += 1
             if task.deliveryMethod == DeliveryMethod.ASYNC:
                 return await self._poll(entry, deadline_us, via_ws=True)
             return await self._wait_result(entry, deadline_us)
         finally:
-            self._pending.pop(entry.task_uuid, None)
+            self._settle(entry, sent)
 
-    async def _attempt_rest(self, task: AudioInferenceTask, deadline_us: int) -> list[AudioResult]:
-        entry = self._register(task, via_ws=False)
+    async def _attempt_rest(
+        self, task: AudioInferenceTask, deadline_us: int, bill: BillSink | None = None
+    ) -> list[AudioResult]:
+        entry = self._register(task, via_ws=False, bill=bill)
         try:
             self.stats["tasks_rest"] += 1
-            body = await self._rest_post([task.to_wire()], deadline_us)
+            body = await self._rest_post([entry.wire], deadline_us)
             self._dispatch(body)
             if task.deliveryMethod == DeliveryMethod.ASYNC and not entry.future.done():
                 return await self._poll(entry, deadline_us, via_ws=False)
             return await self._wait_result(entry, deadline_us)
         finally:
-            self._pending.pop(entry.task_uuid, None)
+            self._settle(entry, True)
 
-    def _register(self, task: AudioInferenceTask, *, via_ws: bool) -> _Pending:
+    def _register(
+        self, task: AudioInferenceTask, *, via_ws: bool, bill: BillSink | None = None
+    ) -> _Pending:
         entry = _Pending(
             task_uuid=task.taskUUID,
             expected=task.numberResults or 1,
             future=asyncio.get_running_loop().create_future(),
             via_ws=via_ws,
+            wire=task.to_wire(),
+            bill=bill,
         )
         self._pending[entry.task_uuid] = entry
         return entry
+
+    def _settle(self, entry: _Pending, sent: bool) -> None:
+        """The attempt is over. A task sent and left unanswered (timed out, cancelled,
+        superseded) may still be billed: it is counted now, and a late result adds its
+        cost."""
+        self._pending.pop(entry.task_uuid, None)
+        if not sent or entry.bill is None:
+            return
+        done_ok = entry.future.done() and not entry.future.cancelled()
+        if done_ok and entry.future.exception() is not None:
+            return  # the server refused or failed it: not billed
+        if not entry.results:
+            entry.bill(entry.task_uuid, None)
+            self._abandoned[entry.task_uuid] = entry.bill
+            while len(self._abandoned) > _ABANDONED_LIMIT:
+                self._abandoned.popitem(last=False)
 
     async def _wait_result(self, entry: _Pending, deadline_us: int) -> list[AudioResult]:
         try:
@@ -331,6 +469,17 @@ class RunwareClient:
     # --- the WebSocket link ---------------------------------------------------------------
 
     async def _connection_loop(self) -> None:
+        try:
+            parse_uri(self.settings.ws_url)
+        except (InvalidURI, ValueError) as exc:
+            # A config error: retrying cannot help. Tasks go over REST from now on.
+            why = f"invalid speech.runware.ws_url {self.settings.ws_url!r}: {exc}"
+            log.error("runware WebSocket disabled: %s; tasks go over REST", why)
+            self.health.ws_disabled = why
+            self.health.rest_fallback = why
+            self._ws_failures += 1
+            self._fault(why)
+            return
         attempt = 0
         while True:
             try:
@@ -343,36 +492,63 @@ class RunwareClient:
                     close_timeout=2,
                 ) as ws:
                     self.stats["ws_connects"] += 1
-                    await self._authenticate(ws)
+                    resumed = await self._authenticate(ws)
                     attempt = 0
                     self._ws_failures = 0
+                    self._link += 1
                     self._ws = ws
                     self._connected.set()
-                    await self._serve(ws)
+                    self._first_try.set()
+                    if self.health.rest_fallback or self.health.authenticated is False:
+                        self._report("runware_recovered", "warning", "WebSocket connected")
+                    self.health.connected = True
+                    self.health.authenticated = True
+                    self.health.rest_fallback = None
+                    await self._serve(ws, reconcile=resumed)
             except asyncio.CancelledError:
                 raise
             except RunwareError as exc:
                 if not exc.retryable:
                     # A wrong key will not fix itself, but it may be rotated: keep
                     # trying slowly, and fail every task meanwhile with the reason.
+                    first = self._auth_error is None
                     self._auth_error = exc
+                    self.health.authenticated = False
                     log.error("runware authentication failed: %s", exc)
+                    self._fault(f"authentication failed ({exc})", event=first)
                     for entry in list(self._pending.values()):
                         if not entry.future.done():
                             entry.future.set_exception(exc)
+                else:
+                    self._fault(f"WebSocket: {exc}", event=False)
                 self._ws_failures += 1
             except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed) as exc:
-                self._ws_failures += 1
-                log.warning("runware WebSocket unavailable: %s", exc)
+                if self._ws is not None:
+                    # An established link dropped: it resumes at once (tasks in flight
+                    # are reconciled), so it is the last error, not a REST fallback;
+                    # new tasks wait for the resume (up to connect_timeout_s).
+                    log.warning("runware link dropped: %s; resuming", exc)
+                    self._fault(f"WebSocket dropped: {exc}", event=False)
+                else:
+                    first = self._ws_failures == 0
+                    self._ws_failures += 1
+                    log.warning("runware WebSocket unavailable: %s", exc)
+                    self.health.rest_fallback = f"WebSocket unavailable: {exc}"
+                    self._fault(f"WebSocket unavailable: {exc}", event=first)
             finally:
                 if self._ws is not None:
                     self._dropped_at_us = self.clock.monotonic_us()
+                    self._first_try.clear()  # a link that was up: new tasks wait for it
                 self._ws = None
                 self._connected.clear()
+                self.health.connected = False
+                if self._ws_failures > 0:
+                    self._first_try.set()  # known down: tasks go over REST
             attempt += 1
             await self.clock.sleep_us(self._backoff_us(attempt))
 
-    async def _authenticate(self, ws: ClientConnection) -> None:
+    async def _authenticate(self, ws: ClientConnection) -> bool:
+        """Authenticate; True when the previous session was resumed."""
         s = self.settings
         resume = self._session_uuid
         if (
@@ -396,7 +572,8 @@ class RunwareClient:
                 await reader
             self._auth_waiter = None
         self._auth_error = None
-        if resume is not None and session == resume:
+        resumed = resume is not None and session == resume
+        if resumed:
             self.stats["ws_resumes"] += 1
             log.info("runware session %s resumed", session)
         else:
@@ -405,21 +582,25 @@ class RunwareClient:
                 self._fail_ws_pending("the Runware session was lost; the task is resubmitted")
             log.info("runware session %s opened", session)
         self._session_uuid = session
+        return resumed
 
     async def _read_until_auth(self, ws: ClientConnection) -> None:
         async for message in ws:
             self._last_rx_us = self.clock.monotonic_us()
-            self._dispatch_text(message)
+            await self._receive(message)
             if self._auth_waiter is None or self._auth_waiter.done():
                 return
 
-    async def _serve(self, ws: ClientConnection) -> None:
+    async def _serve(self, ws: ClientConnection, *, reconcile: bool = False) -> None:
         self._last_rx_us = self.clock.monotonic_us()
         pinger = asyncio.create_task(self._ping_loop(ws), name="runware-ping")
         try:
+            if reconcile:
+                await self._reconcile(ws)
             async for message in ws:
                 self._last_rx_us = self.clock.monotonic_us()
-                self._dispatch_text(message)
+                await self._receive(message)
+                await self._flush_resends(ws)
         finally:
             pinger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -442,6 +623,41 @@ class RunwareClient:
                     await ws.send(json.dumps([ping_task()]))
                 next_ping = now + interval_us
 
+    def to_reconcile(self) -> list[_Pending]:
+        """Tasks sent on an earlier link and still unanswered: after a resume, the
+        server may have them (running, or finished and replayed) or may never have
+        received them (sent into a dying socket). Only getResponse can tell."""
+        return [
+            e
+            for e in self._pending.values()
+            if e.via_ws and e.link < self._link and not e.future.done() and e.wire
+        ]
+
+    async def _reconcile(self, ws: ClientConnection) -> None:
+        entries = self.to_reconcile()
+        if not entries:
+            return
+        for entry in entries:
+            entry.reconciling = True
+        self.stats["reconciled"] += len(entries)
+        log.info("runware resume: asking about %d task(s) in flight", len(entries))
+        await ws.send(json.dumps([get_response_task(e.task_uuid) for e in entries]))
+
+    async def _flush_resends(self, ws: ClientConnection) -> None:
+        while self._resend:
+            entry = self._resend.pop(0)
+            if entry.future.done() or self._pending.get(entry.task_uuid) is not entry:
+                continue
+            entry.link = self._link
+            self.stats["resubmitted"] += 1
+            log.warning("runware task %s never reached the server; sent again", entry.task_uuid)
+            if entry.note is not None:
+                entry.note(
+                    "runware connection dropped: a segment never reached the server "
+                    "and was sent again after the session resumed"
+                )
+            await ws.send(json.dumps([entry.wire]))
+
     def _fail_ws_pending(self, why: str) -> None:
         for entry in list(self._pending.values()):
             if entry.via_ws and not entry.future.done():
@@ -450,6 +666,19 @@ class RunwareClient:
                 )
 
     # --- dispatch -------------------------------------------------------------------------
+
+    async def _receive(self, message: str | bytes) -> None:
+        """Parse and dispatch one frame. A result frame carries megabytes of base64:
+        it is parsed in a worker thread (awaited, so frames stay in order)."""
+        if len(message) < _PARSE_IN_THREAD_BYTES:
+            self._dispatch_text(message)
+            return
+        try:
+            frame = await asyncio.to_thread(json.loads, message)
+        except ValueError:
+            log.warning("runware sent a frame that is not JSON; ignored")
+            return
+        self._dispatch(frame)
 
     def _dispatch_text(self, message: str | bytes) -> None:
         try:
@@ -487,9 +716,17 @@ class RunwareClient:
         task_uuid = item.get("taskUUID")
         entry = self._pending.get(task_uuid) if isinstance(task_uuid, str) else None
         if entry is None:
+            sink = self._abandoned.pop(task_uuid, None) if isinstance(task_uuid, str) else None
+            if sink is not None and isinstance(task_uuid, str):
+                cost = item.get("cost")
+                if isinstance(cost, int | float) and not isinstance(cost, bool):
+                    sink(task_uuid, float(cost))  # a late answer: billed, not heard
+                    return
+                self._abandoned[task_uuid] = sink  # an ack or "processing": keep waiting
             log.debug("runware item for a task nobody waits for: %s", task_uuid)
             return
         entry.answered.set()
+        entry.reconciling = False  # the server knows it
         if entry.future.done():
             return
         if item.get("status") == "error":
@@ -504,6 +741,8 @@ class RunwareClient:
             return
         # Polls repeat finished items: keep one per generation.
         entry.results[result.audio_uuid or str(len(entry.results))] = result
+        if entry.bill is not None:
+            entry.bill(entry.task_uuid, result.cost)
         if len(entry.results) >= entry.expected:
             entry.future.set_result(list(entry.results.values()))
 
@@ -512,6 +751,13 @@ class RunwareClient:
         task_uuid = item.get("taskUUID")
         entry = self._pending.get(task_uuid) if isinstance(task_uuid, str) else None
         if entry is not None:
+            if entry.reconciling and item.get("taskType") == "getResponse":
+                entry.reconciling = False
+                if err.category is ErrorCategory.NOT_FOUND:
+                    # Never reached the server: the same task (same id) is sent again;
+                    # it cannot be billed twice, the server never had it.
+                    self._resend.append(entry)
+                    return
             if not entry.future.done():
                 entry.future.set_exception(err)
             return

@@ -16,7 +16,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from broadcaster.audio.decode import AudioFileError, decode_audio_file
+from broadcaster.audio.decode import AudioFileError, decode_audio_file, parse_pcm_wav
 from broadcaster.clock import Clock
 from broadcaster.model import PcmBlock, SpeechRequest
 from broadcaster.speech.engine import SpeechError, SynthesisMeta
@@ -51,6 +51,13 @@ class RequestProfile:
     webhook_url: str | None = None
     upload_endpoint: str | None = None
     ttl_s: int | None = None
+
+
+def decode_speech_audio(data: bytes) -> tuple[bytes, int]:
+    """Mono s16 PCM of a result file: a plain PCM WAV (the default profile) is read
+    straight from its data chunk; anything else goes through PyAV. Call in a thread."""
+    plain = parse_pcm_wav(data)
+    return plain if plain is not None else decode_audio_file(data)
 
 
 class RunwareEngine:
@@ -145,19 +152,25 @@ class RunwareEngine:
         if data is not None:
             meta.cache_hits += 1
         else:
-            results = await self.client.run(task)
+            # Every task sent is billed into ``meta`` (a late answer to one given up
+            # on too); the segment remembers which task's audio it carries.
+            results = await self.client.run(task, bill=meta.bill, note=meta.notes.append)
             meta.requests += 1
             result = results[0]
-            meta.add_cost(result.cost)
-            data = decode_inline_audio(result)
-            if data is None:
-                if result.audio_url is None:
-                    raise SpeechError("runware answered without audio")
+            meta.bill(result.task_uuid, result.cost)
+            meta.segment_task[id(request)] = result.task_uuid
+            # base64 of a WAV is megabytes: decoded in a worker thread, never on the loop.
+            inline = await asyncio.to_thread(decode_inline_audio, result)
+            if inline is not None:
+                data = inline
+            elif result.audio_url is not None:
                 data = await self.client.download(result.audio_url)
+            else:
+                raise SpeechError("runware answered without audio")
             if self.cache is not None:
                 await asyncio.to_thread(self.cache.put, key, data)
         try:
-            pcm, rate = await asyncio.to_thread(decode_audio_file, data)
+            pcm, rate = await asyncio.to_thread(decode_speech_audio, data)
         except AudioFileError as exc:
             raise SpeechError(f"runware audio unreadable: {exc}", retryable=True) from None
         pcm += bytes(2 * (rate * self.segment_pause_ms // 1000))
