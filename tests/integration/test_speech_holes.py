@@ -129,6 +129,29 @@ async def test_no_hole_longer_than_the_pause_whatever_runware_does(fake, tmp_pat
     assert all(w.startswith("segment ") for w in final["warnings"]), final["warnings"]
 
 
+async def test_no_hole_when_the_connection_drops_mid_announcement(fake, tmp_path):
+    # The link is reset (no close frame) after the 2nd task: the client resumes and
+    # resends only what the server never got, so Runware still speaks it all.
+    final, hole = await run_fault(fake, tmp_path, lambda f: f.drop_after_tasks(2))
+    assert final["state"] == "finished", final
+    assert hole <= PAUSE_MS + TOLERANCE_MS, (hole, final["engine"], final["warnings"])
+
+
+async def test_no_hole_when_the_key_is_refused(fake, tmp_path):
+    fake.auth_fail = True  # before the service starts: Runware never accepts a task
+    service, h = await start(fake, tmp_path)
+    try:
+        fake.set_latency(base_ms=100, per_char_ms=1)
+        final, wav, _ = await play(h)
+    finally:
+        await h.close()
+        await service.stop()
+    assert final["state"] == "finished", final
+    assert "espeak-ng" in final["engine"], final["engine"]
+    hole = longest_hole_ms(wav)
+    assert hole <= PAUSE_MS + TOLERANCE_MS, (hole, final["engine"], final["warnings"])
+
+
 EMERGENCY = (
     "Evacuate platform two now. Leave by the north stairs and follow the staff. "
     "Do not use the lifts. Move away from the platform edge."
