@@ -74,6 +74,9 @@ class ReceivedAnnouncement:
     durations_us: list[int] = field(default_factory=list)
     chunk_bytes: list[int] = field(default_factory=list)
     late_chunks: int = 0
+    #: Indices (into ``seqs``) of chunks the server flagged as following a pause in
+    #: the timeline (an underrun on its side: synthesis fell behind the playout).
+    discontinuities: list[int] = field(default_factory=list)
     #: Chunks received but dropped unplayed because the announcement was cancelled or
     #: preempted (a real speaker flushes its buffer).
     flushed_chunks: int = 0
@@ -358,6 +361,8 @@ class ReferenceEndpoint:
             missing_us = header.play_at_us - (rec.play_at_us[-1] + rec.durations_us[-1])
             if missing_us > 0:
                 rec.pcm.extend(bytes(2 * (missing_us * rec.format.sample_rate_hz // 1_000_000)))
+        if header.flags & wire.FLAG_DISCONTINUITY and rec.seqs:
+            rec.discontinuities.append(len(rec.seqs))
         rec.seqs.append(header.seq)
         rec.play_at_us.append(header.play_at_us)
         rec.durations_us.append(header.duration_us)

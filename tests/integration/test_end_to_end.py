@@ -51,11 +51,22 @@ async def test_one_announcement_reaches_endpoints_of_three_formats(harness):
         assert rec.status == "complete"
         assert rec.seqs == list(range(rec.chunks)), "chunks out of order or missing"
         assert rec.gaps == 0
-        # contiguous play-at times: no holes in the timeline
+        # Contiguous play-at times: the only holes in the timeline are the ones the
+        # server flagged as discontinuities and counted as underruns in the record
+        # (on a loaded machine synthesis can fall behind the playout; the server must
+        # say so, never leave an unexplained hole).
+        holes_us = 0
         for i in range(1, rec.chunks):
-            assert rec.play_at_us[i] == rec.play_at_us[i - 1] + rec.durations_us[i - 1]
+            step = rec.play_at_us[i] - (rec.play_at_us[i - 1] + rec.durations_us[i - 1])
+            if i in rec.discontinuities:
+                assert step > 0
+                holes_us += step
+            else:
+                assert step == 0, (ep.endpoint_id, i, step)
+        assert len(rec.discontinuities) == final["underruns"]
         decoded_us = len(rec.pcm) // 2 * 1_000_000 // rec.format.sample_rate_hz
-        assert abs(decoded_us - expected_us) <= frame_us, (ep.endpoint_id, decoded_us, expected_us)
+        heard_us = decoded_us - holes_us  # the reference endpoint fills holes with silence
+        assert abs(heard_us - expected_us) <= frame_us, (ep.endpoint_id, decoded_us, expected_us)
         # every chunk arrived before its play-at time (clock offset estimated over the socket)
         assert rec.late_chunks == 0
         with wave.open(str(rec.path), "rb") as w:
