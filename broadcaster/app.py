@@ -25,6 +25,7 @@ from aiohttp import web
 from broadcaster.announcements import Registry
 from broadcaster.announcer import Announcer, AudioSettings, PlayoutSettings
 from broadcaster.api.routes import build_app
+from broadcaster.auth import allowed_hosts
 from broadcaster.clock import Clock, SystemClock
 from broadcaster.config import Config
 from broadcaster.edge import EdgeGuard, GatedSite, ensure_file_limit
@@ -37,6 +38,7 @@ from broadcaster.speech.engine import SpeechEngine
 from broadcaster.store import AsyncStore, StoreError, StoreHealth
 from broadcaster.streaming.hub import Hub
 from broadcaster.streaming.server import ENDPOINT_PATH, EndpointServer
+from broadcaster.web.pages import WS_PORT
 
 if TYPE_CHECKING:
     from broadcaster.speech.runware.warmup import WarmUp, WarmUpReport
@@ -296,6 +298,7 @@ class Service:
             runner=self.runner,
             supervisor=supervisor,
             limiter=self.endpoint_server.limiter,  # one failed-attempt budget per address
+            origins=self.endpoint_server.origins,  # one origin policy for both servers
             events=self.events,
             metrics=self.metrics,
             readiness=service_readiness(
@@ -306,6 +309,7 @@ class Service:
                 store=self.store,
             ),
         )
+        app[WS_PORT] = self.ws_port  # the pages tell browsers where endpoints connect
         lim = cfg.limits
         self._runner = web.AppRunner(
             app,
@@ -335,6 +339,13 @@ class Service:
         )
         await self._site.start()
         self.http_port = self._site.bound_port
+        # The console and kiosk pages are served from here: their origin may call the
+        # API and open the endpoint WebSocket (a page on any other origin may not).
+        self.endpoint_server.origins.add_own_pages(
+            cfg.server.http_scheme,
+            allowed_hosts(cfg.auth.public_hosts, cfg.server.http_host),
+            self.http_port,
+        )
         log.info(
             "HTTP API: %s://%s:%d/v1/announcements",
             cfg.server.http_scheme,

@@ -22,7 +22,7 @@ import hashlib
 import hmac
 import ipaddress
 from collections import OrderedDict
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -376,6 +376,36 @@ def host_allowed(host_header: str | None, allowed: Collection[str]) -> bool:
 
 def normalize_origin(origin: str) -> str:
     return origin.strip().rstrip("/").lower()
+
+
+class OriginPolicy:
+    """Browser origins whose pages may call the API and open the endpoint WebSocket.
+
+    The configured ``[auth] allowed_origins`` plus the service's own pages (the
+    console and the kiosk), whose origin is only known once the HTTP port is
+    bound (:meth:`add_own_pages`). Shared by the API and the WebSocket server.
+    """
+
+    def __init__(self, configured: Iterable[str] = ()) -> None:
+        self._origins: set[str] = {normalize_origin(o) for o in configured}
+
+    def add_own_pages(self, scheme: str, hosts: Iterable[str], port: int) -> None:
+        """Allow pages served by this service at ``scheme://host:port`` for every host name."""
+        default = {"http": 80, "https": 443}.get(scheme)
+        for host in hosts:
+            name = f"[{host}]" if ":" in host else host
+            self._origins.add(normalize_origin(f"{scheme}://{name}:{port}"))
+            if port == default:
+                self._origins.add(normalize_origin(f"{scheme}://{name}"))
+
+    def __contains__(self, origin: object) -> bool:
+        return origin in self._origins
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._origins))
+
+    def __len__(self) -> int:
+        return len(self._origins)
 
 
 def origin_allowed(origin: str | None, allowed: Collection[str]) -> bool:

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from broadcaster.auth import (
     FailureLimiter,
+    OriginPolicy,
     Principal,
     Refusal,
     Role,
@@ -188,7 +189,7 @@ class Access:
     tokens: TokenTable
     limiter: FailureLimiter
     hosts: frozenset[str]
-    origins: frozenset[str]
+    origins: OriginPolicy
     clock: Clock
     audit: AuditWriter
 
@@ -200,13 +201,14 @@ class Access:
         clock: Clock,
         store: AsyncStore | None,
         limiter: FailureLimiter | None = None,
+        origins: OriginPolicy | None = None,
     ) -> Access:
         a = config.auth
         return cls(
             tokens=TokenTable(config.api_tokens),
             limiter=limiter if limiter is not None else limiter_from_config(config),
             hosts=allowed_hosts(a.public_hosts, config.server.http_host),
-            origins=frozenset(a.allowed_origins),
+            origins=origins if origins is not None else OriginPolicy(a.allowed_origins),
             clock=clock,
             audit=AuditWriter(store, limit=a.audit_queue_limit, clock=clock),
         )

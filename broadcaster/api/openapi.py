@@ -28,6 +28,7 @@ from broadcaster.audio.chimes import CHIMES
 from broadcaster.auth import Role
 from broadcaster.config import Config, ScheduleConfig
 from broadcaster.model import LANGUAGES, PRIORITY_BANDS, VOICES
+from broadcaster.web.pages import is_page
 
 from .access import requires
 from .schemas import (
@@ -255,6 +256,8 @@ def routes(app: web.Application) -> set[tuple[str, str]]:
     for route in app.router.routes():
         resource = route.resource
         if resource is None or route.method in ("HEAD", "*"):
+            continue
+        if is_page(route):  # a browser page or its static files, not an API call
             continue
         found.add((route.method, resource.canonical))
     return found

@@ -18,6 +18,7 @@ from broadcaster.announcer import AlreadyClaimed, Announcer, QueueFull
 from broadcaster.audio.chimes import ChimeError, load_chime_file, resolve_chime_name
 from broadcaster.auth import (
     FailureLimiter,
+    OriginPolicy,
     Principal,
     Refusal,
     Role,
@@ -38,6 +39,7 @@ from broadcaster.scheduling.templates import TemplateError
 from broadcaster.store import AsyncStore, IdempotencyRow, StoreError
 from broadcaster.streaming.hub import Hub
 from broadcaster.streaming.supervision import Supervisor
+from broadcaster.web.pages import add_pages
 
 from . import idempotency
 from .access import (
@@ -914,13 +916,14 @@ def build_app(
     events: EventLog | None = None,
     metrics: ServiceMetrics | None = None,
     readiness: Readiness | None = None,
+    origins: OriginPolicy | None = None,
 ) -> web.Application:
     quiet_bad_requests()  # an unparsable request is one WARNING line, not a traceback
     """The API. Every route declares its role with ``@requires`` (undeclared: admin only)."""
     app = web.Application(
         middlewares=[_errors, access_middleware], client_max_size=config.limits.max_body_bytes
     )
-    access = Access.from_config(config, clock=clock, store=store, limiter=limiter)
+    access = Access.from_config(config, clock=clock, store=store, limiter=limiter, origins=origins)
     app[ACCESS] = access
     app.cleanup_ctx.append(access.audit.context)
     if supervisor is not None:
@@ -962,4 +965,5 @@ def build_app(
     app.router.add_get("/healthz", health)
     app.router.add_get("/readyz", readiness_route)
     app.router.add_get(OPENAPI_PATH, serve_document)
+    add_pages(app, config)
     return app

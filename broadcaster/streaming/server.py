@@ -25,6 +25,7 @@ from websockets.protocol import State
 
 from broadcaster.auth import (
     FailureLimiter,
+    OriginPolicy,
     allowed_hosts,
     host_allowed,
     origin_allowed,
@@ -82,7 +83,8 @@ class EndpointServer:
             )
         )
         self._hosts = allowed_hosts(a.public_hosts, config.server.ws_host)
-        self._origins = frozenset(a.allowed_origins)
+        #: Configured origins plus the service's own pages (added once the API is bound).
+        self.origins = OriginPolicy(a.allowed_origins)
         self._hub = hub
         self._clock = clock
         self._on_receipt = on_receipt
@@ -194,7 +196,7 @@ class EndpointServer:
                 f"Host {host!r} is not a name of this service (add it to [auth] public_hosts)\n",
             )
         origin = request.headers.get("Origin")
-        if not origin_allowed(origin, self._origins):
+        if not origin_allowed(origin, self.origins):
             log.warning("endpoint handshake from %s refused: Origin %r not allowed", peer, origin)
             return connection.respond(
                 HTTPStatus.FORBIDDEN,

@@ -403,11 +403,17 @@ async def test_origins_are_checked_against_the_allow_list(tmp_path):
             await ws.close()
 
 
-async def test_default_allows_no_browser_origin(h):
+async def test_default_allows_no_browser_origin_but_the_service_own_pages(h):
+    port = h.api.rsplit(":", 1)[1]
     status, body, _ = await call(
-        h, "GET", "/v1/zones", headers={**bearer(), "Origin": f"http://127.0.0.1:{h.api[-5:]}"}
+        h, "GET", "/v1/zones", headers={**bearer(), "Origin": "http://127.0.0.1:1"}
     )
     assert status == 403 and body["error"] == "origin_not_allowed"
+    # The console and kiosk pages are served from the API's own origin.
+    status, _, _ = await call(
+        h, "GET", "/v1/zones", headers={**bearer(), "Origin": f"http://127.0.0.1:{port}"}
+    )
+    assert status == 200
 
 
 async def test_cors_is_closed(h):

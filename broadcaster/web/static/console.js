@@ -1,0 +1,1 @@
+// console page: see docs/browser.md

@@ -1,0 +1,1 @@
+// kiosk page: see docs/browser.md
