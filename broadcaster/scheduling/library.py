@@ -82,6 +82,27 @@ def effective_priority(config: Config, template: TemplateConfig) -> int:
     return config.announcements.default_priority
 
 
+def _locate(body: dict[str, Any], exc: ValidationError) -> TemplateProblem:
+    """Which field of a template body its compile check failed on."""
+    name = str(body.get("name"))
+    try:
+        parse_variable_specs(body.get("variables") or {}, template=name)
+    except TemplateError as err:
+        return TemplateProblem(
+            f"variables.{err.variable}" if err.variable else "variables", str(err)
+        )
+    draft = TemplateConfig.model_construct(**body)
+    parts: list[tuple[str, str | None]] = [("text", None)]
+    parts += [(f"translations.{lang}", lang) for lang in body.get("translations") or {}]
+    for field, language in parts:
+        try:
+            draft.compiled(language)
+        except TemplateError as err:
+            return TemplateProblem(field, str(err))
+    message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+    return TemplateProblem("text", message)
+
+
 class TemplateLibrary:
     """Templates by name: the config's, then the API's."""
 
@@ -140,7 +161,14 @@ class TemplateLibrary:
 
     def parse(self, body: dict[str, Any]) -> TemplateConfig:
         """An API template from a JSON body (TemplateProblem or ValidationError)."""
-        template = TemplateConfig.model_validate(body, strict=True)
+        try:
+            template = TemplateConfig.model_validate(body, strict=True)
+        except ValidationError as exc:
+            if any(e["loc"] for e in exc.errors()):
+                raise
+            # The template's own check (its variables and the template parse) failed:
+            # found again, part by part, to name the field.
+            raise _locate(body, exc) from None
         for field in ("chime_before", "chime_after"):
             try:
                 check_request_chime(getattr(template, field))
