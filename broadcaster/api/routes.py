@@ -322,7 +322,11 @@ async def _announce(
     unknown = cfg.unknown_zones(zones or [])
     if unknown:
         problems.append(
-            {"field": "zones", "message": f"unknown zone(s) or zone group(s): {', '.join(unknown)}"}
+            {
+                "field": "zones",
+                "message": f"unknown zone(s): {', '.join(unknown)} "
+                "(neither a zone nor a zone group)",
+            }
         )
     if req.expires_at is not None and req.expires_after_s is not None:
         problems.append({"field": "expires_at", "message": "give expires_at or expires_after_s"})

@@ -177,7 +177,7 @@ class TemplateLibrary:
         unknown = self.config.unknown_zones(template.zones)
         if unknown:
             raise TemplateProblem(
-                "zones", f"unknown zone(s) or zone group(s): {', '.join(unknown)}"
+                "zones", f"unknown zone(s): {', '.join(unknown)} (neither a zone nor a zone group)"
             )
         limit = self.config.announcements.max_text_chars
         for field, text in (("text", template.text), *template.translations.items()):

@@ -128,7 +128,9 @@ class ScheduleRunner:
             raise ScheduleError("zones", "no zones (neither the schedule nor its template)")
         unknown = self.config.unknown_zones(zones)
         if unknown:
-            raise ScheduleError("zones", f"unknown zone(s) or zone group(s): {', '.join(unknown)}")
+            raise ScheduleError(
+                "zones", f"unknown zone(s): {', '.join(unknown)} (neither a zone nor a zone group)"
+            )
         return _Live(spec, source, spec.trigger(), self.templates, None, spec.paused)
 
     def using_template(self, name: str) -> list[ScheduleConfig]:

@@ -404,31 +404,6 @@ async def test_zone_groups_are_listed_expanded_and_limited_by_token_zones(tmp_pa
             await h.close()
 
 
-def test_zone_group_config_errors_name_file_key_and_problem():
-    from broadcaster.config import ConfigError
-
-    base = {
-        "zones": [{"id": "hall"}, {"id": "gate"}],
-    }
-    bad = [
-        (
-            {"zone_groups": [{"id": "hall", "zones": ["gate"]}]},
-            "zone_groups[0] (hall): id is also a zone id",
-        ),
-        ({"zone_groups": [{"id": "g", "zones": ["nope"]}]}, "zone_groups[0] (g): zones ['nope']"),
-        ({"zone_groups": [{"id": "g", "zones": []}]}, "zone_groups[0] (id 'g').zones"),
-        (
-            {"zone_groups": [{"id": "g", "zones": ["hall"]}, {"id": "g", "zones": ["gate"]}]},
-            "listed twice",
-        ),
-    ]
-    for extra, words in bad:
-        with pytest.raises(ConfigError, match=None) as info:
-            parse_config({**base, **extra}, "site.toml")
-        message = str(info.value)
-        assert message.startswith("site.toml: ") and words in message, message
-
-
 async def test_gains_are_set_by_admin_kept_and_applied_by_the_endpoint(tmp_path):
     store = tmp_path / "s.db"
     async with Service(config(store), engine=EspeakEngine()) as svc:
