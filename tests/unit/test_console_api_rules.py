@@ -378,3 +378,56 @@ def test_migration_5_keeps_templates_and_gains(tmp_path: Path):
     with sqlite3.connect(path) as c:
         tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"templates", "gains"} <= tables
+
+
+# --- the announcer tells each endpoint its gain ---------------------------------------------
+
+
+async def test_each_endpoint_gets_its_own_gain_in_announcement_started():
+    from broadcaster.announcements import Registry
+    from broadcaster.announcer import Announcer, AudioSettings, PlayoutSettings
+    from broadcaster.model import AnnouncementSpec, StreamFormat
+    from broadcaster.streaming.hub import EndpointLink, Hub
+    from tests.unit.test_announcer import FakeEngine, InlineExecutor, RecordingOutbox, play
+
+    config = cfg()
+    gains = Gains(config)
+    gains.set("zone", "hall", -10)
+    clock = FakeClock()
+    hub = Hub()
+    fmt = StreamFormat.parse("pcm_s16le/16000")
+    boxes = {eid: RecordingOutbox(clock) for eid in ("e1", "e2", "e3")}
+    hub.register(EndpointLink("e1", "s1", ("p1", "p2"), fmt, boxes["e1"], 0))
+    hub.register(EndpointLink("e2", "s2", ("hall",), fmt, boxes["e2"], 0))
+    hub.register(EndpointLink("e3", "s3", ("p2",), fmt, boxes["e3"], 0))  # not configured
+    announcer = Announcer(
+        engine=FakeEngine(clock, seconds=0.2),
+        hub=hub,
+        clock=clock,
+        registry=Registry(100),
+        settings=PlayoutSettings(
+            lead_us=300_000,
+            opus_bitrate_bps=32000,
+            first_segment_max_chars=100,
+            queue_limit=10,
+            audio=AudioSettings(normalize=False),
+        ),
+        transcode_executor=InlineExecutor(),
+        gains=gains,
+    )
+    spec = AnnouncementSpec(
+        text="Hi.", zones=("p1", "p2", "hall"), voice="ryan", language="English", speed=1.0
+    )
+    await play(clock, announcer, spec)
+    started = {
+        eid: next(m for m in box.control if m["type"] == "announcement_started")
+        for eid, box in boxes.items()
+    }
+    # e1: its own -3 plus the highest of p1 (0) and p2 (-6); e2: hall's -10 set through
+    # the API; e3: no configured gain of its own, p2's -6.
+    assert {eid: m["gain_db"] for eid, m in started.items()} == {
+        "e1": -3.0,
+        "e2": -10.0,
+        "e3": -6.0,
+    }
+    assert len({m["stream"] for m in started.values()}) == 1
