@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 TemplateSource = Literal["config", "api"]
 
+#: Templates the API may hold (the store and every listing stay bounded).
+MAX_API_TEMPLATES = 1000
+
 
 class TemplateProblem(ValueError):
     """A template body that cannot be used: ``field`` names where, ``status`` is 409 or 422."""
@@ -115,6 +118,7 @@ class TemplateLibrary:
         self._config = {t.name: t for t in config.templates}
         self._api: dict[str, _Stored] = {}
         self._lock = asyncio.Lock()
+        self.max_templates = MAX_API_TEMPLATES
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -242,6 +246,13 @@ class TemplateLibrary:
                 )
             if not create and old is None:
                 raise KeyError(template.name)
+            if create and len(self._api) >= self.max_templates:
+                raise TemplateProblem(
+                    "name",
+                    f"there are {len(self._api)} templates made through the API already, the "
+                    "most kept; delete one first",
+                    409,
+                )
             now = self._now()
             stored = _Stored(
                 template,

@@ -431,3 +431,14 @@ async def test_each_endpoint_gets_its_own_gain_in_announcement_started():
         "e3": -6.0,
     }
     assert len({m["stream"] for m in started.values()}) == 1
+
+
+async def test_the_api_holds_a_bounded_number_of_templates():
+    lib = TemplateLibrary(cfg())
+    lib.max_templates = 2
+    for name in ("a", "b"):
+        await lib.save(lib.parse({**BODY, "name": name}), by=None, create=True)
+    with pytest.raises(TemplateProblem) as info:
+        await lib.save(lib.parse({**BODY, "name": "c"}), by=None, create=True)
+    assert info.value.status == 409 and "delete one first" in str(info.value)
+    await lib.save(lib.parse({**BODY, "name": "a", "text": "Edited."}), by=None, create=False)
