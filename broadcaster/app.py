@@ -403,8 +403,15 @@ class Service:
             return  # (espeak-ng needs no cache: it speaks ~1000x faster than real time)
         # Below the client's limit, so announcements always find a free slot.
         slots = max(1, engine.client.settings.max_in_flight - 1)
+        library = self.templates
+        # The registry's templates: the config's and those made through the API.
+        found = [library.get(name) for name in library.names()] if library is not None else None
         warm = WarmUp(
-            self.config, engine, clock=self.clock, concurrency=min(rw.warm_up_concurrency, slots)
+            self.config,
+            engine,
+            clock=self.clock,
+            concurrency=min(rw.warm_up_concurrency, slots),
+            templates=None if found is None else [t for t in found if t is not None],
         )
         self.warm_up = warm.report
         self._warm_up_task = asyncio.create_task(self._run_warm_up(warm), name="speech-warm-up")

@@ -479,3 +479,42 @@ async def test_gains_are_set_by_admin_kept_and_applied_by_the_endpoint(tmp_path)
                 assert abs(ratio_db - gain) < 0.05
         finally:
             await h.close()
+
+
+async def test_api_templates_are_warmed_into_the_runware_cache_at_start(tmp_path):
+    from broadcaster.store import Store, TemplateRow
+    from tests.fakes.runware import FakeRunware
+
+    from .test_runware_service import runware_config
+
+    async with FakeRunware(api_key="test-key") as fake:
+        cfg = runware_config(fake, tmp_path / "cache")
+        now = datetime.now(UTC)
+        store = Store.open(cfg.store.path)
+        try:
+            store.upsert_template(
+                TemplateRow(
+                    name="closing",
+                    data={
+                        "name": "closing",
+                        "text": "The ticket office closes soon.",
+                        "zones": ["all"],
+                    },
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        finally:
+            store.close()
+        service = Service(cfg, environ={"RUNWARE_API_KEY": "test-key"})
+        await service.start()
+        try:
+            report = service.warm_up
+            assert report is not None
+            await asyncio.wait_for(report.done.wait(), 60)
+            assert report.templates == 1 and report.failed == 0
+            assert [t["speech"]["text"] for t in fake.tasks_received] == [
+                "The ticket office closes soon."
+            ]
+        finally:
+            await service.stop()
