@@ -231,6 +231,9 @@ class AnnouncementStarted(_ServerMsg):
     format: ServerFormatSpec
     start_at_us: int
     expected_duration_ms: int  # an estimate made before the audio exists
+    #: Attenuation the endpoint applies to this stream's decoded audio, -120..0 dB
+    #: (its own gain plus its zone's); absent (older servers) means 0.
+    gain_db: float = 0.0
 
 
 class AnnouncementEnded(_ServerMsg):
