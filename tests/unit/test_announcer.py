@@ -265,6 +265,8 @@ async def test_expiry_drops_a_waiting_announcement_with_a_reason():
 
 
 async def test_late_joiner_gets_the_start_message_and_only_fresh_audio():
+    """docs/protocol.md §5.5: a late joiner gets the frames whose play_at_us is still
+    ahead of the server clock when it joins (the first may be due very soon after)."""
     clock, announcer, box = setup(lambda c: FakeEngine(c, seconds=5))
     task = asyncio.create_task(announcer.run())
     ann = announcer.submit(spec())
