@@ -180,10 +180,20 @@ class AudioSettings:
     normalize: bool = True
     target_lufs: float = -16.0
     true_peak_dbtp: float = -1.0
+    #: Speech and chimes are normalized this far below ``true_peak_dbtp`` (make-up
+    #: gain keeps their loudness) to leave room for what the codecs in use add to the
+    #: peaks (``transcode.encoder_headroom_db``); each format's own limiter then holds
+    #: the ceiling in the audio endpoints decode.
+    encoder_headroom_db: float = 0.0
     #: Where a chime named by a bare "file:NAME" is looked up; limits on chime files.
     chime_dir: str | None = None
     chime_max_kb: int = 2048
     chime_max_s: float = 10.0
+
+
+def _source_ceiling(audio: AudioSettings) -> float:
+    """The true-peak ceiling for speech and chimes at the engine's rate."""
+    return max(-24.0, audio.true_peak_dbtp - audio.encoder_headroom_db)
 
 
 class Announcer:
@@ -481,7 +491,7 @@ class Announcer:
                 after=self._chime_maker(spec.chime_after, rate),
             )
             normalizer = (
-                LoudnessNormalizer(audio.target_lufs, audio.true_peak_dbtp)
+                LoudnessNormalizer(audio.target_lufs, _source_ceiling(audio))
                 if audio.normalize
                 else None
             )
@@ -516,13 +526,13 @@ class Announcer:
                     path,
                     rate,
                     target_lufs=audio.target_lufs if audio.normalize else None,
-                    true_peak_dbtp=audio.true_peak_dbtp,
+                    true_peak_dbtp=_source_ceiling(audio),
                     max_bytes=audio.chime_max_kb * 1024,
                     max_duration_s=audio.chime_max_s,
                 )
             else:
                 pcm = chime_pcm(
-                    name, rate, target_lufs=audio.target_lufs, true_peak_dbtp=audio.true_peak_dbtp
+                    name, rate, target_lufs=audio.target_lufs, true_peak_dbtp=_source_ceiling(audio)
                 )
         except (ChimeError, ValueError) as exc:
             log.error("chime %s cannot be played: %s", name, exc)
@@ -1144,6 +1154,12 @@ class Announcer:
                         formats,
                         source_rate_hz=rate,
                         opus_bitrate_bps=self.settings.opus_bitrate_bps,
+                        # each format's limiter holds the ceiling in what endpoints decode
+                        true_peak_dbtp=(
+                            self.settings.audio.true_peak_dbtp
+                            if self.settings.audio.normalize
+                            else None
+                        ),
                     )
                 out = await loop.run_in_executor(self._executor, multi.push, block.samples)
                 batch = tag(out)

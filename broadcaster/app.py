@@ -25,6 +25,7 @@ from aiohttp import web
 from broadcaster.announcements import Registry
 from broadcaster.announcer import Announcer, AudioSettings, PlayoutSettings
 from broadcaster.api.routes import build_app
+from broadcaster.audio.transcode import encoder_headroom_db
 from broadcaster.auth import allowed_hosts
 from broadcaster.clock import Clock, SystemClock
 from broadcaster.config import Config
@@ -252,6 +253,7 @@ class Service:
                     normalize=cfg.audio.normalize,
                     target_lufs=cfg.audio.target_lufs,
                     true_peak_dbtp=cfg.audio.true_peak_dbtp,
+                    encoder_headroom_db=encoder_headroom_db(cfg.streaming.stream_formats()),
                     chime_dir=cfg.audio.chime_dir,
                     chime_max_kb=cfg.audio.chime_max_kb,
                     chime_max_s=cfg.audio.chime_max_s,

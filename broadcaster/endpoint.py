@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from broadcaster.audio.decode import FrameDecoder, write_wav
-from broadcaster.clock import Clock, SystemClock
+from broadcaster.clock import Clock, SystemClock, wait_event_or_deadline
 from broadcaster.edge import client_tls_context
 from broadcaster.model import StreamFormat
 from broadcaster.streaming import wire
@@ -32,11 +32,17 @@ from broadcaster.streaming.wire import CloseCode
 
 log = logging.getLogger("broadcaster.endpoint")
 
-#: Close codes after which reconnecting cannot help.
+#: WebSocket close code for a text message that is not valid UTF-8 (RFC 6455); the
+#: WebSocket library sends it, the broadcaster never chooses it.
+INVALID_PAYLOAD = 1007
+
+#: Close codes after which reconnecting cannot help (docs/protocol.md §9 and §11).
 #: 4010 is among them: another device connected with our id, and two devices
-#: reconnecting in turn would throw each other off forever.
+#: reconnecting in turn would throw each other off forever. 1007 is a bug in the
+#: endpoint (it sent invalid UTF-8), like 1003 and 1009: retrying repeats it.
 FATAL_CLOSE_CODES = frozenset(
     {
+        INVALID_PAYLOAD,
         CloseCode.UNAUTHORIZED,
         CloseCode.FORBIDDEN_ZONE,
         CloseCode.NO_FORMAT,
@@ -93,6 +99,9 @@ class ReceivedAnnouncement:
     flushed_chunks: int = 0
     preempted_by: str | None = None
     min_margin_us: int | None = None
+    #: Bytes of PCM received (decoded audio plus the silence filled in for forward
+    #: jumps), flushed audio included: what ``receipt.duration_ms`` reports.
+    received_bytes: int = 0
     expected_chunks: int | None = None
     reason: str | None = None
     path: Path | None = None
@@ -106,7 +115,13 @@ class ReceivedAnnouncement:
 
     @property
     def duration_ms(self) -> int:
+        """Audio kept (played): what a cancellation's flush did not drop."""
         return len(self.pcm) // 2 * 1000 // self.format.sample_rate_hz
+
+    @property
+    def received_ms(self) -> int:
+        """Audio received, flushed audio included (``receipt.duration_ms``, §5.8)."""
+        return self.received_bytes // 2 * 1000 // self.format.sample_rate_hz
 
 
 @dataclass
@@ -191,6 +206,9 @@ class ReferenceEndpoint:
         self._acks: dict[int, set[asyncio.Task[None]]] = {}
         self.close_code: int | None = None
         self.close_reason: str | None = None
+        #: Set when a chunk shows the clock estimate is wrong (§3.4): the pinger bursts.
+        self._resync = asyncio.Event()
+        self.resyncs = 0
 
     # --- public -------------------------------------------------------------------------
 
@@ -238,6 +256,7 @@ class ReferenceEndpoint:
         # A new link may take another route: start the clock estimate afresh.
         self.clock_estimate = ClockEstimate()
         self.welcome = None
+        self._resync.clear()
         await ws.send(wire.dump(hello))
         stopper = asyncio.create_task(self._done.wait())
         try:
@@ -339,7 +358,10 @@ class ReferenceEndpoint:
                 for stale in [k for k in self._pings if k < self._ping_id - 8]:
                     del self._pings[stale]
                 await ws.send(wire.dump(wire.Ping(id=self._ping_id, sent_us=now)))
-                await self.clock.sleep_us(delays.pop() if delays else interval_us)
+                due = now + (delays.pop() if delays else interval_us)
+                await wait_event_or_deadline(self.clock, self._resync, due)
+                if self._now() < due:  # woken by a resync (§3.4): burst again
+                    delays = [50_000] * 15
 
     # --- announcements ------------------------------------------------------------------
 
@@ -389,12 +411,25 @@ class ReferenceEndpoint:
             self._ack_at(rec, "started", header.play_at_us)
         rec.pcm.extend(apply_gain(decoder.decode(payload), rec.gain_db))
         rec.chunk_bytes.append(len(rec.pcm) - before)  # with any silence filled before it
+        rec.received_bytes += len(rec.pcm) - before
         if self.clock_estimate.offset_us is not None:
             margin = header.play_at_us - (self._now() + self.clock_estimate.offset_us)
             if rec.min_margin_us is None or margin < rec.min_margin_us:
                 rec.min_margin_us = margin
             if margin < 0:
                 rec.late_chunks += 1
+            playout_us = self.welcome.settings.playout_delay_ms * 1000 if self.welcome else 0
+            if margin > playout_us + wire.RESYNC_MARGIN_US:
+                # The server never sends more than the playout delay ahead (§3.4): the
+                # estimate is wrong. Start a fresh one with a new burst of pings.
+                log.warning(
+                    "chunk plays %d ms ahead (playout delay %d ms): re-synchronising the clock",
+                    margin // 1000,
+                    playout_us // 1000,
+                )
+                self.clock_estimate = ClockEstimate()
+                self.resyncs += 1
+                self._resync.set()
 
     async def _on_ended(self, ws: ClientConnection, msg: wire.AnnouncementEnded) -> None:
         rec = self.announcements.get(msg.announcement_id)
@@ -496,7 +531,8 @@ class ReferenceEndpoint:
                         stream=rec.stream,
                         status=receipt_status,  # type: ignore[arg-type]
                         chunks=rec.chunks,
-                        duration_ms=rec.duration_ms,
+                        # what was received, also for a cancelled stream (§5.8)
+                        duration_ms=rec.received_ms,
                         gaps=rec.gaps,
                     )
                 )

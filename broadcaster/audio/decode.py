@@ -19,6 +19,8 @@ import os
 import wave
 
 import av
+import numpy as np
+import numpy.typing as npt
 from av.audio.codeccontext import AudioCodecContext
 from av.audio.frame import AudioFrame
 
@@ -82,6 +84,32 @@ class FrameDecoder:
             return b"".join(self._to_s16(f) for f in self._resampler.resample(frame))
         # to_ndarray respects frame.samples; the plane buffer may be padded.
         return frame.to_ndarray().astype("<i2", copy=False).tobytes()
+
+
+def decode_to_floats(fmt: StreamFormat, payloads: list[bytes]) -> npt.NDArray[np.float64]:
+    """Decode one stream's chunks, in order, to float samples (1.0 = full scale).
+
+    Unlike :class:`FrameDecoder` nothing is clipped: Opus output above full scale
+    comes out as it is, which is what a float decoder (WebCodecs) plays. For
+    measuring what endpoints hear (the true-peak promise); CPU-bound.
+    """
+    if fmt.codec is Codec.PCM_S16LE:
+        pcm = b"".join(payloads)
+        return np.frombuffer(pcm, dtype="<i2").astype(np.float64) / 32768.0
+    # FFmpeg's own Opus decoder gives float planes; pcm_mulaw gives s16.
+    name = "opus" if fmt.codec is Codec.OPUS else "pcm_mulaw"
+    ctx = av.CodecContext.create(name, "r")
+    if not isinstance(ctx, AudioCodecContext):  # pragma: no cover - names are all audio
+        raise TypeError(f"{name} is not an audio codec")
+    ctx.sample_rate = fmt.sample_rate_hz
+    ctx.layout = "mono"
+    ctx.open()
+    parts: list[npt.NDArray[np.float64]] = []
+    for payload in payloads:
+        for frame in ctx.decode(av.Packet(payload)):
+            x = np.asarray(frame.to_ndarray(), dtype=np.float64).reshape(-1)[: frame.samples]
+            parts.append(x / 32768.0 if frame.format.name.startswith("s16") else x)
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def write_wav(path: str | os.PathLike[str], pcm: bytes, sample_rate_hz: int) -> None:

@@ -66,7 +66,7 @@ import numpy as np
 import numpy.typing as npt
 from av.audio.frame import AudioFrame
 
-__all__ = ["LoudnessNormalizer", "LoudnessReport", "measure"]
+__all__ = ["LoudnessNormalizer", "LoudnessReport", "measure", "true_peak_dbtp_of"]
 
 Floats = npt.NDArray[np.float64]
 
@@ -239,6 +239,15 @@ def _true_peak(x: Floats, rate: int) -> float:
     for frame in frames:
         peak = max(peak, float(np.max(np.abs(frame.to_ndarray()))))
     return peak
+
+
+def true_peak_dbtp_of(x: Floats, sample_rate_hz: int) -> float:
+    """True peak (4× oversampled) of float samples (1.0 = full scale), in dBTP.
+
+    Takes floats so that decoded audio above full scale (Opus) is measured as it is.
+    """
+    _check_rate(sample_rate_hz)
+    return _db(_true_peak(np.asarray(x, dtype=np.float64), sample_rate_hz))
 
 
 def _measure(x: Floats, rate: int) -> LoudnessReport:

@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from av.audio.codeccontext import AudioCodecContext
 
+from broadcaster.audio.limiter import TruePeakLimiter
 from broadcaster.model import Codec, EncodedFrame, StreamFormat
 
 #: libopus accepts 6 kbit/s to 510 kbit/s per channel.
@@ -41,6 +42,21 @@ _ENCODER_NAMES: dict[Codec, str] = {
 
 
 Samples = npt.NDArray[np.int16]
+
+#: How far below the true-peak ceiling each codec's limiter sits, in dB: what the
+#: codec can add to the true peak of what it is given. Opus (32 kbit/s, voip)
+#: reconstructs peaks up to ~2.3 dB above its input's true peak; μ-law quantisation
+#: adds up to ~0.4 dB at the top of its range; PCM only the limiter's interpolation
+#: error and s16 rounding. Measured over speech and chimes by bench/true_peak.py,
+#: held by tests/unit/test_true_peak_after_decode.py.
+ENCODER_HEADROOM_DB: dict[Codec, float] = {
+    Codec.OPUS: 2.5,
+    Codec.PCM_S16LE: 0.15,
+    Codec.PCM_MULAW: 0.5,
+}
+#: Extra headroom at 8 kHz and below (the limiter's interpolation is least exact there).
+_LOW_RATE_HEADROOM_DB = 0.2
+_LOW_RATE_HZ = 8000
 
 
 def _s16_frame(samples: Samples, rate_hz: int) -> av.AudioFrame:
@@ -117,10 +133,64 @@ class _Resampler:
         return out
 
 
+def encoder_headroom_db(formats: Iterable[StreamFormat]) -> float:
+    """The largest headroom any of ``formats`` needs (0 for none).
+
+    Speech and chimes are normalized this far below the true-peak ceiling, with
+    make-up gain keeping their loudness, so that the per-format limiters have
+    little left to do: every format then plays at one loudness, Opus included.
+    """
+    return max((limiter_headroom_db(f) for f in formats), default=0.0)
+
+
+def limiter_headroom_db(fmt: StreamFormat) -> float:
+    """How far below the true-peak ceiling ``fmt``'s limiter sits, in dB."""
+    headroom = ENCODER_HEADROOM_DB[fmt.codec]
+    if fmt.sample_rate_hz <= _LOW_RATE_HZ and fmt.codec is Codec.PCM_S16LE:
+        headroom += _LOW_RATE_HEADROOM_DB
+    return headroom
+
+
+def limiter_ceiling_dbtp(fmt: StreamFormat, true_peak_dbtp: float) -> float:
+    """Where ``fmt``'s limiter holds the true peak so that its *decoded* true peak
+    stays at or below ``true_peak_dbtp``."""
+    return true_peak_dbtp - limiter_headroom_db(fmt)
+
+
+class _PeakLimiter:
+    """:class:`~broadcaster.audio.limiter.TruePeakLimiter` on s16 mono frames.
+
+    Output lines up sample for sample with the input (no delay on the timeline);
+    :meth:`flush` returns the tail, so as many samples come out as went in.
+    """
+
+    def __init__(self, rate_hz: int, ceiling_dbtp: float) -> None:
+        self._rate = rate_hz
+        self._limiter = TruePeakLimiter(rate_hz, ceiling_dbtp)
+
+    def _frames(self, y: npt.NDArray[np.float64]) -> list[av.AudioFrame]:
+        if y.size == 0:
+            return []
+        samples = np.clip(np.rint(y * 32768.0), -32768, 32767).astype(np.int16)
+        return [_s16_frame(samples, self._rate)]
+
+    def push(self, frames: Iterable[av.AudioFrame]) -> list[av.AudioFrame]:
+        parts = [f.to_ndarray().reshape(-1)[: f.samples] for f in frames]
+        if not parts:
+            return []
+        x = np.concatenate(parts).astype(np.float64) / 32768.0
+        return self._frames(self._limiter.push(x))
+
+    def flush(self) -> list[av.AudioFrame]:
+        return self._frames(self._limiter.flush())
+
+
 class _FrameEncoder:
     """Resampled audio → fixed-size encoded chunks with sample-exact offsets."""
 
-    def __init__(self, fmt: StreamFormat, opus_bitrate_bps: int) -> None:
+    def __init__(
+        self, fmt: StreamFormat, opus_bitrate_bps: int, true_peak_dbtp: float | None = None
+    ) -> None:
         self.fmt = fmt
         name = _ENCODER_NAMES[fmt.codec]
         if name not in av.codecs_available:
@@ -148,6 +218,11 @@ class _FrameEncoder:
         self._fifo = av.AudioFifo()
         self._fed = 0  # samples handed to the encoder, silence padding included
         self._emitted = 0  # chunks returned so far
+        self._limiter = (
+            _PeakLimiter(fmt.sample_rate_hz, limiter_ceiling_dbtp(fmt, true_peak_dbtp))
+            if true_peak_dbtp is not None
+            else None
+        )
 
     def _chunk(self, payload: bytes) -> EncodedFrame:
         # Offsets come from sample counts so that rounding never accumulates.
@@ -171,6 +246,11 @@ class _FrameEncoder:
         return out
 
     def push(self, frames: Iterable[av.AudioFrame]) -> list[EncodedFrame]:
+        if self._limiter is not None:
+            frames = self._limiter.push(frames)
+        return self._push(frames)
+
+    def _push(self, frames: Iterable[av.AudioFrame]) -> list[EncodedFrame]:
         for frame in frames:
             self._fifo.write(frame)
             if self._skip:
@@ -184,6 +264,8 @@ class _FrameEncoder:
     def flush(self, frames: Iterable[av.AudioFrame], total_samples: int) -> list[EncodedFrame]:
         """Encode what is left; ``total_samples`` is the final length of the timeline."""
         out = self.push(frames)
+        if self._limiter is not None:
+            out.extend(self._push(self._limiter.flush()))
         spf = self.fmt.samples_per_frame
         n_frames = -(-total_samples // spf)
         # Pad with silence up to whole frames.  For Opus the dropped pre-skip
@@ -252,6 +334,12 @@ class Transcoder:
     step.  The price is that the first 6.5 ms of each announcement are replaced
     by the decoder's fade-in (speech output starts with silence anyway).
 
+    True peak: with ``true_peak_dbtp`` every format gets a look-ahead limiter at its
+    own rate, ahead of its encoder, set below that ceiling by what the codec and
+    the rate can overshoot (``limiter_ceiling_dbtp``), so the audio an endpoint
+    *decodes* keeps the ceiling (Opus reconstructs peaks above its input's). It
+    delays nothing on the timeline. None: no limiter (the audio is encoded as given).
+
     Not thread-safe; call it from one worker thread, never on the event loop.
     An instance is finished after ``flush``.
     """
@@ -262,13 +350,14 @@ class Transcoder:
         *,
         source_rate_hz: int,
         opus_bitrate_bps: int = 32000,
+        true_peak_dbtp: float | None = None,
     ) -> None:
         _check_args(source_rate_hz, opus_bitrate_bps)
         self.fmt = fmt
         self.source_rate_hz = source_rate_hz
         self._input = _PcmInput()
         self._resampler = _Resampler(source_rate_hz, fmt.sample_rate_hz)
-        self._encoder = _FrameEncoder(fmt, opus_bitrate_bps)
+        self._encoder = _FrameEncoder(fmt, opus_bitrate_bps, true_peak_dbtp)
         self._flushed = False
 
     @property
@@ -305,7 +394,7 @@ class MultiTranscoder:
     list.  Two formats with the same key must be identical (the key is what
     endpoints subscribe to, so it cannot stand for two chunk lengths).
 
-    Same threading rules as ``Transcoder``.
+    ``true_peak_dbtp`` as for ``Transcoder``. Same threading rules as ``Transcoder``.
     """
 
     def __init__(
@@ -314,6 +403,7 @@ class MultiTranscoder:
         source_rate_hz: int,
         *,
         opus_bitrate_bps: int = 32000,
+        true_peak_dbtp: float | None = None,
     ) -> None:
         _check_args(source_rate_hz, opus_bitrate_bps)
         self.source_rate_hz = source_rate_hz
@@ -330,7 +420,8 @@ class MultiTranscoder:
             for rate in sorted({f.sample_rate_hz for f in self.formats.values()})
         }
         self._encoders = {
-            key: _FrameEncoder(fmt, opus_bitrate_bps) for key, fmt in self.formats.items()
+            key: _FrameEncoder(fmt, opus_bitrate_bps, true_peak_dbtp)
+            for key, fmt in self.formats.items()
         }
         self._flushed = False
 

@@ -229,6 +229,10 @@ class EndpointServer:
             source=source_key(ws.remote_address[0] if ws.remote_address else None),
         )
         wake = asyncio.Event()
+        #: Set when the session's timers change (the hello was accepted): the timer task
+        #: sleeps until the hello timeout before that, and the first ping is due one
+        #: heartbeat interval after the welcome, not after that sleep (protocol.md §8).
+        timers_changed = asyncio.Event()
         outbox = Outbox(max_audio_us=self._max_audio_us, wake=wake.set)
         link: EndpointLink | None = None
         peer_gone = False
@@ -245,6 +249,7 @@ class EndpointServer:
                 outbox.put_control(text)
             for event in session.take_events():
                 if isinstance(event, Joined):
+                    timers_changed.set()
                     link = EndpointLink(
                         endpoint_id=event.endpoint_id,
                         session_id=session_id,
@@ -307,7 +312,7 @@ class EndpointServer:
                     # Only a link in trouble is watched closely; the others wake for
                     # their heartbeat alone (thousands of timers add up).
                     wake = min(wake, now + _LAG_CHECK_US)
-                await clock.sleep_until_us(wake)
+                await wait_event_or_deadline(clock, timers_changed, wake)
                 now = clock.monotonic_us()
                 session.tick(now)
                 if stuck_writer(now):

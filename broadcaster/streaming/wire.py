@@ -17,6 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 PROTOCOL_VERSION = 1
 
+#: A chunk whose local play time lies more than this beyond ``now + playout_delay``
+#: means the endpoint's clock estimate is wrong: the server never sends a chunk more
+#: than the playout delay ahead (docs/protocol.md §3.4). Re-synchronise.
+RESYNC_MARGIN_US = 500_000
+
 # --- binary audio frames -------------------------------------------------------------------
 
 #: version u8, kind u8, flags u16, stream u32, seq u32, play_at_us i64, duration_us u32,
@@ -143,19 +148,26 @@ class Hello(_Msg):
     agent: str | None = Field(default=None, max_length=200)
 
 
+#: Largest integer a JavaScript ``Number`` holds exactly (2**53 - 1). Ping and pong
+#: numbers are limited to 0..this so that the server never echoes a value a browser
+#: endpoint cannot read back exactly; anything else is refused (invalid_field, 4000).
+MAX_SAFE_INTEGER = 2**53 - 1
+SafeInt = Annotated[int, Field(ge=0, le=MAX_SAFE_INTEGER)]
+
+
 class Ping(_Msg):
     """Heartbeat and clock probe; either side may send it, the other answers with Pong."""
 
     type: Literal["ping"] = "ping"
-    id: int
-    sent_us: int  # sender's clock when sent
+    id: SafeInt
+    sent_us: SafeInt  # sender's clock when sent
 
 
 class Pong(_Msg):
     type: Literal["pong"] = "pong"
-    id: int
-    echo_us: int  # the ping's sent_us, echoed
-    time_us: int  # responder's clock when it answered
+    id: SafeInt
+    echo_us: SafeInt  # the ping's sent_us, echoed
+    time_us: SafeInt  # responder's clock when it answered
 
 
 class Receipt(_Msg):

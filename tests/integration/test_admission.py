@@ -255,7 +255,15 @@ async def test_events_survive_a_restart(tmp_path: Path):
         assert status == 422 and err["fields"][0]["field"] == "since"
 
 
-async def test_readyz_gives_reasons_and_healthz_stays_live(tmp_path: Path):
+async def test_readyz_gives_reasons_and_healthz_stays_live(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # The store probe's own pace (every 5 s while healthy, every second while failing)
+    # is not what this test checks: probe ten times faster so it waits less.
+    import broadcaster.app
+
+    monkeypatch.setattr(broadcaster.app, "_PROBE_OK_US", 500_000)
+    monkeypatch.setattr(broadcaster.app, "_PROBE_FAILING_US", 100_000)
     async with Service(make_config(), engine=EspeakEngine()) as svc:
         h = Harness(svc, tmp_path)
         try:

@@ -21,6 +21,10 @@ async def received(harness, ep, body):
 
 async def test_chimes_repeats_and_languages_are_one_announcement_at_one_level(harness):
     ep = await harness.endpoint("ep-b", ["hall"], ["pcm_s16le/24000"])
+    # the same call decoded by an Opus and a mu-law endpoint (README: <= -1 dBTP in every
+    # format as decoded; the reference endpoint's s16 output would clip only at 0 dBFS)
+    opus = await harness.endpoint("ep-c", ["hall"], ["opus/48000"])
+    mulaw = await harness.endpoint("ep-a", ["hall"], ["pcm_mulaw/8000"])
     _, plain = await received(
         harness, ep, {"text": "Platform two.", "zones": ["hall"], "speed": 1.5}
     )
@@ -48,6 +52,11 @@ async def test_chimes_repeats_and_languages_are_one_announcement_at_one_level(ha
     # everything plays at one loudness (EBU R128 target -16 LUFS)
     level = measure(bytes(rec.pcm), 24000)
     assert -17.5 < level.integrated_lufs < -14.5, level
-    assert level.true_peak_dbtp <= -0.5
+    assert level.true_peak_dbtp <= -1.0
+    await harness.wait_receipts(final["id"], ["ep-c", "ep-a"])
+    for other, rate in [(opus, 48000), (mulaw, 8000)]:
+        decoded = measure(bytes(other.announcements[final["id"]].pcm), rate)
+        assert -17.5 < decoded.integrated_lufs < -14.5, decoded
+        assert decoded.true_peak_dbtp <= -1.0, decoded
     plain_level = measure(bytes(plain.pcm), 24000)
     assert -17.5 < plain_level.integrated_lufs < -14.5, plain_level

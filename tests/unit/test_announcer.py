@@ -265,6 +265,8 @@ async def test_expiry_drops_a_waiting_announcement_with_a_reason():
 
 
 async def test_late_joiner_gets_the_start_message_and_only_fresh_audio():
+    """docs/protocol.md §5.5: a late joiner gets the frames whose play_at_us is still
+    ahead of the server clock when it joins (the first may be due very soon after)."""
     clock, announcer, box = setup(lambda c: FakeEngine(c, seconds=5))
     task = asyncio.create_task(announcer.run())
     ann = announcer.submit(spec())
@@ -354,3 +356,23 @@ async def test_first_audio_latency_is_not_an_underrun():
     assert ann.underruns == 0
     plays = [h.play_at_us for _, h in box.audio]
     assert all(b - a == 20_000 for a, b in itertools.pairwise(plays))  # no gap inside
+
+
+async def test_one_receipt_per_stream_only_the_current_streams_counts():
+    """docs/protocol.md §4.2/§5.8: an endpoint sends one receipt per stream; the server
+    keeps the one for the announcement's current stream (the last that arrived) and
+    ignores a receipt for another stream of it, such as a preempted earlier play."""
+    clock, announcer, _ = setup(lambda c: FakeEngine(c, seconds=1))
+    [ann] = await play(clock, announcer, spec())
+
+    def receipt(stream: int, status: str = "complete") -> wire.Receipt:
+        return wire.Receipt(
+            announcement_id=ann.id, stream=stream, status=status, chunks=50, duration_ms=1000
+        )
+
+    announcer.on_receipt("ep", receipt(ann.number + 1, "cancelled"))  # not this stream
+    assert ann.deliveries["ep"].receipt is None
+    announcer.on_receipt("ep", receipt(ann.number, "incomplete"))
+    announcer.on_receipt("ep", receipt(ann.number))
+    assert ann.deliveries["ep"].receipt["status"] == "complete"  # the last one is kept
+    assert ann.deliveries["ep"].receipt["stream"] == ann.number

@@ -295,3 +295,18 @@ def test_multi_push_after_flush_raises() -> None:
     mt.flush()
     with pytest.raises(RuntimeError):
         mt.push(b"")
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=_id)
+def test_the_true_peak_limiter_moves_nothing_on_the_timeline(fmt: StreamFormat) -> None:
+    """With a ceiling the chunks are the same in number and offsets, and audio that
+    is already under the format's limit comes out unchanged, byte for byte."""
+    quiet = sine(440, SOURCE_RATE_HZ * 3 // 4, SOURCE_RATE_HZ, amplitude=3000)
+    pieces = random_pieces(quiet, np.random.default_rng(5), 3000)
+    plain = transcode(fmt, pieces)
+    tc = Transcoder(fmt, source_rate_hz=SOURCE_RATE_HZ, true_peak_dbtp=-1.0)
+    limited = [f for p in pieces for f in tc.push(p)] + tc.flush()
+    assert [(f.offset_us, f.duration_us) for f in limited] == [
+        (f.offset_us, f.duration_us) for f in plain
+    ]
+    assert [f.payload for f in limited] == [f.payload for f in plain]
