@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from broadcaster.announcements import compose_spec, spoken_language
+from broadcaster.announcements import compose_spec, spoken_language, spoken_texts
 from broadcaster.clock import Clock
 from broadcaster.config import Config
 from broadcaster.model import SpeechRequest
@@ -54,7 +54,7 @@ def warm_requests(
             skipped.append(tpl.name)  # its text depends on the request
             continue
         spec = compose_spec(config, tpl, text=text, zones=tpl.zones, language=language, also=also)
-        for lang, part in ((spec.language, spec.text), *spec.also):
+        for lang, part in spoken_texts(spec):
             # As the announcer splits (Announcer._segments): whole when asked and it fits.
             if not spec.split and len(part) <= max_request_chars:
                 segments = [part]
