@@ -6,7 +6,9 @@ declared with a :class:`VariableSpec`; values are checked against their specs be
 rendering, and every printed expression goes through
 :func:`broadcaster.speech.textprep.prepare_value`, so ``{{ time }}`` with "12:40"
 speaks as "twelve forty" and ``{{ delay_minutes }}`` with 18 as "eighteen". The
-literal words of the template are left exactly as their author wrote them.
+literal words of the template are left exactly as their author wrote them here; the
+spoken form of the whole rendered text (its own "platform 4" too) is made later, in
+one place for every text (:func:`broadcaster.announcements.prepare_spoken`).
 
 Values are strict: an ``int`` variable takes a real integer, not the string "18".
 Values arrive as JSON or TOML, which carry real numbers, so a string in a number

@@ -56,10 +56,13 @@ def test_a_spec_made_by_hand_is_prepared_when_spoken():
 
 
 async def test_the_engine_is_given_the_spoken_texts_in_order():
-    clock, announcer, _box = setup(lambda c: FakeEngine(c, seconds=0.2))
+    clock, announcer, box = setup(lambda c: FakeEngine(c, seconds=0.2))
     [ann] = await play(clock, announcer, multi())
     said = [(r.language, r.text) for r in announcer.engine.requests]
     assert said == [("English", SPOKEN), ("German", GERMAN_SPOKEN)]
+    # The endpoints' caption is the operator's text.
+    [started] = [m for m in box.control if m["type"] == "announcement_started"]
+    assert started["text"] == TEXT
     assert ann.as_dict()["text"] == TEXT
     assert ann.as_dict()["spoken"] == [
         {"language": "English", "text": SPOKEN},

@@ -264,3 +264,34 @@ TABLES = PHONES + DOT_TIMES + HEADCODES + PLATFORM_LISTS + FRACTIONS
 @pytest.mark.parametrize(("language", "text", "spoken"), TABLES)
 def test_preparing_twice_is_preparing_once(language, text, spoken):
     assert prepare_text(spoken, language) == spoken
+
+
+# --- the README's examples ----------------------------------------------------------------------
+
+
+def readme_examples() -> list[tuple[str, str]]:
+    """Every `written` → "spoken" pair of the README's text-reading section (English)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## Text read as station staff say it", 1)[1].split("\n## ", 1)[0]
+    bullets = section.split("In English:", 1)[1].strip().split("\n\n", 1)[0]
+    return re.findall(r"`([^`]+)` → \"([^\"]+)\"", bullets)
+
+
+def test_the_readme_shows_examples():
+    assert len(readme_examples()) >= 12
+
+
+@pytest.mark.parametrize(("text", "spoken"), readme_examples())
+def test_the_readme_examples_are_read_as_written(text, spoken):
+    assert prepare_text(text, "English") == spoken
+
+
+@pytest.mark.parametrize(
+    ("language", "text", "spoken"),
+    [("German", "17.30", "siebzehn Uhr dreißig"), ("Japanese", "3/4", "四分の三")],
+)
+def test_the_readme_examples_in_other_languages(language, text, spoken):
+    assert prepare_text(text, language) == spoken
