@@ -71,11 +71,14 @@ def compose_spec(
     chime_after: str | None = None,
     repeats: int | None = None,
     repeat_gap_ms: int | None = None,
+    spoken: tuple[tuple[str, str], ...] | None = None,
 ) -> AnnouncementSpec:
     """An announcement from what was asked, its template's defaults and the config's.
 
     The one place the precedence lives: a value given with the request (or the
-    schedule) wins, then the template's, then the config default.
+    schedule) wins, then the template's, then the config default. ``spoken``: the
+    result of :func:`prepare_spoken` for these texts, when the caller made it off the
+    event loop (a long text takes milliseconds); made here otherwise.
     """
     t, sp = template, config.speech
     return AnnouncementSpec(
@@ -95,7 +98,7 @@ def compose_spec(
         repeats=first_given(repeats, t and t.repeats, 0),
         repeat_gap_ms=first_given(repeat_gap_ms, t and t.repeat_gap_ms, 1000),
         also=also,
-        spoken=prepare_spoken(language, text, also),
+        spoken=spoken if spoken is not None else prepare_spoken(language, text, also),
     )
 
 

@@ -14,7 +14,12 @@ from typing import Any, cast
 from aiohttp import web
 from pydantic import ValidationError
 
-from broadcaster.announcements import compose_spec, spoken_language, spoken_texts
+from broadcaster.announcements import (
+    compose_spec,
+    prepare_spoken,
+    spoken_language,
+    spoken_texts,
+)
 from broadcaster.announcer import AlreadyClaimed, Announcer, QueueFull
 from broadcaster.audio.chimes import ChimeError, load_chime_file, resolve_chime_name
 from broadcaster.auth import (
@@ -392,10 +397,13 @@ async def _compose(
         expires_at = (due_at or now) + timedelta(seconds=after_s)
     if expires_at is not None and expires_at <= now:
         return _invalid("expires_at", "is in the past")
+    # Text preparation is CPU work proportional to the text: off the event loop.
+    said = await asyncio.to_thread(prepare_spoken, language, text, also)
     spec = compose_spec(
         cfg,
         tpl,
         text=text,
+        spoken=said,
         zones=zones,
         language=language,
         also=also,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from broadcaster.announcements import compose_spec, first_given
+from broadcaster.announcements import compose_spec, first_given, prepare_spoken
 from broadcaster.announcer import AlreadyClaimed, Announcer, QueueFull
 from broadcaster.clock import Clock, wait_event_or_deadline
 from broadcaster.config import Config, ScheduleConfig, TemplateConfig
@@ -327,14 +327,17 @@ class ScheduleRunner:
             text, also = tpl.render_all(spec.variables, language)
         except TemplateError as exc:
             decision, reason = "failed", f"template could not be rendered: {exc}"
+        text = text or f"(template {tpl.name})"
         announcement = compose_spec(
             self.config,
             tpl,
-            text=text or f"(template {tpl.name})",
+            text=text,
             zones=spec.zones or tpl.zones,
             language=language,
             also=also,
             priority=self._priority(live),
+            # Text preparation is CPU work: off the event loop.
+            spoken=await asyncio.to_thread(prepare_spoken, language, text, also),
         )
 
         # Stored with the record, so a restart that finds it not yet played knows
