@@ -44,7 +44,7 @@ The PA reading style (English; other languages follow their own conventions):
   Russian groups of two or three as numbers and four as two pairs; Japanese runs
   the digits together with "の" between groups; Korean says zero "공". "+" is
   "plus" ("más", "più", "mais", "плюс", "プラス", "플러스"). "1990-1995" stays a
-  range and "2026-05-01" a date.
+  range and "2026-05-01", "01-05-2026" dates.
 * Headcodes: a digit, a capital letter and two digits ("1A23") → "one A
   twenty-three"; a leading zero: English "oh" ("2C05" → "two C oh five"), other
   languages digit by digit.
@@ -328,6 +328,11 @@ _EN_TIME_CUES = frozenset(
 )
 
 
+_MONEY_AFTER = re.compile(
+    r"\s?(?:[€$£¥₩₽]|(?:EUR|USD|GBP|CHF|euros?|pounds?|dollars?|Euro|Franken)\b)"
+)
+
+
 def _dot_time(match: re.Match[str], r: _Rules, c: _Compiled) -> bool:
     """Whether "H.MM" (a full stop between hour and minutes) is a time here.
 
@@ -344,6 +349,8 @@ def _dot_time(match: re.Match[str], r: _Rules, c: _Compiled) -> bool:
     number = c.number.match(match.string, match.start())
     if number is not None and number.group("unit") is not None:
         return False
+    if _MONEY_AFTER.match(match.string, match.end()):
+        return False  # "17.30 EUR", "17.30€": an amount
     if r.code == "en":
         if g.get("ampm") is not None or len(h) == 2:
             return True
@@ -631,7 +638,8 @@ _PHONE = re.compile(
     r"(?P<body>\d{1,5}(?:[ \u00a0\-]\d{1,5}){1,5})" + _NOT_AFTER
 )
 _PHONE_SEPARATORS = re.compile(r"[ \u00a0\-]")
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+#: Dates written with hyphens: "2026-05-01", "01-05-2026".
+_HYPHEN_DATE = re.compile(r"\d{4}-\d{1,2}-\d{1,2}|\d{1,2}-\d{1,2}-\d{4}")
 
 
 def _is_phone(plus: bool, body: str) -> bool:
@@ -639,24 +647,27 @@ def _is_phone(plus: bool, body: str) -> bool:
 
     * a "+" before it (international: "+44 20 7946 0018");
     * a first group starting with 0 (national: "020 7946 0018", "0800-123-456");
-    * only hyphens, no one-digit group, and three or more groups ("555-123-4567"), or
-      two groups of 3 (or 4) and 4 digits where the second starts with 0 if the
-      first has 4 ("555-0123", "2345-0678"; "1990-1995" stays a range).
+    * only hyphens, no one-digit group but the first, and three or more groups
+      ("555-123-4567", "1-800-555-0123"), or two groups of 3 (or 4) and 4 digits
+      where the second starts with 0 if the first has 4 ("555-0123", "2345-0678";
+      "1990-1995" stays a range).
 
-    An ISO date ("2026-05-01") is never a phone number.
+    A date written with hyphens ("2026-05-01", "01-05-2026") is never a phone number.
     """
     groups = _PHONE_SEPARATORS.split(body)
     total = sum(len(g) for g in groups)
-    if not 7 <= total <= 15 or _ISO_DATE.fullmatch(body):
+    if not 7 <= total <= 15 or _HYPHEN_DATE.fullmatch(body):
         return False
     if plus:
         return True
     if len(groups[0]) >= 2 and groups[0][0] == "0":
         return True
-    if " " in body or "\u00a0" in body or any(len(g) == 1 for g in groups):
+    if " " in body or "\u00a0" in body or any(len(g) == 1 for g in groups[1:]):
         return False
     if len(groups) >= 3:
-        return True
+        return True  # "555-123-4567", "1-800-555-0123"
+    if len(groups[0]) == 1:
+        return False
     first, second = groups
     return len(second) == 4 and (len(first) == 3 or (len(first) == 4 and second[0] == "0"))
 

@@ -22,6 +22,11 @@ PHONES = [
     ("English", "+1 555 0123", "plus one, five five five, zero one two three"),
     (
         "English",
+        "1-800-555-0123",
+        "one, eight zero zero, five five five, zero one two three",
+    ),
+    (
+        "English",
         "For help call 555-0123.",
         "For help call five five five, zero one two three.",
     ),
@@ -71,7 +76,9 @@ NOT_PHONES = [
     # (language, written, spoken): ranges, dates, short numbers keep their readings
     ("English", "10-15", "ten to fifteen"),
     ("English", "1990-1995", "nineteen ninety to nineteen ninety-five"),
-    ("English", "2026-05-01", "2026-05-01"),  # an ISO date is left as it is
+    ("English", "2026-05-01", "2026-05-01"),  # dates are left as they are
+    ("English", "01-05-2026", "01-05-2026"),
+    ("German", "1-2-2026", "1-2-2026"),
     ("English", "12 34", "twelve thirty-four"),  # spaced, no "+", no leading zero
     ("English", "platforms 2 3", "platforms two three"),
     ("German", "10-15", "zehn bis fünfzehn"),
@@ -122,6 +129,8 @@ DOTS_THAT_ARE_NOT_TIMES = [
     ("English", "17.75", "seventeen point seven five"),  # no such minute
     ("English", "21.50 °C", "twenty-one point five zero degrees Celsius"),  # a measure
     ("English", "2.5", "two point five"),
+    ("English", "17.30 EUR", "seventeen point three zero EUR"),  # an amount
+    ("German", "17.30 €", "17.30 €"),
     ("German", "am 12.05. fährt", "am 12.05. fährt"),  # day and month
     ("German", "21.50 °C", "21.50 °C"),
     ("German", "2,5", "zwei Komma fünf"),
