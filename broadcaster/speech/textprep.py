@@ -42,7 +42,8 @@ The PA reading style (English; other languages follow their own conventions):
   after another with a pause (a comma): digit by digit ("five five five, zero one
   two three"); French reads a group of two as a number ("zéro un, vingt-trois"),
   Russian groups of two or three as numbers and four as two pairs; Japanese runs
-  the digits together with "の" between groups; Korean says zero "공". "+" is
+  the digits together with "の" between groups; Korean says zero "공", German two
+  "zwo". "+" is
   "plus" ("más", "più", "mais", "плюс", "プラス", "플러스"). "1990-1995" stays a
   range and "2026-05-01", "01-05-2026" dates.
 * Headcodes: a digit, a capital letter and two digits ("1A23") → "one A
@@ -169,8 +170,8 @@ class _Rules:
     #: (French: a group of two is a number), "groups" (Russian: groups of two or
     #: three are numbers, four are two pairs).
     phone_style: Literal["digits", "pairs", "groups"] = "digits"
-    #: Zero in a phone number when it differs from the cardinal (Korean "공").
-    phone_zero: str | None = None
+    #: Digits said otherwise in a phone number (Korean zero "공", German two "zwo").
+    phone_digits: dict[str, str] = field(default_factory=dict)
     #: Between a phone number's groups (a short pause).
     phone_separator: str = ", "
     #: Fractions: denominator → (singular, plural) of its word, e.g. 4 → ("quarter",
@@ -675,7 +676,7 @@ def _is_phone(plus: bool, body: str) -> bool:
 def _phone_digits(group: str, r: _Rules) -> str:
     words = []
     for ch in group:
-        words.append(r.phone_zero if ch == "0" and r.phone_zero else _digit_words(ch, r))
+        words.append(r.phone_digits.get(ch) or _digit_words(ch, r))
     return ("" if r.code == "ja" else " ").join(words)
 
 
@@ -924,6 +925,7 @@ _GERMAN = _Rules(
         "Ausgang",
     ),
     list_words=("und", "oder", "bis"),
+    phone_digits={"2": "zwo"},  # on the phone "zwei" is "zwo" (not to be heard as "drei")
     fraction_one="ein",
     fractions={
         2: ("halb", "halbe"),
@@ -1182,7 +1184,7 @@ _KOREAN = _Rules(
     minus="마이너스",
     yes_no=("예", "아니요"),
     plus="플러스",
-    phone_zero="공",  # zero in a phone number is "공", not "영"
+    phone_digits={"0": "공"},  # zero in a phone number is "공", not "영"
 )
 _CHINESE = _Rules(language="Chinese", code=None, yes_no=("是", "否"))
 _AUTO = _Rules(language="Auto", code=None)

@@ -88,7 +88,7 @@ async def test_preview_shows_per_language_exactly_what_the_engine_is_then_given(
         {
             "language": "German",
             "text": "Der Zug um siebzehn Uhr dreißig fährt von Gleis drei A. Service: plus "
-            "vier neun, drei null, eins zwei drei vier, fünf sechs sieben acht.",
+            "vier neun, drei null, eins zwo drei vier, fünf sechs sieben acht.",
         },
     ]
     assert preview["zones"] == ["hall"] and preview["priority"] == 100

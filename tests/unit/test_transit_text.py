@@ -30,11 +30,11 @@ PHONES = [
         "For help call 555-0123.",
         "For help call five five five, zero one two three.",
     ),
-    ("German", "555-0123", "fünf fünf fünf, null eins zwei drei"),
+    ("German", "555-0123", "fünf fünf fünf, null eins zwo drei"),
     (
         "German",
         "+49 30 1234 5678",
-        "plus vier neun, drei null, eins zwei drei vier, fünf sechs sieben acht",
+        "plus vier neun, drei null, eins zwo drei vier, fünf sechs sieben acht",
     ),
     ("Spanish", "555-0123", "cinco cinco cinco, cero uno dos tres"),
     ("Spanish", "+34 91 123", "más tres cuatro, nueve uno, uno dos tres"),
