@@ -328,15 +328,21 @@ async def _compose(
     language = spoken_language(cfg, tpl, req.language)
     text = req.text
     also: tuple[tuple[str, str], ...] = tuple((a.language, a.text) for a in req.also or [])
+    # What the voice reads: the texts, or a template rendered for speech (values in
+    # words by their types) while the record and captions show it as written.
+    to_speak: tuple[str, tuple[tuple[str, str], ...]] | None = None
     if text is None and tpl is not None:
         try:
-            text, rendered_also = tpl.render_all(req.variables, language)
+            text, rendered_also = tpl.render_all(req.variables, language, display=True)
+            said_text, said_also = tpl.render_all(req.variables, language)
+            to_speak = (said_text, also or said_also)
             also = also or rendered_also
         except TemplateError as exc:
             field = f"variables.{exc.variable}" if exc.variable else "variables"
             problems.append({"field": field, "message": str(exc)})
         else:
-            if any(CONTROL_CHARS.search(t) for t in (text, *(t for _, t in also))):
+            rendered = (text, said_text, *(t for _, t in also), *(t for _, t in to_speak[1]))
+            if any(CONTROL_CHARS.search(t) for t in rendered):
                 problems.append(
                     {"field": "variables", "message": "the text would hold control characters"}
                 )
@@ -398,7 +404,7 @@ async def _compose(
     if expires_at is not None and expires_at <= now:
         return _invalid("expires_at", "is in the past")
     # Text preparation is CPU work proportional to the text: off the event loop.
-    said = await asyncio.to_thread(prepare_spoken, language, text, also)
+    said = await asyncio.to_thread(prepare_spoken, language, *(to_speak or (text, also)))
     spec = compose_spec(
         cfg,
         tpl,

@@ -323,11 +323,14 @@ class ScheduleRunner:
         text = ""
         decision: str = firing.decision
         also: tuple[tuple[str, str], ...] = ()
+        said_text, said_also = "", also  # rendered for speech; text and also as written
         try:
-            text, also = tpl.render_all(spec.variables, language)
+            text, also = tpl.render_all(spec.variables, language, display=True)
+            said_text, said_also = tpl.render_all(spec.variables, language)
         except TemplateError as exc:
             decision, reason = "failed", f"template could not be rendered: {exc}"
         text = text or f"(template {tpl.name})"
+        said_text = said_text or text
         announcement = compose_spec(
             self.config,
             tpl,
@@ -337,7 +340,7 @@ class ScheduleRunner:
             also=also,
             priority=self._priority(live),
             # Text preparation is CPU work: off the event loop.
-            spoken=await asyncio.to_thread(prepare_spoken, language, text, also),
+            spoken=await asyncio.to_thread(prepare_spoken, language, said_text, said_also),
         )
 
         # Stored with the record, so a restart that finds it not yet played knows

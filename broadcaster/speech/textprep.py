@@ -93,6 +93,7 @@ __all__ = [
     "prepare_value",
     "spell",
     "time_words",
+    "written_number",
 ]
 
 #: ``speech.language`` → the num2words ``lang`` code. Chinese has no num2words
@@ -1303,6 +1304,11 @@ def prepare_value(value: object, language: str) -> str:
 
 
 _DESIGNATOR = re.compile(r"(\d{1,4})([A-Za-z])")
+
+
+def written_number(value: float | Decimal, language: str) -> str:
+    """A float or Decimal as texts in ``language`` write it ("2.5"; German "2,5")."""
+    return _decimal_text(value, _rules(language))
 
 
 def _decimal_text(value: float | Decimal, r: _Rules) -> str:

@@ -113,6 +113,10 @@ async def test_a_rendered_template_is_prepared_too(h):
     status, preview = await h.post(body, path="/v1/preview", as_="operator")
     assert status == 200, preview
     assert preview["template"] == "departure" and preview["zones"] == ["hall"]
+    # Shown with the values as given; spoken with them (and the template's words) read out.
+    assert preview["text"] == (
+        "The 08:05 to Leeds leaves from platforms 4 and 5. For help call 555-0123."
+    )
     # The template's own words are prepared as well: its platforms and phone number.
     assert preview["spoken"] == [
         {

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 
+import pytest
+
 from broadcaster.announcements import Registry, compose_spec, prepare_spoken, spoken_texts
 from broadcaster.clock import FakeClock
 from broadcaster.config import parse_config
@@ -97,3 +99,64 @@ def test_a_record_stored_before_spoken_was_kept_shows_it_made_from_its_text():
         {"language": "English", "text": SPOKEN},
         {"language": "German", "text": GERMAN_SPOKEN},
     ]
+
+
+# --- templates: shown as written, spoken in words ---------------------------------------------
+
+DISPLAY_VARIABLES = {
+    "time": "time",
+    "minutes": "int",
+    "length": "float",
+    "late": "bool",
+    "platform": "str",
+    "note": {"type": "str", "required": False},
+    "code": "str",
+}
+DISPLAY_SOURCE = (
+    "The {{ time }} is {{ minutes }} min late ({{ late }}), {{ length }} km, platform "
+    "{{ platform }}, {{ code | spell }}, {{ minutes | words }}, {{ code | digits }}.{{ note }}"
+)
+DISPLAY_VALUES = {
+    "time": "08:05",
+    "minutes": 18,
+    "length": 2.5,
+    "late": True,
+    "platform": "2b",
+    "code": "IC 2735",
+}
+
+
+def display_template():
+    from broadcaster.scheduling.templates import TemplateRenderer, parse_variable_specs
+
+    specs = parse_variable_specs(DISPLAY_VARIABLES)
+    return TemplateRenderer().compile("display", DISPLAY_SOURCE, specs)
+
+
+def test_a_template_renders_as_written_for_display_and_in_words_for_speech():
+    tpl = display_template()
+    assert tpl.render(DISPLAY_VALUES, display=True) == (
+        "The 08:05 is 18 min late (yes), 2.5 km, platform 2b, IC 2735, 18, IC 2735."
+    )
+    spoken = tpl.render(DISPLAY_VALUES)
+    assert spoken == (
+        "The eight oh five is eighteen min late (yes), two point five km, platform two B, "
+        "I C two seven three five, eighteen, IC two seven three five."
+    )
+    # What is spoken is the speech rendering, prepared like every text (the literal
+    # "min" and "km" after values in words stay as the template wrote them).
+    assert prepare_spoken("English", spoken) == (("English", spoken),)
+
+
+def test_display_numbers_follow_the_language():
+    tpl = display_template()
+    shown = tpl.render(DISPLAY_VALUES, language="German", display=True)
+    assert "2,5 km" in shown and "(ja)" in shown
+
+
+def test_display_refuses_what_speech_refuses():
+    from broadcaster.scheduling.templates import TemplateError
+
+    tpl = display_template()
+    with pytest.raises(TemplateError, match="minutes"):
+        tpl.render({**DISPLAY_VALUES, "minutes": "soon"}, display=True)

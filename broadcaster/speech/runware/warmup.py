@@ -21,7 +21,12 @@ import logging
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from broadcaster.announcements import compose_spec, spoken_language, spoken_texts
+from broadcaster.announcements import (
+    compose_spec,
+    prepare_spoken,
+    spoken_language,
+    spoken_texts,
+)
 from broadcaster.clock import Clock
 from broadcaster.config import Config
 from broadcaster.model import SpeechRequest
@@ -49,11 +54,16 @@ def warm_requests(
     for tpl in config.templates:
         language = spoken_language(config, tpl, None)
         try:
-            text, also = tpl.render_all({}, language)
+            text, also = tpl.render_all({}, language, display=True)
+            said_text, said_also = tpl.render_all({}, language)
         except TemplateError:
             skipped.append(tpl.name)  # its text depends on the request
             continue
-        spec = compose_spec(config, tpl, text=text, zones=tpl.zones, language=language, also=also)
+        # As the API composes it: shown as written, spoken as rendered for speech.
+        spoken = prepare_spoken(language, said_text, said_also)
+        spec = compose_spec(
+            config, tpl, text=text, zones=tpl.zones, language=language, also=also, spoken=spoken
+        )
         for lang, part in spoken_texts(spec):
             # As the announcer splits (Announcer._segments): whole when asked and it fits.
             if not spec.split and len(part) <= max_request_chars:
