@@ -523,6 +523,8 @@ def _replace_number(match: re.Match[str], r: _Rules, c: _Compiled) -> str:
         spoken = f"{low[0]} {r.range_word} {high[0]}"
         if unit is not None:
             spoken += " " + unit.plural
+            if _keeps_stop(unit, unit_text, match, r):
+                spoken += "."
         return spoken
 
     said = _number_words(run, r, negative=negative, year_ok=unit is None)
@@ -538,10 +540,15 @@ def _replace_number(match: re.Match[str], r: _Rules, c: _Compiled) -> str:
     unit_name, one = _unit_words(unit, value, r)
     words = _agree(words, r, unit.gender, exactly_one=one)
     spoken = f"{words} {unit_name}"
-    keeps_stop = unit.period and unit_text is not None and unit_text.endswith(".")
-    if keeps_stop and _ends_sentence(match.string, match.end(), r):
-        spoken += "."  # the abbreviation's full stop also ended the sentence
+    if _keeps_stop(unit, unit_text, match, r):
+        spoken += "."
     return spoken
+
+
+def _keeps_stop(unit: _Unit, unit_text: str | None, match: re.Match[str], r: _Rules) -> bool:
+    """Whether the unit abbreviation's full stop also ended the sentence ("5 min.")."""
+    written_stop = unit.period and unit_text is not None and unit_text.endswith(".")
+    return written_stop and _ends_sentence(match.string, match.end(), r)
 
 
 # --- codes and platforms ----------------------------------------------------------------

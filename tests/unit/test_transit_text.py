@@ -82,6 +82,8 @@ NOT_PHONES = [
     ("English", "12 34", "twelve thirty-four"),  # spaced, no "+", no leading zero
     ("English", "platforms 2 3", "platforms two three"),
     ("German", "10-15", "zehn bis fünfzehn"),
+    ("German", "in 10-15 Min.", "in zehn bis fünfzehn Minuten."),  # the stop ends the sentence
+    ("English", "in 10-15 min. Then", "in ten to fifteen minutes. Then"),
 ]
 
 
