@@ -92,6 +92,8 @@ async def test_preview_shows_per_language_exactly_what_the_engine_is_then_given(
         },
     ]
     assert preview["zones"] == ["hall"] and preview["priority"] == 100
+    assert preview["language"] == "English"
+    assert preview["also"] == [{"language": "German", "text": GERMAN}]  # as written
     # Nothing was announced, queued or stored.
     status, listing = await h.get("/v1/announcements")
     assert status == 200 and listing["announcements"] == []
