@@ -54,6 +54,7 @@ from .access import (
     AUDIT_DETAIL,
     PRINCIPAL,
     PUBLIC,
+    READ_ONLY,
     Access,
     access_middleware,
     refusal_response,
@@ -196,8 +197,10 @@ async def preview_announcement(request: web.Request) -> web.Response:
 
     The body is that of POST /v1/announcements (a trigger is previewed with its
     template named in the body). The same validation and role rules apply; the
-    ``spoken`` texts come from the function the playout uses.
+    ``spoken`` texts come from the function the playout uses. Audited only when
+    refused (it changes nothing).
     """
+    request[READ_ONLY] = True
     try:
         body = await _json_body(request)
     except _BodyRefused as exc:

@@ -3,6 +3,7 @@ engine is given (a recording espeak engine), per language; roles as for announci
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,15 @@ async def test_preview_has_the_rules_of_announcing(h):
     assert status == 422 and resp["fields"][0]["field"] == "variables.time"
     status, listing = await h.get("/v1/announcements")
     assert listing["announcements"] == []
+
+
+async def test_a_preview_is_audited_only_when_refused(h, caplog):
+    caplog.set_level(logging.INFO, logger="broadcaster.audit")
+    status, _ = await h.post({"text": "Hi.", "zones": ["hall"]}, path="/v1/preview", as_="operator")
+    assert status == 200
+    emergency = {"text": "Evacuate.", "zones": ["hall"], "priority": 240}
+    status, _ = await h.post(emergency, path="/v1/preview", as_="operator")
+    assert status == 403
+    lines = [r.getMessage() for r in caplog.records if r.name == "broadcaster.audit"]
+    previews = [line for line in lines if "'/v1/preview'" in line]
+    assert len(previews) == 1 and " 403 " in previews[0], lines
