@@ -326,8 +326,12 @@ def _time_pattern(r: _Rules) -> re.Pattern[str] | None:
 
 #: English words after which "H.MM" with a one-digit hour is a time ("at 9.15").
 _EN_TIME_CUES = frozenset(
-    {"at", "the", "from", "until", "till", "by", "after", "before", "between", "departs", "due"}
-)
+    {
+        "at", "the", "from", "until", "till", "by", "after", "before", "between", "since",
+        "due", "expected", "scheduled", "departs", "departing", "departure", "arrives",
+        "arriving", "arrival", "leaves", "leaving",
+    }
+)  # fmt: skip
 
 
 _MONEY_AFTER = re.compile(

@@ -109,6 +109,8 @@ DOT_TIMES = [
     ("English", "12.50pm", "twelve fifty p.m."),
     ("English", "the 9.15 to Leeds", "the nine fifteen to Leeds"),
     ("English", "at 9.05", "at nine oh five"),
+    ("English", "Expected 5.30", "Expected five thirty"),
+    ("English", "departing 9.45 from platform 2", "departing nine forty-five from platform two"),
     ("English", "between 9.30 and 10.15", "between nine thirty and ten fifteen"),
     ("English", "The 17.30 service", "The seventeen thirty service"),
     ("German", "17.30", "siebzehn Uhr dreißig"),
