@@ -339,8 +339,9 @@ class ScheduleRunner:
             language=language,
             also=also,
             priority=self._priority(live),
-            # Text preparation is CPU work: off the event loop.
-            spoken=await asyncio.to_thread(prepare_spoken, language, said_text, said_also),
+            # On the loop, as the rendering above: a template's text, once per firing
+            # (a thread hop here would let the fake clock's passes race the firing).
+            spoken=prepare_spoken(language, said_text, said_also),
         )
 
         # Stored with the record, so a restart that finds it not yet played knows
