@@ -19,6 +19,7 @@ from typing import Any
 
 from broadcaster.config import Config, TemplateConfig
 from broadcaster.model import AnnouncementSpec, AnnouncementState, priority_band
+from broadcaster.speech import textprep
 from broadcaster.streaming.hub import DeliveryStats
 
 
@@ -32,6 +33,25 @@ def spoken_language(config: Config, template: TemplateConfig | None, asked: str 
         asked, template and template.language, config.speech.default_language
     )
     return language
+
+
+def prepare_spoken(
+    language: str, text: str, also: Sequence[tuple[str, str]] = ()
+) -> tuple[tuple[str, str], ...]:
+    """Each language's text as it will be spoken: the one place free text and rendered
+    templates become what the speech engine is given (times, phone numbers, codes,
+    platforms, fractions read per language by :func:`textprep.prepare_text`).
+
+    The caption and the record's ``text`` stay as the operator wrote them.
+    """
+    return tuple(
+        (lang, textprep.prepare_text(part, lang)) for lang, part in ((language, text), *also)
+    )
+
+
+def spoken_texts(spec: AnnouncementSpec) -> tuple[tuple[str, str], ...]:
+    """(language, text) pairs the engine speaks for ``spec``, in order."""
+    return spec.spoken or prepare_spoken(spec.language, spec.text, spec.also)
 
 
 def compose_spec(
@@ -51,11 +71,14 @@ def compose_spec(
     chime_after: str | None = None,
     repeats: int | None = None,
     repeat_gap_ms: int | None = None,
+    spoken: tuple[tuple[str, str], ...] | None = None,
 ) -> AnnouncementSpec:
     """An announcement from what was asked, its template's defaults and the config's.
 
     The one place the precedence lives: a value given with the request (or the
-    schedule) wins, then the template's, then the config default.
+    schedule) wins, then the template's, then the config default. ``spoken``: the
+    result of :func:`prepare_spoken` for these texts, when the caller made it off the
+    event loop (a long text takes milliseconds); made here otherwise.
     """
     t, sp = template, config.speech
     return AnnouncementSpec(
@@ -75,6 +98,7 @@ def compose_spec(
         repeats=first_given(repeats, t and t.repeats, 0),
         repeat_gap_ms=first_given(repeat_gap_ms, t and t.repeat_gap_ms, 1000),
         also=also,
+        spoken=spoken if spoken is not None else prepare_spoken(language, text, also),
     )
 
 
@@ -165,6 +189,7 @@ class Announcement:
             "chime_after": s.chime_after,
             "repeats": s.repeats,
             "also": [{"language": lang, "text": text} for lang, text in s.also],
+            "spoken": [{"language": lang, "text": text} for lang, text in spoken_texts(s)],
             "speech_requests": self.speech_requests,
             "cache_hits": self.cache_hits,
             "speech_tasks_billed": self.speech_tasks_billed,

@@ -27,6 +27,7 @@ from broadcaster.announcements import (
     Waiting,
     ZoneArbiter,
     coverage_outcome,
+    spoken_texts,
     zone_coverage,
 )
 from broadcaster.audio.chimes import ChimeError, chime_pcm, load_chime_file, resolve_chime_name
@@ -463,7 +464,7 @@ class Announcer:
             spec = ann.spec
             ann.segments = 0
             parts = []
-            for language, text in ((spec.language, spec.text), *spec.also):
+            for language, text in spoken_texts(spec):
                 segments = self._segments(spec, text)
                 ann.segments += len(segments)
                 parts.append(

@@ -550,12 +550,16 @@ class TemplateConfig(_Section):
         return _RENDERER.compile(self.name, self.text, specs)
 
     def render_all(
-        self, values: Mapping[str, Any], language: str
+        self, values: Mapping[str, Any], language: str, *, display: bool = False
     ) -> tuple[str, tuple[tuple[str, str], ...]]:
-        """The text in ``language`` and every translation, in order (TemplateError)."""
-        text = self.compiled().render(values, language=language)
+        """The text in ``language`` and every translation, in order (TemplateError).
+
+        For speech by default; ``display``: values as written, for captions and records.
+        """
+        text = self.compiled().render(values, language=language, display=display)
         also = tuple(
-            (lang, self.compiled(lang).render(values, language=lang)) for lang in self.translations
+            (lang, self.compiled(lang).render(values, language=lang, display=display))
+            for lang in self.translations
         )
         return text, also
 

@@ -36,7 +36,7 @@ from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from broadcaster.announcements import Announcement, Registry
+from broadcaster.announcements import Announcement, Registry, spoken_texts
 from broadcaster.model import AnnouncementSpec, AnnouncementState
 from broadcaster.store import AnnouncementRow, AsyncStore
 
@@ -53,6 +53,7 @@ def spec_from_json(data: dict[str, Any]) -> AnnouncementSpec:
     fields = dict(data)
     fields["zones"] = tuple(fields.get("zones", ()))
     fields["also"] = tuple(tuple(pair) for pair in fields.get("also", ()))
+    fields["spoken"] = tuple(tuple(pair) for pair in fields.get("spoken", ()))
     known = set(AnnouncementSpec.__dataclass_fields__)
     return AnnouncementSpec(**{k: v for k, v in fields.items() if k in known})
 
@@ -117,6 +118,7 @@ def row_as_dict(row: AnnouncementRow) -> dict[str, Any]:
         "style": spec.get("style"),
         "priority": spec.get("priority"),
         "template": spec.get("template"),
+        "spoken": _spoken_of(spec),
         "created_at": iso(row.created_at),
         "due_at": iso(row.due_at),
         "expires_at": iso(row.expires_at),
@@ -127,6 +129,17 @@ def row_as_dict(row: AnnouncementRow) -> dict[str, Any]:
     }
     out.update(row.details)
     return out
+
+
+def _spoken_of(spec: dict[str, Any]) -> list[dict[str, str]]:
+    """The stored spoken texts; made again for a record stored before they were kept."""
+    pairs = spec.get("spoken")
+    if not pairs:
+        try:
+            pairs = spoken_texts(spec_from_json(spec))
+        except (TypeError, ValueError):  # not a whole spec: nothing to say
+            pairs = ()
+    return [{"language": lang, "text": text} for lang, text in pairs]
 
 
 class StoreJournal:

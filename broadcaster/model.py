@@ -259,4 +259,8 @@ class AnnouncementSpec:
     repeats: int = 0
     repeat_gap_ms: int = 1000
     also: tuple[tuple[str, str], ...] = ()  # (language, text) pairs
+    #: What the engine is given: (language, prepared text) for the text and then each
+    #: of ``also`` (see :func:`broadcaster.announcements.spoken_texts`); empty: made
+    #: from the texts when needed (a spec built by hand, a record from before).
+    spoken: tuple[tuple[str, str], ...] = ()
     extra: dict[str, str] = field(default_factory=dict)

@@ -52,6 +52,8 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 #: Set by handlers for the audit entry: the id of what the call created, and a detail.
 AUDIT_CREATED: web.RequestKey[str] = web.RequestKey("audit_created", str)
 AUDIT_DETAIL: web.RequestKey[str] = web.RequestKey("audit_detail", str)
+#: Set by a handler whose POST changes nothing (a preview): audited only when refused.
+READ_ONLY: web.RequestKey[bool] = web.RequestKey("read_only", bool)
 #: The authenticated caller (set on every route that is not public).
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 
@@ -353,7 +355,8 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         status = exc.status
         raise
     finally:
-        if request.method not in _READ_METHODS or status in _REFUSED:
+        changes = request.method not in _READ_METHODS and not request.get(READ_ONLY)
+        if changes or status in _REFUSED:
             audit(request, status, principal=principal, detail=request.get(AUDIT_DETAIL))
 
 

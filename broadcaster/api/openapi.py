@@ -43,6 +43,7 @@ from .schemas import (
     GainResult,
     HealthResponse,
     OpenApiDocument,
+    PreviewResponse,
     ReadinessResponse,
     ScheduleDeleted,
     ScheduleList,
@@ -124,6 +125,20 @@ DOCS: dict[tuple[str, str], Doc] = {
         query=_IDEMPOTENCY,
         description="Accepted announcements are stored before the answer; `Location` "
         "names the record.",
+        tags=("announcements",),
+    ),
+    ("POST", "/v1/preview"): Doc(
+        "Preview an announcement: its text and exactly what will be spoken",
+        200,
+        PreviewResponse,
+        body="AnnouncementRequest",
+        errors=_BODY_ERRORS,
+        description="The body of POST /v1/announcements (a trigger is previewed with "
+        "`template` and `variables` in the body). Nothing is announced, queued or "
+        "stored; the same validation and role rules apply (an operator previewing an "
+        "emergency gets 403). `spoken` is made by the function the playout uses, so it "
+        "is exactly what the speech engine will be given; `priority` and `zones` are "
+        "the effective ones (after template and config defaults).",
         tags=("announcements",),
     ),
     ("GET", "/v1/announcements"): Doc(

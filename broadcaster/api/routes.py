@@ -7,13 +7,19 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from aiohttp import web
 from pydantic import ValidationError
 
-from broadcaster.announcements import compose_spec, spoken_language
+from broadcaster.announcements import (
+    compose_spec,
+    prepare_spoken,
+    spoken_language,
+    spoken_texts,
+)
 from broadcaster.announcer import AlreadyClaimed, Announcer, QueueFull
 from broadcaster.audio.chimes import ChimeError, load_chime_file, resolve_chime_name
 from broadcaster.auth import (
@@ -35,7 +41,7 @@ from broadcaster.events import EventLog
 from broadcaster.gains import GainKind, Gains
 from broadcaster.journal import row_as_dict, to_row
 from broadcaster.logsetup import quiet_bad_requests
-from broadcaster.model import AnnouncementState
+from broadcaster.model import AnnouncementSpec, AnnouncementState
 from broadcaster.monitoring import Readiness, ServiceMetrics
 from broadcaster.scheduling.library import TemplateLibrary, TemplateProblem, effective_priority
 from broadcaster.scheduling.runner import ScheduleError, ScheduleRunner
@@ -52,6 +58,7 @@ from .access import (
     AUDIT_DETAIL,
     PRINCIPAL,
     PUBLIC,
+    READ_ONLY,
     Access,
     access_middleware,
     refusal_response,
@@ -191,6 +198,43 @@ async def trigger_template(request: web.Request) -> web.Response:
     )
 
 
+@requires(Role.OPERATOR)
+async def preview_announcement(request: web.Request) -> web.Response:
+    """POST /v1/preview: what announcing this body would say, without announcing it.
+
+    The body is that of POST /v1/announcements (a trigger is previewed with its
+    template named in the body). The same validation and role rules apply; the
+    ``spoken`` texts come from the function the playout uses. Audited only when
+    refused (it changes nothing).
+    """
+    request[READ_ONLY] = True
+    try:
+        body = await _json_body(request)
+    except _BodyRefused as exc:
+        return exc.response
+    composed = await _compose(request, body, template_from_path=None)
+    if isinstance(composed, web.Response):
+        return composed
+    s = composed.spec
+    return web.json_response(
+        {
+            "text": s.text,
+            "language": s.language,
+            "also": [{"language": lang, "text": text} for lang, text in s.also],
+            "spoken": [{"language": lang, "text": text} for lang, text in spoken_texts(s)],
+            "priority": s.priority,
+            "zones": list(s.zones),
+            "template": s.template,
+            "voice": s.voice,
+            "chime_before": s.chime_before,
+            "chime_after": s.chime_after,
+            "repeats": s.repeats,
+            "due_at": composed.due_at.isoformat() if composed.due_at else None,
+            "expires_at": composed.expires_at.isoformat() if composed.expires_at else None,
+        }
+    )
+
+
 class _Key:
     """The Idempotency-Key of a request being handled for the first time."""
 
@@ -247,9 +291,23 @@ async def _idempotent(
     return web.json_response(answer, status=found.status, headers=headers)
 
 
-async def _announce(
-    request: web.Request, body: Any, *, template_from_path: str | None, key: _Key | None = None
-) -> web.Response:
+@dataclass(frozen=True, slots=True)
+class _Composed:
+    """A request to announce, validated and checked against the caller's role."""
+
+    spec: AnnouncementSpec
+    due_at: datetime | None
+    expires_at: datetime | None
+
+
+async def _compose(
+    request: web.Request, body: Any, *, template_from_path: str | None
+) -> _Composed | web.Response:
+    """The announcement a body asks for, or the answer refusing it (422, 404, 403).
+
+    Shared by announcing and previewing, so a preview is refused exactly when
+    announcing would be, and shows exactly what would be spoken.
+    """
     cfg = request.app[CONFIG]
     if not isinstance(body, dict):
         return _error(
@@ -281,15 +339,21 @@ async def _announce(
     language = spoken_language(cfg, tpl, req.language)
     text = req.text
     also: tuple[tuple[str, str], ...] = tuple((a.language, a.text) for a in req.also or [])
+    # What the voice reads: the texts, or a template rendered for speech (values in
+    # words by their types) while the record and captions show it as written.
+    to_speak: tuple[str, tuple[tuple[str, str], ...]] | None = None
     if text is None and tpl is not None:
         try:
-            text, rendered_also = tpl.render_all(req.variables, language)
+            text, rendered_also = tpl.render_all(req.variables, language, display=True)
+            said_text, said_also = tpl.render_all(req.variables, language)
+            to_speak = (said_text, also or said_also)
             also = also or rendered_also
         except TemplateError as exc:
             field = f"variables.{exc.variable}" if exc.variable else "variables"
             problems.append({"field": field, "message": str(exc)})
         else:
-            if any(CONTROL_CHARS.search(t) for t in (text, *(t for _, t in also))):
+            rendered = (text, said_text, *(t for _, t in also), *(t for _, t in to_speak[1]))
+            if any(CONTROL_CHARS.search(t) for t in rendered):
                 problems.append(
                     {"field": "variables", "message": "the text would hold control characters"}
                 )
@@ -356,10 +420,13 @@ async def _announce(
         expires_at = (due_at or now) + timedelta(seconds=after_s)
     if expires_at is not None and expires_at <= now:
         return _invalid("expires_at", "is in the past")
+    # Text preparation is CPU work proportional to the text: off the event loop.
+    said = await asyncio.to_thread(prepare_spoken, language, *(to_speak or (text, also)))
     spec = compose_spec(
         cfg,
         tpl,
         text=text,
+        spoken=said,
         zones=cfg.expand_zones(zones),  # groups become their zones here, at admission
         language=language,
         also=also,
@@ -383,6 +450,18 @@ async def _announce(
     )
     if refusal is not None:
         return _forbid(request, refusal)
+    return _Composed(spec, due_at, expires_at)
+
+
+async def _announce(
+    request: web.Request, body: Any, *, template_from_path: str | None, key: _Key | None = None
+) -> web.Response:
+    cfg = request.app[CONFIG]
+    composed = await _compose(request, body, template_from_path=template_from_path)
+    if isinstance(composed, web.Response):
+        return composed
+    spec, due_at, expires_at = composed.spec, composed.due_at, composed.expires_at
+    principal = _principal(request)
     announcer = request.app[ANNOUNCER]
     store = request.app.get(STORE)
     persist = None
@@ -1222,6 +1301,7 @@ def build_app(
     app[HUB] = hub
     app[CLOCK] = clock
     app.router.add_post("/v1/announcements", create_announcement)
+    app.router.add_post("/v1/preview", preview_announcement)
     app.router.add_get("/v1/announcements", list_announcements)
     app.router.add_get("/v1/announcements/{id}", get_announcement)
     app.router.add_post("/v1/announcements/{id}/cancel", cancel_announcement)

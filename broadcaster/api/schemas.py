@@ -271,8 +271,19 @@ class ErrorResponse(BaseModel):
     fields: list[FieldError] | None = None
 
 
+class SpokenText(BaseModel):
+    """One language's text exactly as the speech engine is given it."""
+
+    language: str
+    text: str
+
+
 class AnnouncementRecord(_Open):
-    """An announcement's record: state, reason, timings, per-endpoint deliveries."""
+    """An announcement's record: state, reason, timings, per-endpoint deliveries.
+
+    ``text`` (and ``also``) are as written; ``spoken`` is what was said, per language
+    in order: numbers, times, phone numbers, codes and platforms read out in words.
+    """
 
     id: str
     state: str
@@ -280,6 +291,20 @@ class AnnouncementRecord(_Open):
     zones: list[str]
     priority: int
     created_at: str
+    spoken: list[SpokenText] = []
+
+
+class PreviewResponse(_Open):
+    """What announcing a body would say and where, without announcing it."""
+
+    text: str
+    language: str
+    also: list[SpokenText]
+    #: Per language, in the order spoken: the text given to the speech engine.
+    spoken: list[SpokenText]
+    priority: int
+    zones: list[str]
+    template: str | None = None
 
 
 class AnnouncementList(BaseModel):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from broadcaster.announcements import compose_spec, first_given
+from broadcaster.announcements import compose_spec, first_given, prepare_spoken
 from broadcaster.announcer import AlreadyClaimed, Announcer, QueueFull
 from broadcaster.clock import Clock, wait_event_or_deadline
 from broadcaster.config import Config, ScheduleConfig, TemplateConfig
@@ -359,17 +359,21 @@ class ScheduleRunner:
         text = spec.text or ""
         decision: str = firing.decision
         also: tuple[tuple[str, str], ...] = ()
+        said_text, said_also = text, also  # rendered for speech; text and also as written
         if tpl is not None:
             try:
-                text, also = tpl.render_all(spec.variables, language)
+                text, also = tpl.render_all(spec.variables, language, display=True)
+                said_text, said_also = tpl.render_all(spec.variables, language)
             except TemplateError as exc:
                 decision, reason = "failed", f"template could not be rendered: {exc}"
         elif spec.template is not None:
             decision, reason = "failed", f"template {spec.template!r} no longer exists"
+        text = text or f"(template {spec.template})"
+        said_text = said_text or text
         announcement = compose_spec(
             self.config,
             tpl,
-            text=text or f"(template {spec.template})",
+            text=text,
             zones=self.config.expand_zones(spec.zones or (tpl.zones if tpl else [])),
             language=language,
             also=also,
@@ -379,6 +383,9 @@ class ScheduleRunner:
             chime_after=spec.chime_after,
             repeats=spec.repeats,
             repeat_gap_ms=spec.repeat_gap_ms,
+            # On the loop, as the rendering above: a template's text, once per firing
+            # (a thread hop here would let the fake clock's passes race the firing).
+            spoken=prepare_spoken(language, said_text, said_also),
         )
 
         # Stored with the record, so a restart that finds it not yet played knows

@@ -6,7 +6,12 @@ declared with a :class:`VariableSpec`; values are checked against their specs be
 rendering, and every printed expression goes through
 :func:`broadcaster.speech.textprep.prepare_value`, so ``{{ time }}`` with "12:40"
 speaks as "twelve forty" and ``{{ delay_minutes }}`` with 18 as "eighteen". The
-literal words of the template are left exactly as their author wrote them.
+literal words of the template are left exactly as their author wrote them here; the
+spoken form of the whole rendered text (its own "platform 4" too) is made later, in
+one place for every text (:func:`broadcaster.announcements.prepare_spoken`).
+Rendered with ``display=True`` the values are printed as written instead ("12:40",
+"18"; the ``spell``/``digits``/``words`` filters print their value): the text a
+record and a caption show.
 
 Values are strict: an ``int`` variable takes a real integer, not the string "18".
 Values arrive as JSON or TOML, which carry real numbers, so a string in a number
@@ -27,6 +32,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Final, Literal, cast, get_args
 
@@ -59,6 +65,8 @@ _RESERVED: Final = frozenset(
 _TIME_RE: Final = re.compile(r"(\d{1,2}):(\d{2})")
 #: The render context carries the language under a name no template may declare.
 _LANGUAGE_KEY: Final = "_broadcaster_language"
+#: ...and whether it renders for display (values as written) instead of speech.
+_DISPLAY_KEY: Final = "_broadcaster_display"
 #: Longest string or list the ``*`` operator may build inside a template.
 _MAX_REPEAT: Final = 10_000
 
@@ -279,23 +287,50 @@ def _language(context: Context) -> str:
     return language if isinstance(language, str) else "English"
 
 
+def _display(context: Context) -> bool:
+    return context.get(_DISPLAY_KEY) is True
+
+
+def _as_written(value: object, language: str) -> str:
+    """A value as a caption shows it: "08:05", "2.5" ("2,5" where the decimal sign is
+    a comma), "2b"; yes/no in the language (a truth value has no written form)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return textprep.prepare_value(value, language)
+    if isinstance(value, dt.time):
+        return f"{value.hour:02d}:{value.minute:02d}"
+    if isinstance(value, float | Decimal):
+        return textprep.written_number(value, language)
+    return str(value)
+
+
 @pass_context
 def _finalize(context: Context, value: object) -> str:
+    if _display(context):
+        return _as_written(value, _language(context))
     return textprep.prepare_value(value, _language(context))
 
 
 @pass_context
 def _spell_filter(context: Context, value: object) -> str:
+    if _display(context):
+        return str(value)
     return textprep.spell(str(value), _language(context))
 
 
 @pass_context
 def _digits_filter(context: Context, value: object) -> str:
+    if _display(context):
+        return str(value)
     return textprep.digits(str(value), _language(context))
 
 
 @pass_context
 def _words_filter(context: Context, value: object) -> str:
+    if _display(context):
+        textprep.number_words(value, _language(context))  # refused alike: not a number
+        return _as_written(value, _language(context))
     return textprep.number_words(value, _language(context))
 
 
@@ -385,8 +420,13 @@ class CompiledTemplate:
                 raise self._error(f"variable {name!r} {exc}", name) from None
         return context
 
-    def render(self, values: Mapping[str, object], *, language: str = "English") -> str:
+    def render(
+        self, values: Mapping[str, object], *, language: str = "English", display: bool = False
+    ) -> str:
         """The announcement text for ``values`` in ``language``.
+
+        For speech (the default) every printed value is read out in words; with
+        ``display`` values are printed as written ("08:05"), for captions and records.
 
         Raises TemplateError naming the template (and the variable, when one is at
         fault) for unknown, missing or ill-typed values, a refused operation, or a
@@ -398,6 +438,7 @@ class CompiledTemplate:
             )
         context = self.values_for(values)
         context[_LANGUAGE_KEY] = language
+        context[_DISPLAY_KEY] = display
         chunks: list[str] = []
         size = 0
         try:

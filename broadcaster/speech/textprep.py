@@ -30,6 +30,34 @@ The PA reading style (English; other languages follow their own conventions):
 * Platform, track, gate (and the like, per language) numbers are whole numbers
   with their letter: "platform 2" → "platform two", "Platform 2b" → "Platform two
   B", "Gate B12" → "Gate B twelve".
+* Times with a full stop ("17.30"): a time where the full stop is not the decimal
+  point (German, French, Spanish, Italian, Portuguese, Russian), unless a unit
+  follows or it is a day and month ("am 12.05." — a full stop after, 1–12 after
+  the first one). English: "17.30", "08.15" (two-digit hour), "5.30pm" and "at
+  9.15" / "the 9.15" (a cue word before a one-digit hour) are times; "2.50" stays
+  "two point five zero". Japanese and Korean read only "17:30" as a time.
+* Phone numbers: 7–15 digits in groups joined by spaces or hyphens, with a "+",
+  or a first group starting with 0 ("020 7946 0018"), or hyphens only ("555-0123",
+  "555-123-4567"; two groups: 3 or 4 digits, then 4). Read as written, one group
+  after another with a pause (a comma): digit by digit ("five five five, zero one
+  two three"); French reads a group of two as a number ("zéro un, vingt-trois"),
+  Russian groups of two or three as numbers and four as two pairs; Japanese runs
+  the digits together with "の" between groups; Korean says zero "공", German two
+  "zwo". "+" is
+  "plus" ("más", "più", "mais", "плюс", "プラス", "플러스"). "1990-1995" stays a
+  range and "2026-05-01", "01-05-2026" dates.
+* Headcodes: a digit, a capital letter and two digits ("1A23") → "one A
+  twenty-three"; a leading zero: English "oh" ("2C05" → "two C oh five"), other
+  languages digit by digit.
+* Platform lists: more numbers after a platform word, joined by "and"/"or"/"to",
+  commas or a hyphen, are platform numbers too ("platforms 4, 5 and 6a" →
+  "platforms four, five and six A"; German "Gleise 4 und 5", French "voies 4 et
+  5"...).
+* Fractions: a one-digit numerator over a larger denominator of at most 10 with
+  nothing joined on either side ("3/4" → "three quarters", "drei Viertel", "trois
+  quarts", "tres cuartos", "tre quarti", "três quartos", "три четверти",
+  "四分の三", "사분의 삼"). Anything else with a slash ("12/05", "1/12", "24/7",
+  "3/4/2026") is a date or a count and is left as written.
 * Other numbers: whole numbers in words ("18" → "eighteen"); English and German
   four-digit numbers from 1900 to 2099 are read as years ("2026" → "twenty
   twenty-six"); numbers with a leading zero ("007") and very long numbers are read
@@ -49,7 +77,7 @@ import datetime as dt
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Literal
 
@@ -65,6 +93,7 @@ __all__ = [
     "prepare_value",
     "spell",
     "time_words",
+    "written_number",
 ]
 
 #: ``speech.language`` → the num2words ``lang`` code. Chinese has no num2words
@@ -134,6 +163,23 @@ class _Rules:
     #: A capital letter after an expanded "etc." starts a new sentence (not in German,
     #: whose nouns are capitalised).
     capital_ends_sentence: bool = True
+    #: Words joining numbers in a list after a platform word ("platforms 4 and 5").
+    list_words: tuple[str, ...] = ()
+    #: The "+" of an international phone number.
+    plus: str = "plus"
+    #: How a phone number's written groups are read: "digits" one by one, "pairs"
+    #: (French: a group of two is a number), "groups" (Russian: groups of two or
+    #: three are numbers, four are two pairs).
+    phone_style: Literal["digits", "pairs", "groups"] = "digits"
+    #: Digits said otherwise in a phone number (Korean zero "공", German two "zwo").
+    phone_digits: dict[str, str] = field(default_factory=dict)
+    #: Between a phone number's groups (a short pause).
+    phone_separator: str = ", "
+    #: Fractions: denominator → (singular, plural) of its word, e.g. 4 → ("quarter",
+    #: "quarters"); Japanese and Korean build theirs (see ``_fraction_words``).
+    fractions: dict[int, tuple[str, str]] = field(default_factory=dict)
+    #: The numerator 1 before a fraction noun when it is not the cardinal ("ein Viertel").
+    fraction_one: str | None = None
 
 
 @dataclass(frozen=True)
@@ -266,22 +312,69 @@ def _time_pattern(r: _Rules) -> re.Pattern[str] | None:
     hm = r"(?P<h>\d{1,2})"
     if r.code == "en":
         ampm = r"(?P<ampm>[aApP])\.?\s?[mM](?P<dot>\.?)(?!\w)"
-        body = rf"{hm}(?::(?P<m>\d{{2}}))?(?:\s?{ampm})?"
+        body = rf"{hm}(?:(?P<sep>[:.])(?P<m>\d{{2}}))?(?:\s?{ampm})?"
     elif r.code == "de":
         body = rf"{hm}(?:(?P<sep>[:.])(?P<m>\d{{2}}))?(?P<uhr>\s?Uhr\b)?"
     elif r.code in ("fr", "pt"):
-        body = rf"{hm}(?::(?P<m>\d{{2}})|\s?h(?:\s?(?P<hm>\d{{2}}))?(?!\w))"
+        body = rf"{hm}(?:(?P<sep>[:.])(?P<m>\d{{2}})|\s?h(?:\s?(?P<hm>\d{{2}}))?(?!\w))"
+    elif r.decimal_comma:  # "17.30" is no number where the decimal sign is a comma
+        body = rf"{hm}(?P<sep>[:.])(?P<m>\d{{2}})"
     else:
         body = rf"{hm}:(?P<m>\d{{2}})"
     return re.compile(_NOT_BEFORE + body + _NOT_AFTER)
 
 
-def _replace_time(match: re.Match[str], r: _Rules) -> str:
+#: English words after which "H.MM" with a one-digit hour is a time ("at 9.15").
+_EN_TIME_CUES = frozenset(
+    {
+        "at", "the", "from", "until", "till", "by", "after", "before", "between", "since",
+        "due", "expected", "scheduled", "departs", "departing", "departure", "arrives",
+        "arriving", "arrival", "leaves", "leaving",
+    }
+)  # fmt: skip
+
+
+_MONEY_AFTER = re.compile(
+    r"\s?(?:[€$£¥₩₽]|(?:EUR|USD|GBP|CHF|euros?|pounds?|dollars?|Euro|Franken)\b)"
+)
+
+
+def _dot_time(match: re.Match[str], r: _Rules, c: _Compiled) -> bool:
+    """Whether "H.MM" (a full stop between hour and minutes) is a time here.
+
+    Not when a unit follows ("21.50 °C"), nor a day and month ("am 12.05." in a
+    decimal-comma language: a full stop after, the "minutes" 1–12). English, where
+    the full stop is also the decimal point: a two-digit hour ("17.30", "08.15"),
+    a.m./p.m. ("5.30pm") or a cue word before ("at 9.15", "the 9.15 to Leeds");
+    otherwise "2.50" stays a decimal.
+    """
+    g = match.groupdict()
+    h, m = g["h"], g.get("m") or ""
+    if not (int(h) <= 23 and len(m) == 2 and int(m) <= 59):
+        return False
+    number = c.number.match(match.string, match.start())
+    if number is not None and number.group("unit") is not None:
+        return False
+    if _MONEY_AFTER.match(match.string, match.end()):
+        return False  # "17.30 EUR", "17.30€": an amount
+    if r.code == "en":
+        if g.get("ampm") is not None or len(h) == 2:
+            return True
+        before = _word_before(match.string, match.start())
+        return before is not None and before.lower().strip("(\"'") in _EN_TIME_CUES
+    date_like = 1 <= int(h) <= 31 and 1 <= int(m) <= 12
+    return not (date_like and match.string.startswith(".", match.end()))
+
+
+def _replace_time(match: re.Match[str], r: _Rules, c: _Compiled) -> str:
     g = match.groupdict()
     whole = match.group(0)
     h = int(g["h"])
     minutes = g.get("m") or g.get("hm")
     m = int(minutes) if minutes is not None else 0
+    dotted = g.get("sep") == "."
+    if dotted and g.get("uhr") is None and not _dot_time(match, r, c):
+        return whole  # a decimal, a date, a measure: the number pass reads it
     if r.code == "en":
         if g.get("ampm") is not None:
             if not 1 <= h <= 12:
@@ -292,8 +385,8 @@ def _replace_time(match: re.Match[str], r: _Rules) -> str:
         else:
             words = _time_words(h, m, r)
     elif r.code == "de":
-        if g.get("uhr") is None and (minutes is None or g.get("sep") == "."):
-            return whole  # "8" or "12.40" without "Uhr" is not known to be a time
+        if g.get("uhr") is None and minutes is None:
+            return whole  # "8" without "Uhr" is not known to be a time
         words = _time_words(h, m, r)
     else:
         words = _time_words(h, m, r)
@@ -434,6 +527,8 @@ def _replace_number(match: re.Match[str], r: _Rules, c: _Compiled) -> str:
         spoken = f"{low[0]} {r.range_word} {high[0]}"
         if unit is not None:
             spoken += " " + unit.plural
+            if _keeps_stop(unit, unit_text, match, r):
+                spoken += "."
         return spoken
 
     said = _number_words(run, r, negative=negative, year_ok=unit is None)
@@ -449,10 +544,15 @@ def _replace_number(match: re.Match[str], r: _Rules, c: _Compiled) -> str:
     unit_name, one = _unit_words(unit, value, r)
     words = _agree(words, r, unit.gender, exactly_one=one)
     spoken = f"{words} {unit_name}"
-    keeps_stop = unit.period and unit_text is not None and unit_text.endswith(".")
-    if keeps_stop and _ends_sentence(match.string, match.end(), r):
-        spoken += "."  # the abbreviation's full stop also ended the sentence
+    if _keeps_stop(unit, unit_text, match, r):
+        spoken += "."
     return spoken
+
+
+def _keeps_stop(unit: _Unit, unit_text: str | None, match: re.Match[str], r: _Rules) -> bool:
+    """Whether the unit abbreviation's full stop also ended the sentence ("5 min.")."""
+    written_stop = unit.period and unit_text is not None and unit_text.endswith(".")
+    return written_stop and _ends_sentence(match.string, match.end(), r)
 
 
 # --- codes and platforms ----------------------------------------------------------------
@@ -503,21 +603,187 @@ def _platform_pattern(r: _Rules) -> re.Pattern[str] | None:
     if not r.platform_words:
         return None
     words = "|".join(sorted(r.platform_words, key=len, reverse=True))
+    joins = "|".join(sorted(r.list_words, key=len, reverse=True)) or "(?!)"
+    # More numbers may follow: "platforms 4 and 5", "4, 5 or 6a", "2-3", "B12 & B14".
+    joiner = rf"(?:,?\s+(?:{joins})\s+|,\s+|\s*[&\-–]\s*)"
+    item = r"[A-Z]?\d{1,4}[A-Za-z]?" + _NOT_AFTER
     return re.compile(
         rf"\b(?P<word>(?i:{words}))(?P<space>\s+)(?:(?P<prefix>[A-Z])\s?)?"
-        rf"(?P<digits>\d{{1,4}})(?P<suffix>[A-Za-z])?" + _NOT_AFTER
+        rf"(?P<digits>\d{{1,4}})(?P<suffix>[A-Za-z])?"
+        + _NOT_AFTER
+        + rf"(?P<rest>(?:{joiner}{item})*)"
     )
 
 
-def _replace_platform(match: re.Match[str], r: _Rules) -> str:
-    words = _integer_words(match.group("digits"), r, year_ok=False)
+_LIST_ITEM = re.compile(r"(?P<join>\D*?)(?P<prefix>[A-Z]?)(?P<digits>\d{1,4})(?P<suffix>[A-Za-z]?)")
+
+
+def _designator(digits: str, prefix: str | None, suffix: str | None, r: _Rules) -> str | None:
+    """A platform-style number: "B12" → "B twelve", "3a" → "three A"."""
+    words = _integer_words(digits, r, year_ok=False)
     if words is None:
+        return None
+    return " ".join(p for p in (prefix, words, suffix.upper() if suffix else None) if p)
+
+
+def _replace_platform(match: re.Match[str], r: _Rules) -> str:
+    first = _designator(match.group("digits"), match.group("prefix"), match.group("suffix"), r)
+    if first is None:
         return match.group(0)
-    prefix, suffix = match.group("prefix"), match.group("suffix")
-    parts = [f"{match.group('word')}{match.group('space')}{prefix + ' ' if prefix else ''}{words}"]
-    if suffix:
-        parts.append(suffix.upper())
-    return " ".join(parts)
+    out = [f"{match.group('word')}{match.group('space')}{first}"]
+    for item in _LIST_ITEM.finditer(match.group("rest")):
+        join = item.group("join")
+        if join.strip() in ("-", "–") and r.range_word:
+            join = f" {r.range_word} "
+        elif join.strip() == "&":
+            join = " & "  # the abbreviations pass ran already; "&" is left as written
+        said = _designator(item.group("digits"), item.group("prefix"), item.group("suffix"), r)
+        out.append(join + (said if said is not None else item.group(0)[len(item.group("join")) :]))
+    return "".join(out)
+
+
+# --- phone numbers, fractions, headcodes -------------------------------------------------
+
+#: A phone number as written: an optional "+", then groups of digits joined by single
+#: spaces or hyphens. Which of these are phone numbers is decided in ``_is_phone``.
+_PHONE = re.compile(
+    rf"(?:(?<![\w+])(?P<plus>\+)\s?|{_NOT_BEFORE})"
+    r"(?P<body>\d{1,5}(?:[ \u00a0\-]\d{1,5}){1,5})" + _NOT_AFTER
+)
+_PHONE_SEPARATORS = re.compile(r"[ \u00a0\-]")
+#: Dates written with hyphens: "2026-05-01", "01-05-2026".
+_HYPHEN_DATE = re.compile(r"\d{4}-\d{1,2}-\d{1,2}|\d{1,2}-\d{1,2}-\d{4}")
+
+
+def _is_phone(plus: bool, body: str) -> bool:
+    """The rule: 7–15 digits in all, and one of
+
+    * a "+" before it (international: "+44 20 7946 0018");
+    * a first group starting with 0 (national: "020 7946 0018", "0800-123-456");
+    * only hyphens, no one-digit group but the first, and three or more groups
+      ("555-123-4567", "1-800-555-0123"), or two groups of 3 (or 4) and 4 digits
+      where the second starts with 0 if the first has 4 ("555-0123", "2345-0678";
+      "1990-1995" stays a range).
+
+    A date written with hyphens ("2026-05-01", "01-05-2026") is never a phone number.
+    """
+    groups = _PHONE_SEPARATORS.split(body)
+    total = sum(len(g) for g in groups)
+    if not 7 <= total <= 15 or _HYPHEN_DATE.fullmatch(body):
+        return False
+    if plus:
+        return True
+    if len(groups[0]) >= 2 and groups[0][0] == "0":
+        return True
+    if " " in body or "\u00a0" in body or any(len(g) == 1 for g in groups[1:]):
+        return False
+    if len(groups) >= 3:
+        return True  # "555-123-4567", "1-800-555-0123"
+    if len(groups[0]) == 1:
+        return False
+    first, second = groups
+    return len(second) == 4 and (len(first) == 3 or (len(first) == 4 and second[0] == "0"))
+
+
+def _phone_digits(group: str, r: _Rules) -> str:
+    words = []
+    for ch in group:
+        words.append(r.phone_digits.get(ch) or _digit_words(ch, r))
+    return ("" if r.code == "ja" else " ").join(words)
+
+
+def _phone_number(group: str, r: _Rules) -> str:
+    """A group read as a number, its leading zeros one by one ("01" → "zéro un")."""
+    rest = group.lstrip("0")
+    zeros = [_digit_words("0", r)] * (len(group) - len(rest))
+    said = _cardinal(int(rest), r) if rest else None
+    return " ".join([*zeros, *([said] if said else [])])
+
+
+def _phone_group(group: str, r: _Rules) -> str:
+    if r.phone_style == "pairs" and len(group) == 2:
+        return _phone_number(group, r)
+    if r.phone_style == "groups":
+        if len(group) in (2, 3):
+            return _phone_number(group, r)
+        if len(group) == 4:
+            return f"{_phone_number(group[:2], r)} {_phone_number(group[2:], r)}"
+    return _phone_digits(group, r)
+
+
+def _replace_phone(match: re.Match[str], r: _Rules) -> str:
+    plus = match.group("plus") is not None
+    body = match.group("body")
+    if not _is_phone(plus, body):
+        return match.group(0)
+    said = r.phone_separator.join(_phone_group(g, r) for g in _PHONE_SEPARATORS.split(body))
+    return f"{r.plus} {said}" if plus else said
+
+
+#: "3/4": a one-digit numerator below a denominator of 2 to 10, with nothing joined on
+#: either side. "12/05", "1/12", "24/7" or "3/4/2026" are not fractions (dates, times).
+_FRACTION = re.compile(_NOT_BEFORE + r"(?P<num>[1-9])/(?P<den>10|[2-9])" + r"(?![\w/]|[.,:\-–]\d)")
+
+
+def _fraction_words(num: int, den: int, r: _Rules) -> str | None:
+    code = r.code
+    if code is None or num >= den:
+        return None
+    top, bottom = _cardinal(num, r), _cardinal(den, r)
+    if top is None or bottom is None:
+        return None
+    if code == "ja":
+        return f"{bottom}分の{top}"
+    if code == "ko":
+        return f"{bottom}분의 {top}"
+    nouns = r.fractions.get(den)
+    if nouns is None:
+        return None
+    if code == "ru":
+        return _ru_fraction(num, den, nouns)
+    noun = nouns[0] if num == 1 else nouns[1]
+    head = r.fraction_one if num == 1 and r.fraction_one else top
+    return f"{head} {noun}"
+
+
+#: Russian: the numerator feminine (одна, две), the ordinal nominative after 1 and
+#: genitive plural after 2 and more; the everyday words for a half and quarters.
+_RU_FRACTION_SPECIAL = {(1, 2): "одна вторая", (1, 4): "одна четвёртая", (3, 4): "три четверти"}
+_RU_NUMERATORS = {1: "одна", 2: "две"}
+
+
+def _ru_fraction(num: int, den: int, nouns: tuple[str, str]) -> str | None:
+    special = _RU_FRACTION_SPECIAL.get((num, den))
+    if special is not None:
+        return special
+    head = _RU_NUMERATORS.get(num) or _n2w(num, "ru")
+    if head is None:
+        return None
+    return f"{head} {nouns[0] if num == 1 else nouns[1]}"
+
+
+def _replace_fraction(match: re.Match[str], r: _Rules) -> str:
+    words = _fraction_words(int(match.group("num")), int(match.group("den")), r)
+    return match.group(0) if words is None else words
+
+
+#: A British-style train headcode: a digit (the class), a capital letter (the area)
+#: and two digits (the train): "1A23" → "one A twenty-three".
+_HEADCODE = re.compile(_NOT_BEFORE + r"(?P<cls>\d)(?P<letter>[A-Z])(?P<num>\d{2})" + _NOT_AFTER)
+
+
+def _replace_headcode(match: re.Match[str], r: _Rules) -> str:
+    cls = _cardinal(int(match.group("cls")), r)
+    num = match.group("num")
+    if num[0] != "0":
+        train = _cardinal(int(num), r)
+    elif r.code == "en" and num != "00":
+        train = f"oh {_cardinal(int(num[1]), r)}"  # "1A05": "one A oh five"
+    else:
+        train = _digit_words(num, r)
+    if cls is None or train is None:
+        return match.group(0)
+    return f"{cls} {match.group('letter')} {train}"
 
 
 # --- abbreviations ----------------------------------------------------------------------
@@ -609,6 +875,18 @@ _ENGLISH = _Rules(
         "exit",
         "door",
     ),
+    list_words=("and", "or", "to"),
+    fractions={
+        2: ("half", "halves"),
+        3: ("third", "thirds"),
+        4: ("quarter", "quarters"),
+        5: ("fifth", "fifths"),
+        6: ("sixth", "sixths"),
+        7: ("seventh", "sevenths"),
+        8: ("eighth", "eighths"),
+        9: ("ninth", "ninths"),
+        10: ("tenth", "tenths"),
+    },
     units=(
         _Unit(r"%", "percent", "percent"),
         _Unit(r"°\s?C", "degree Celsius", "degrees Celsius"),
@@ -647,7 +925,9 @@ _GERMAN = _Rules(
     range_word="bis",
     yes_no=("ja", "nein"),
     platform_words=(
+        "Gleise",
         "Gleis",
+        "Bahnsteige",
         "Bahnsteig",
         "Flugsteig",
         "Steig",
@@ -656,6 +936,20 @@ _GERMAN = _Rules(
         "Wagen",
         "Ausgang",
     ),
+    list_words=("und", "oder", "bis"),
+    phone_digits={"2": "zwo"},  # on the phone "zwei" is "zwo" (not to be heard as "drei")
+    fraction_one="ein",
+    fractions={
+        2: ("halb", "halbe"),
+        3: ("Drittel", "Drittel"),
+        4: ("Viertel", "Viertel"),
+        5: ("Fünftel", "Fünftel"),
+        6: ("Sechstel", "Sechstel"),
+        7: ("Siebtel", "Siebtel"),
+        8: ("Achtel", "Achtel"),
+        9: ("Neuntel", "Neuntel"),
+        10: ("Zehntel", "Zehntel"),
+    },
     units=(
         _Unit(r"%", "Prozent", "Prozent", "n"),
         _Unit(r"°\s?C", "Grad Celsius", "Grad Celsius", "n"),
@@ -693,7 +987,29 @@ _FRENCH = _Rules(
     minus="moins",
     range_word="à",
     yes_no=("oui", "non"),
-    platform_words=("voie", "quai", "porte", "terminal", "voiture", "sortie", "hall"),
+    platform_words=(
+        "voies?",
+        "quais?",
+        "portes?",
+        "terminal",
+        "voitures?",
+        "sortie",
+        "hall",
+    ),
+    list_words=("et", "ou", "à"),
+    phone_style="pairs",
+    fraction_one="un",
+    fractions={
+        2: ("demi", "demis"),
+        3: ("tiers", "tiers"),
+        4: ("quart", "quarts"),
+        5: ("cinquième", "cinquièmes"),
+        6: ("sixième", "sixièmes"),
+        7: ("septième", "septièmes"),
+        8: ("huitième", "huitièmes"),
+        9: ("neuvième", "neuvièmes"),
+        10: ("dixième", "dixièmes"),
+    },
     units=(
         _Unit(r"%", "pour cent", "pour cent", "m"),
         _Unit(r"°\s?C", "degré Celsius", "degrés Celsius", "m"),
@@ -718,7 +1034,30 @@ _SPANISH = _Rules(
     minus="menos",
     range_word="a",
     yes_no=("sí", "no"),
-    platform_words=("vía", "andén", "puerta", "terminal", "coche", "salida", "dársena"),
+    platform_words=(
+        "vías?",
+        "andenes",
+        "andén",
+        "puertas?",
+        "terminal",
+        "coches?",
+        "salida",
+        "dársenas?",
+    ),
+    list_words=("y", "o", "a"),
+    plus="más",
+    fraction_one="un",
+    fractions={
+        2: ("medio", "medios"),
+        3: ("tercio", "tercios"),
+        4: ("cuarto", "cuartos"),
+        5: ("quinto", "quintos"),
+        6: ("sexto", "sextos"),
+        7: ("séptimo", "séptimos"),
+        8: ("octavo", "octavos"),
+        9: ("noveno", "novenos"),
+        10: ("décimo", "décimos"),
+    },
     units=(
         _Unit(r"%", "por ciento", "por ciento"),
         _Unit(r"°\s?C", "grado Celsius", "grados Celsius", "m"),
@@ -743,6 +1082,20 @@ _ITALIAN = _Rules(
     range_word="a",
     yes_no=("sì", "no"),
     platform_words=("binario", "binari", "gate", "terminal", "carrozza", "uscita"),
+    list_words=("e", "o", "a"),
+    plus="più",
+    fraction_one="un",
+    fractions={
+        2: ("mezzo", "mezzi"),
+        3: ("terzo", "terzi"),
+        4: ("quarto", "quarti"),
+        5: ("quinto", "quinti"),
+        6: ("sesto", "sesti"),
+        7: ("settimo", "settimi"),
+        8: ("ottavo", "ottavi"),
+        9: ("nono", "noni"),
+        10: ("decimo", "decimi"),
+    },
     units=(
         _Unit(r"%", "per cento", "per cento"),
         _Unit(r"°\s?C", "grado Celsius", "gradi Celsius", "m"),
@@ -766,7 +1119,30 @@ _PORTUGUESE = _Rules(
     minus="menos",
     range_word="a",
     yes_no=("sim", "não"),
-    platform_words=("plataforma", "linha", "cais", "portão", "terminal", "carruagem", "saída"),
+    platform_words=(
+        "plataformas?",
+        "linhas?",
+        "cais",
+        "portões",
+        "portão",
+        "terminal",
+        "carruagem",
+        "saída",
+    ),
+    list_words=("e", "ou", "a"),
+    plus="mais",
+    fraction_one="um",
+    fractions={
+        2: ("meio", "meios"),
+        3: ("terço", "terços"),
+        4: ("quarto", "quartos"),
+        5: ("quinto", "quintos"),
+        6: ("sexto", "sextos"),
+        7: ("sétimo", "sétimos"),
+        8: ("oitavo", "oitavos"),
+        9: ("nono", "nonos"),
+        10: ("décimo", "décimos"),
+    },
     units=(
         _Unit(r"%", "por cento", "por cento"),
         _Unit(r"°\s?C", "grau Celsius", "graus Celsius", "m"),
@@ -789,11 +1165,39 @@ _RUSSIAN = _Rules(
     decimal_comma=True,
     minus="минус",
     yes_no=("да", "нет"),
-    platform_words=("путь", "платформа", "выход", "терминал", "вагон"),
+    platform_words=("путь", "пути", "платформа", "платформы", "выход", "терминал", "вагон"),
+    list_words=("и", "или"),
+    plus="плюс",
+    phone_style="groups",
+    fractions={
+        2: ("вторая", "вторых"),
+        3: ("третья", "третьих"),
+        4: ("четвёртая", "четвёртых"),
+        5: ("пятая", "пятых"),
+        6: ("шестая", "шестых"),
+        7: ("седьмая", "седьмых"),
+        8: ("восьмая", "восьмых"),
+        9: ("девятая", "девятых"),
+        10: ("десятая", "десятых"),
+    },
 )
 
-_JAPANESE = _Rules(language="Japanese", code="ja", minus="マイナス", yes_no=("はい", "いいえ"))
-_KOREAN = _Rules(language="Korean", code="ko", minus="마이너스", yes_no=("예", "아니요"))
+_JAPANESE = _Rules(
+    language="Japanese",
+    code="ja",
+    minus="マイナス",
+    yes_no=("はい", "いいえ"),
+    plus="プラス",
+    phone_separator="の",  # "〇三の一二三四の五六七八"
+)
+_KOREAN = _Rules(
+    language="Korean",
+    code="ko",
+    minus="마이너스",
+    yes_no=("예", "아니요"),
+    plus="플러스",
+    phone_digits={"0": "공"},  # zero in a phone number is "공", not "영"
+)
 _CHINESE = _Rules(language="Chinese", code=None, yes_no=("是", "否"))
 _AUTO = _Rules(language="Auto", code=None)
 
@@ -863,8 +1267,13 @@ def prepare_text(text: str, language: str) -> str:
     r = _rules(language)
     c = _COMPILED[r.language]
     text = _abbreviations(text, r, c)
+    if r.code is not None:
+        text = _PHONE.sub(lambda m: _replace_phone(m, r), text)
     if c.time is not None:
-        text = c.time.sub(lambda m: _replace_time(m, r), text)
+        text = c.time.sub(lambda m: _replace_time(m, r, c), text)
+    if r.code is not None:
+        text = _FRACTION.sub(lambda m: _replace_fraction(m, r), text)
+        text = _HEADCODE.sub(lambda m: _replace_headcode(m, r), text)
     if c.platform is not None:
         text = c.platform.sub(lambda m: _replace_platform(m, r), text)
     text = _SPACED_CODE.sub(lambda m: _replace_spaced_code(m, r), text)
@@ -906,6 +1315,11 @@ def prepare_value(value: object, language: str) -> str:
 
 
 _DESIGNATOR = re.compile(r"(\d{1,4})([A-Za-z])")
+
+
+def written_number(value: float | Decimal, language: str) -> str:
+    """A float or Decimal as texts in ``language`` write it ("2.5"; German "2,5")."""
+    return _decimal_text(value, _rules(language))
 
 
 def _decimal_text(value: float | Decimal, r: _Rules) -> str:

@@ -78,7 +78,10 @@ async def test_runware_speaks_with_cost_and_segments_in_order(fake, tmp_path):
         expected = sum(fake.cost_for(t["speech"]["text"]) for t in fake.tasks_received)
         assert final["cost_usd"] == pytest.approx(expected)
         sent = [t["speech"]["text"] for t in fake.tasks_received]
-        assert " ".join(sent).split() == TEXT.split()
+        # The provider is given the spoken text (times in words), the record shows both.
+        assert final["text"] == TEXT
+        assert " ".join(sent).split() == final["spoken"][0]["text"].split()
+        assert "twelve forty" in final["spoken"][0]["text"]
         assert all(
             t["positivePrompt"] == "Calm."
             and t["speech"]["voice"] == "vivian"

@@ -68,9 +68,14 @@ async def test_trigger_renders_the_template_and_validates_variables(tmp_path):
                     http, "POST", url, {"variables": {"time": "12:40", "minutes": 18}}
                 )
                 assert status == 202, body
-                assert (
-                    body["text"] == "The twelve forty to Greenhaven is delayed by eighteen minutes."
-                )
+                # Shown as written, spoken in words.
+                assert body["text"] == "The 12:40 to Greenhaven is delayed by 18 minutes."
+                assert body["spoken"] == [
+                    {
+                        "language": "English",
+                        "text": "The twelve forty to Greenhaven is delayed by eighteen minutes.",
+                    }
+                ]
                 assert body["template"] == "delay" and body["zones"] == ["hall"]
                 for variables, field in [
                     ({"time": "12:40", "minutes": "soon"}, "variables.minutes"),
@@ -120,7 +125,10 @@ async def test_scheduled_one_shot_fires_on_time_and_the_endpoint_hears_it(tmp_pa
                     await asyncio.sleep(0.02)
                 [ann] = hist["announcements"]
                 assert ann["schedule_id"] == "soon" and ann["due_at"] == iso(due)
-                assert ann["text"] == "The eight oh five to Greenhaven is delayed by five minutes."
+                assert ann["text"] == "The 08:05 to Greenhaven is delayed by 5 minutes."
+                assert ann["spoken"][0]["text"] == (
+                    "The eight oh five to Greenhaven is delayed by five minutes."
+                )
             final = await h.wait_final(ann["id"], timeout_s=30)
             assert final["state"] == "finished"
             started = datetime.fromisoformat(final["started_at"])

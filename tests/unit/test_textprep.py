@@ -96,7 +96,8 @@ NOT_TIMES = [
     ("English", "12:40:30"),
     ("English", "13:00 pm"),
     ("English", "3:1"),
-    ("German", "12.40"),  # without "Uhr" it may be anything
+    ("German", "am 12.05. fährt"),  # a day and month, not a time
+    ("German", "21.50 °C"),  # a measure
 ]
 
 

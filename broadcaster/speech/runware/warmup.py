@@ -22,7 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from broadcaster.announcements import compose_spec, spoken_language
+from broadcaster.announcements import (
+    compose_spec,
+    prepare_spoken,
+    spoken_language,
+    spoken_texts,
+)
 from broadcaster.clock import Clock
 from broadcaster.config import Config, TemplateConfig
 from broadcaster.model import SpeechRequest
@@ -55,13 +60,18 @@ def warm_requests(
     for tpl in config.templates if templates is None else templates:
         language = spoken_language(config, tpl, None)
         try:
-            text, also = tpl.render_all({}, language)
+            text, also = tpl.render_all({}, language, display=True)
+            said_text, said_also = tpl.render_all({}, language)
         except TemplateError:
             skipped.append(tpl.name)  # its text depends on the request
             continue
         zones = config.expand_zones(tpl.zones)
-        spec = compose_spec(config, tpl, text=text, zones=zones, language=language, also=also)
-        for lang, part in ((spec.language, spec.text), *spec.also):
+        # As the API composes it: shown as written, spoken as rendered for speech.
+        spoken = prepare_spoken(language, said_text, said_also)
+        spec = compose_spec(
+            config, tpl, text=text, zones=zones, language=language, also=also, spoken=spoken
+        )
+        for lang, part in spoken_texts(spec):
             # As the announcer splits (Announcer._segments): whole when asked and it fits.
             if not spec.split and len(part) <= max_request_chars:
                 segments = [part]
