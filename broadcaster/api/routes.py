@@ -776,11 +776,16 @@ async def list_audit(request: web.Request) -> web.Response:
 
 @requires(Role.VIEWER)
 async def list_endpoints(request: web.Request) -> web.Response:
-    now = request.app[CLOCK].monotonic_us()
-    hub = request.app[HUB]
-    cfg = request.app[CONFIG]
+    return web.json_response({"endpoints": endpoint_entries(request.app)})
+
+
+def endpoint_entries(app: web.Application) -> list[dict[str, Any]]:
+    """GET /v1/endpoints' items (the console stream shows the same)."""
+    now = app[CLOCK].monotonic_us()
+    hub = app[HUB]
+    cfg = app[CONFIG]
     connected = {link.endpoint_id: link.as_dict(now) for link in hub.links()}
-    supervisor = request.app.get(SUPERVISOR)
+    supervisor = app.get(SUPERVISOR)
     items = []
     for ep in cfg.endpoints:
         entry: dict[str, Any] = {"endpoint_id": ep.id, "allowed_zones": ep.zones}
@@ -790,7 +795,7 @@ async def list_endpoints(request: web.Request) -> web.Response:
         if ep.id in connected:
             entry.update(connected[ep.id])
         items.append(entry)
-    return web.json_response({"endpoints": items})
+    return items
 
 
 @requires(Role.VIEWER)
@@ -966,4 +971,7 @@ def build_app(
     app.router.add_get("/readyz", readiness_route)
     app.router.add_get(OPENAPI_PATH, serve_document)
     add_pages(app, config)
+    from .console import add_console  # it reads this module's keys
+
+    add_console(app, clock)
     return app
