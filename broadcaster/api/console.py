@@ -335,7 +335,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
             if not sub.queue and not sub.resync and not sub.closed:
                 await send(b": heartbeat\n\n")
     except TimeoutError:
-        log.warning("console stream of %s closed: a write took over %d s", principal.id, 10)
+        log.warning(
+            "console stream of %s closed: a write took over %g s",
+            principal.id,
+            feed.write_timeout_us / 1e6,
+        )
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:

@@ -108,9 +108,15 @@ async def test_dispatcher_gets_an_emergency_button_that_asks_for_confirmation(we
     assert problems == []
 
 
-async def test_a_viewer_watches_but_is_offered_nothing_to_send(web, launch):
+async def test_a_viewer_watches_is_offered_nothing_to_send_and_reconnects(web, launch):
+    from broadcaster.api.console import FEED
+
     page, problems = await _signed_in(launch, web, "viewer")
     assert await page.is_hidden("#send-form") and await page.is_visible("#viewer-note")
+    # A stream that ends (here: the server ends it) is read again from a new snapshot.
+    web.service._runner.app[FEED].close()
+    await page.wait_for_selector("#status.down")
+    await page.wait_for_selector("#status.up", timeout=5000)
     await page.click("#sign-out")
     assert await page.is_visible("#sign-in")
     assert await page.evaluate("sessionStorage.length") == 0
@@ -227,3 +233,78 @@ async def test_template_form_is_built_from_variable_types_and_preview_shows_spok
         }
     ]
     assert "seventeen thirty" in (await page.text_content("#preview-out") or "")
+
+
+@pytest.fixture
+async def web_with_template(tmp_path: Path) -> Any:
+    """The ``web`` service with a template, so schedules can be made."""
+    from broadcaster.app import Service
+    from broadcaster.speech.espeak import EspeakEngine
+    from tests.integration.conftest import Harness, make_config
+
+    tpl = [{"name": "tidy", "text": "Please keep your belongings with you.", "zones": ["gate"]}]
+    async with Service(
+        make_config(templates=tpl), engine=EspeakEngine(max_text_chars=200)
+    ) as service:
+        h = Harness(service, tmp_path)
+        try:
+            yield h
+        finally:
+            await h.close()
+
+
+PAGING_STUB = """
+export function mountPaging(section, options) {
+  window.pagingMounted = {token: options.token, zones: options.zones, maxPriority: options.maxPriority};
+  section.textContent = "paging mounted";
+}
+"""
+
+
+async def test_schedules_pause_and_resume_a_zone_limited_token_and_paging_is_mounted(
+    web_with_template, launch
+):
+    web = web_with_template
+    status, made = await web.post(
+        {"id": "tidy-hourly", "template": "tidy", "cron": "0 * * * *"}, path="/v1/schedules"
+    )
+    assert status == 201, made
+    browser = await launch()
+    page = await browser.new_page()
+    await page.route(
+        "**/static/paging.js",
+        lambda r: r.fulfill(body=PAGING_STUB, content_type="text/javascript"),
+    )
+    await page.goto(f"{web.api}/console")
+    await page.fill("#token", API_TOKENS["gate-operator"])
+    await page.click("#sign-in-form button[type=submit]")
+    await page.wait_for_selector("#status.up")
+    # Only the token's zone is shown and offered.
+    assert await page.eval_on_selector_all("[data-zone]", "zs => zs.map(z => z.dataset.zone)") == [
+        "gate"
+    ]
+    assert await page.eval_on_selector_all("#zone-choices input", "is => is.map(i => i.value)") == [
+        "gate"
+    ]
+    # Live paging's module is handed the token, the zones and the priority ceiling.
+    await page.wait_for_function("window.pagingMounted !== undefined")
+    mounted = await page.evaluate("window.pagingMounted")
+    assert mounted == {
+        "token": API_TOKENS["gate-operator"],
+        "zones": [{"id": "gate", "name": None}],
+        "maxPriority": 223,
+    }
+    assert await page.text_content("#paging") == "paging mounted"
+    # The schedule with its next firings; pause, resume.
+    button = page.locator("button[data-schedule=tidy-hourly]")
+    await button.wait_for()
+    row = page.locator("#schedule-rows tr", has=button)
+    assert await row.locator("td:nth-child(3) div").count() >= 1
+    await button.click()
+    await page.wait_for_selector("button[data-schedule=tidy-hourly][data-action=resume]")
+    _, record = await web.get("/v1/schedules/tidy-hourly")
+    assert record["paused"] is True
+    await page.click("button[data-schedule=tidy-hourly]")
+    await page.wait_for_selector("button[data-schedule=tidy-hourly][data-action=pause]")
+    _, record = await web.get("/v1/schedules/tidy-hourly")
+    assert record["paused"] is False

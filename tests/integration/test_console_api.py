@@ -137,10 +137,14 @@ async def test_streams_are_bounded_in_number_and_end_on_shutdown(harness):
 
     feed = harness.service._runner.app[FEED]
     feed.max_clients = 1
+    feed.heartbeat_us = 100_000  # 15 s in service
     async with aiohttp.ClientSession() as http:
         events = await _open(http, harness.api, "viewer")
         await events.next("snapshot")
         assert len(feed.subscribers) == 1
+        with pytest.raises(TimeoutError):  # a quiet stream sends only heartbeats
+            await events.next("zone", timeout_s=0.5)
+        assert events.comments.count(": heartbeat") >= 2
         async with http.get(f"{harness.api}/v1/stream", headers=bearer("viewer")) as r:
             assert r.status == 503 and (await r.json())["error"] == "too_many_streams"
         status, _ = await harness.get("/v1/stream", as_=None)
@@ -154,3 +158,44 @@ async def test_streams_are_bounded_in_number_and_end_on_shutdown(harness):
         await asyncio.wait_for(stop, 10)
         assert feed.subscribers == set()
         assert loop.time() - started < harness.service.config.server.shutdown_timeout_s
+
+
+async def test_a_client_that_stops_reading_is_closed_when_a_write_is_stuck(harness, caplog):
+    from broadcaster.api.console import FEED
+
+    feed = harness.service._runner.app[FEED]
+    feed.write_timeout_us = 300_000  # 10 s in service
+    feed.queue_limit = 1000
+    async with aiohttp.ClientSession() as http:
+        response = await http.get(f"{harness.api}/v1/stream", headers=bearer("viewer"))
+        assert response.status == 200
+        [sub] = feed.subscribers
+        big = {"id": "hall", "filler": "x" * 1_000_000}
+        for _ in range(64):  # far more than the socket buffers hold; nobody reads
+            sub.offer("zone", big)
+
+        async def closed() -> None:
+            while feed.subscribers:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(closed(), 10)
+        response.close()
+    assert "console stream of viewer closed: a write took over 0.3 s" in caplog.text
+
+
+async def test_a_client_whose_queue_overflows_gets_a_fresh_snapshot(harness):
+    from broadcaster.api.console import FEED
+
+    feed = harness.service._runner.app[FEED]
+    async with aiohttp.ClientSession() as http:
+        events = await _open(http, harness.api, "operator")
+        await events.next("snapshot")
+        [sub] = feed.subscribers
+        sub.limit = 2
+        for n in range(3):  # at once: the writer cannot have taken any yet
+            sub.offer("zone", {"id": "hall", "n": n})
+        assert sub.resync and sub.overflows == 1
+        again = await events.next("snapshot", lambda s: s.get("resync") is True)
+        assert [z["id"] for z in again["zones"]] == ["hall", "gate", "empty"]
+        assert not [b for n, b in events.seen if n == "zone" and "n" in b]  # lost, replaced
+        events.response.close()
