@@ -42,9 +42,10 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from aiohttp import web
+from pydantic import BaseModel, Field
 
 from broadcaster.auth import Principal, Role
 from broadcaster.clock import Clock, wait_event_or_deadline, within_us
@@ -68,6 +69,29 @@ VOLATILE: Final = frozenset(
         "dropped_overflow",
     }
 )
+
+
+class Me(BaseModel):
+    """GET /v1/me: the caller's token id, role, zones (None: all) and priority ceiling."""
+
+    id: str
+    role: str
+    zones: list[str] | None
+    #: The highest priority this token may announce at (None: it may not announce).
+    max_priority: int | None
+    #: Where the emergency band starts (dispatcher and above only).
+    emergency_priority: int
+
+
+class ConsoleEvent(BaseModel):
+    """One server-sent event of GET /v1/stream (as a client's SSE parser gives it)."""
+
+    event: Literal["snapshot", "zone", "endpoint", "announcement"] = Field(
+        description="snapshot: the whole state; the others: one item, to replace by id"
+    )
+    data: str = Field(description="a JSON object (the snapshot, or the item)")
+    id: str | None = None
+    retry: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,7 +398,7 @@ def build_state(app: web.Application) -> State:
         }
         state[("zone", z.id)] = Item("zone", z.id, frozenset({z.id}), body)
     allowed = {ep.id: frozenset(ep.zones) for ep in cfg.endpoints}
-    for entry in endpoint_entries(app):
+    for entry in endpoint_entries(_Holder(app)):
         eid = str(entry["endpoint_id"])
         skew = announcer.playback_skew_us.get(eid)
         entry["sync_error_ms"] = None if skew is None else round(skew / 1000, 1)
@@ -385,6 +409,11 @@ def build_state(app: web.Application) -> State:
             "announcement", ann.id, frozenset(ann.spec.zones), ann.as_dict()
         )
     return state
+
+
+@dataclass(frozen=True, slots=True)
+class _Holder:
+    app: web.Application
 
 
 def _unique(items: Iterable[Any]) -> list[Any]:

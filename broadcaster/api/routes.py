@@ -8,7 +8,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -776,16 +776,23 @@ async def list_audit(request: web.Request) -> web.Response:
 
 @requires(Role.VIEWER)
 async def list_endpoints(request: web.Request) -> web.Response:
-    return web.json_response({"endpoints": endpoint_entries(request.app)})
+    return web.json_response({"endpoints": endpoint_entries(request)})
 
 
-def endpoint_entries(app: web.Application) -> list[dict[str, Any]]:
+class HasApp(Protocol):
+    """A request, or anything else that carries the app (the console stream)."""
+
+    @property
+    def app(self) -> web.Application: ...
+
+
+def endpoint_entries(request: HasApp) -> list[dict[str, Any]]:
     """GET /v1/endpoints' items (the console stream shows the same)."""
-    now = app[CLOCK].monotonic_us()
-    hub = app[HUB]
-    cfg = app[CONFIG]
+    now = request.app[CLOCK].monotonic_us()
+    hub = request.app[HUB]
+    cfg = request.app[CONFIG]
     connected = {link.endpoint_id: link.as_dict(now) for link in hub.links()}
-    supervisor = app.get(SUPERVISOR)
+    supervisor = request.app.get(SUPERVISOR)
     items = []
     for ep in cfg.endpoints:
         entry: dict[str, Any] = {"endpoint_id": ep.id, "allowed_zones": ep.zones}

@@ -337,29 +337,6 @@ class EndpointList(BaseModel):
     endpoints: list[EndpointStatus]
 
 
-class Me(BaseModel):
-    """GET /v1/me: the caller's token id, role, zones (None: all) and priority ceiling."""
-
-    id: str
-    role: str
-    zones: list[str] | None
-    #: The highest priority this token may announce at (None: it may not announce).
-    max_priority: int | None
-    #: Where the emergency band starts (dispatcher and above only).
-    emergency_priority: int
-
-
-class ConsoleEvent(BaseModel):
-    """One server-sent event of GET /v1/stream (as a client's SSE parser gives it)."""
-
-    event: Literal["snapshot", "zone", "endpoint", "announcement"] = Field(
-        description="snapshot: the whole state; the others: one item, to replace by id"
-    )
-    data: str = Field(description="a JSON object (the snapshot, or the item)")
-    id: str | None = None
-    retry: int | None = None
-
-
 class ZoneStatus(_Open):
     id: str
     name: str | None

@@ -229,11 +229,11 @@ class EndpointLink:
     connected_at_us: int
     #: Called to end this link (replaced, lagging); set by the socket adapter.
     close: Callable[[int, str], None] = field(default=lambda code, reason: None)
+    #: When the endpoint last sent anything (the console shows it).
+    last_heard_us: int | None = None
     #: Latest heartbeat round trip, for the API.
     rtt_us: int | None = None
     remote: str | None = None
-    #: When the endpoint last sent anything (the console shows it).
-    last_heard_us: int | None = None
 
     def as_dict(self, now_us: int) -> dict[str, object]:
         c = self.outbox.counters
@@ -245,13 +245,13 @@ class EndpointLink:
             "remote": self.remote,
             "connected_s": round((now_us - self.connected_at_us) / 1e6, 3),
             "rtt_ms": None if self.rtt_us is None else round(self.rtt_us / 1000, 2),
-            "last_heard_s": None
-            if self.last_heard_us is None
-            else round((now_us - self.last_heard_us) / 1e6, 1),
             "queued_audio_ms": self.outbox.queued_audio_us // 1000,
             "audio_sent": c.audio_sent,
             "dropped_stale": c.dropped_stale,
             "dropped_overflow": c.dropped_overflow,
+            "last_heard_s": None
+            if self.last_heard_us is None
+            else round((now_us - self.last_heard_us) / 1e6, 1),
         }
 
 
