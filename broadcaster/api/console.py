@@ -26,6 +26,8 @@ Design (docs/browser.md, "The console stream"):
   streams at once (more: 503).
 * A token limited to zones sees those zones, the endpoints allowed in one of
   them and the announcements that play in one of them.
+* A client that goes away is noticed at the next write to it (a change, or the
+  heartbeat: within 15 s), and its queue is dropped then.
 * On shutdown every stream ends (the feed task is cancelled and each handler
   returns), so no stream holds up a stop.
 
@@ -364,7 +366,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             principal.id,
             feed.write_timeout_us / 1e6,
         )
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:  # the client left (noticed at the next write)
         pass
     finally:
         feed.unsubscribe(sub)
