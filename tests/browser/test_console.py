@@ -269,6 +269,11 @@ async def test_schedules_pause_and_resume_a_zone_limited_token_and_paging_is_mou
         {"id": "tidy-hourly", "template": "tidy", "cron": "0 * * * *"}, path="/v1/schedules"
     )
     assert status == 201, made
+    status, made = await web.post(
+        {"id": "tidy-hall", "template": "tidy", "zones": ["hall"], "cron": "30 * * * *"},
+        path="/v1/schedules",
+    )
+    assert status == 201, made
     browser = await launch()
     page = await browser.new_page()
     await page.route(
@@ -295,9 +300,12 @@ async def test_schedules_pause_and_resume_a_zone_limited_token_and_paging_is_mou
         "maxPriority": 223,
     }
     assert await page.text_content("#paging") == "paging mounted"
-    # The schedule with its next firings; pause, resume.
+    # The schedule with its next firings; pause, resume. One outside the token's zones
+    # is listed but not offered.
     button = page.locator("button[data-schedule=tidy-hourly]")
     await button.wait_for()
+    assert "tidy-hall" in (await page.text_content("#schedule-rows") or "")
+    assert await page.locator("button[data-schedule=tidy-hall]").count() == 0
     row = page.locator("#schedule-rows tr", has=button)
     assert await row.locator("td:nth-child(3) div").count() >= 1
     await button.click()

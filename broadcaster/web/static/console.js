@@ -537,8 +537,24 @@ function handleBlock(block) {
     setStatus("Live", "up");
   } else if (name === "zone") state.zones.set(body.id, body);
   else if (name === "endpoint") state.endpoints.set(body.endpoint_id, { ...body, seenAt: performance.now() });
-  else if (name === "announcement") state.announcements.set(body.id, body);
+  else if (name === "announcement") {
+    state.announcements.set(body.id, body);
+    pruneAnnouncements();
+  }
   scheduleRender();
+}
+
+const KEEP_ANNOUNCEMENTS = 200;
+
+function pruneAnnouncements() {
+  // A console left open for days sees many announcements: keep the newest finished ones.
+  if (state.announcements.size <= KEEP_ANNOUNCEMENTS) return;
+  const finished = [...state.announcements.values()]
+    .filter((a) => a.state !== "queued" && a.state !== "playing")
+    .sort((a, b) => (a.created_at || "").localeCompare(b.created_at || ""));
+  for (const a of finished.slice(0, state.announcements.size - KEEP_ANNOUNCEMENTS)) {
+    state.announcements.delete(a.id);
+  }
 }
 
 function scheduleRender() {
@@ -693,21 +709,36 @@ async function loadSchedules() {
     $("schedule-rows").replaceChildren();
     return;
   }
-  const may = mayAnnounce();
   const rows = list.schedules.map((s) => {
+    const may = mayManageSchedule(s);
     const next = (s.next_firings || []).slice(0, 3).map((f) => el("div", { class: "num" }, new Date(f).toLocaleString()));
     const action = may
       ? el("button", { type: "button", class: "ghost small", "data-schedule": s.id,
         "data-action": s.paused ? "resume" : "pause" }, s.paused ? "Resume" : "Pause")
       : null;
     return el("tr", { class: s.paused ? "paused" : "" },
-      el("td", {}, s.id, s.paused ? el("span", { class: "badge queued" }, "paused") : null),
+      el("td", {}, el("div", {}, s.id, " ", s.paused ? el("span", { class: "badge queued" }, "paused") : null),
+        el("div", { class: "hint" }, s.trigger || "")),
       el("td", {}, s.template || (s.text ? `“${s.text}”` : "")),
       el("td", {}, s.paused ? el("span", { class: "muted" }, "—") : next),
       el("td", {}, action));
   });
   $("schedule-rows").replaceChildren(...rows);
   $("schedules-note").textContent = rows.length ? "" : "No schedules.";
+}
+
+function scheduleZones(schedule) {
+  if (Array.isArray(schedule.zones) && schedule.zones.length) return schedule.zones;
+  const tpl = state.templates.find((t) => t.name === schedule.template);
+  return tpl && Array.isArray(tpl.zones) ? tpl.zones : null; // null: not known here
+}
+
+function mayManageSchedule(schedule) {
+  if (!mayAnnounce()) return false;
+  if (!state.me.zones) return true;
+  const zones = scheduleZones(schedule);
+  // Not known (a template this page cannot see): offered, and the server decides.
+  return zones === null || zones.every((z) => state.me.zones.includes(z));
 }
 
 async function scheduleAction(id, action) {
