@@ -60,7 +60,7 @@ async def test_console_signs_in_shows_a_new_endpoint_sends_and_cancels(web, laun
     await page.check("#zone-choices input[value=hall]")
     await page.click("#send-button")
     await page.wait_for_selector("#send-result.ok", timeout=5000)
-    row = page.locator("#announcement-rows tr").first
+    row = page.locator("#announcement-rows tr[data-announcement]").first
     await row.locator(".badge.playing").wait_for(timeout=10000)
     await page.wait_for_selector("[data-zone=hall].busy")
     await row.locator("button[data-cancel]").click()

@@ -684,6 +684,9 @@ function renderAnnouncements() {
         el("td", {}, action),
       );
     });
+  if (!rows.length) {
+    rows.push(el("tr", {}, el("td", { colspan: 7, class: "muted" }, "No announcements yet.")));
+  }
   $("announcement-rows").replaceChildren(...rows);
 }
 
