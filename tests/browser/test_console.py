@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from pathlib import Path
@@ -120,6 +121,24 @@ async def test_a_viewer_watches_is_offered_nothing_to_send_and_reconnects(web, l
     await page.click("#sign-out")
     assert await page.is_visible("#sign-in")
     assert await page.evaluate("sessionStorage.length") == 0
+    # Signing in again (twice, another token) gives a working form: one click, one
+    # announcement.
+    for _ in range(2):
+        await page.fill("#token", API_TOKENS["operator"])
+        await page.click("#sign-in-form button[type=submit]")
+        await page.wait_for_selector("#status.up")
+        await page.click("#sign-out")
+    await page.fill("#token", API_TOKENS["operator"])
+    await page.click("#sign-in-form button[type=submit]")
+    await page.wait_for_selector("#status.up")
+    assert await page.text_content("#who-id") == "operator"
+    await page.fill("#text", "Just once.")
+    await page.check("#zone-choices input[value=empty]")
+    await page.click("#send-button")
+    await page.wait_for_selector("#send-result.ok")
+    await asyncio.sleep(0.3)
+    _, listed = await web.get("/v1/announcements")
+    assert [a["text"] for a in listed["announcements"]] == ["Just once."]
     assert problems == []
 
 

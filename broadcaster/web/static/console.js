@@ -29,6 +29,7 @@ const state = {
   stream: null, // AbortController of the live stream
   schedulesTimer: null,
   renderQueued: false,
+  paging: null, // what mountPaging returned
 };
 
 // --- the API ----------------------------------------------------------------------------
@@ -123,6 +124,15 @@ function signOut() {
   if (state.stream) state.stream.abort();
   state.stream = null;
   clearInterval(state.schedulesTimer);
+  if (state.paging && typeof state.paging.destroy === "function") {
+    try {
+      state.paging.destroy();
+    } catch {
+      // its own business
+    }
+  }
+  state.paging = null;
+  $("paging").replaceChildren(); // nothing of the last token's stays on the page
   state.zones.clear();
   state.endpoints.clear();
   state.announcements.clear();
@@ -238,13 +248,12 @@ function buildSendForm() {
 
   const priority = $("priority");
   priority.max = String(state.me.max_priority);
-  priority.addEventListener("input", showBand);
+  priority.value = "";
   showBand();
 
   for (const id of ["chime-before", "chime-after"]) {
     $(id).replaceChildren(
       option("", "(default)"),
-      option("none", "none"),
       ...state.chimes.map((c) => option(c, c)),
     );
   }
@@ -257,22 +266,16 @@ function buildSendForm() {
   $("mode-row").hidden = !hasTemplates;
   if (hasTemplates) {
     $("template").replaceChildren(...state.templates.map((t) => option(t.name, t.name)));
-    $("template").addEventListener("change", buildVariables);
-    showMode();
     buildVariables();
   }
-  for (const radio of form.querySelectorAll("input[name=mode]")) {
-    radio.addEventListener("change", showMode);
-  }
-  $("add-language").addEventListener("click", addLanguageRow);
+  form.querySelector("input[name=mode][value=text]").checked = true;
+  showMode();
+  $("text").value = "";
+  $("also").replaceChildren();
+  $("preview-out").hidden = true;
+  showResult("");
   $("emergency").hidden = !isDispatcher();
   $("preview").hidden = !state.hasPreview;
-  $("preview").addEventListener("click", preview);
-  $("emergency").addEventListener("click", askEmergency);
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    send(false);
-  });
 }
 
 function showBand() {
@@ -382,8 +385,7 @@ function collectBody() {
   if (repeats) body.repeats = repeats;
   for (const [id, key] of [["chime-before", "chime_before"], ["chime-after", "chime_after"]]) {
     const value = $(id).value;
-    if (value === "none") body[key] = null;
-    else if (value) body[key] = value;
+    if (value) body[key] = value;
   }
   if ($("language").value) body.language = $("language").value;
   return body;
@@ -762,7 +764,7 @@ async function mountPagingIfPresent() {
     const module = await import("/static/paging.js");
     if (typeof module.mountPaging === "function") {
       const zones = state.zonesConfig.filter((z) => allowedZone(z.id));
-      module.mountPaging(section, {
+      state.paging = module.mountPaging(section, {
         token: state.token,
         zones,
         maxPriority: state.me.max_priority,
@@ -790,6 +792,20 @@ function wire() {
     }
   });
   $("sign-out").addEventListener("click", signOut);
+  // The send form's controls (built per sign-in, wired once).
+  const form = $("send-form");
+  $("priority").addEventListener("input", showBand);
+  $("template").addEventListener("change", buildVariables);
+  for (const radio of form.querySelectorAll("input[name=mode]")) {
+    radio.addEventListener("change", showMode);
+  }
+  $("add-language").addEventListener("click", addLanguageRow);
+  $("preview").addEventListener("click", preview);
+  $("emergency").addEventListener("click", askEmergency);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    send(false);
+  });
   $("announcement-rows").addEventListener("click", (event) => {
     const button = event.target.closest("button[data-cancel]");
     if (button) cancel(button.dataset.cancel);
