@@ -69,6 +69,7 @@ async def test_console_signs_in_shows_a_new_endpoint_sends_and_cancels(web, laun
     ann_id = await row.get_attribute("data-announcement")
     _, record = await web.get(f"/v1/announcements/{ann_id}")
     assert record["state"] == "cancelled" and record["created_by"] == "operator"
+    assert record["text"] == LONG_TEXT and record["zones"] == ["hall"]
     await page.wait_for_selector("[data-zone=hall]:not(.busy)")
     # Its receipt from the endpoint shows on the row.
     await row.locator("[data-receipt=ep-b].warn").wait_for(timeout=5000)
@@ -99,7 +100,11 @@ async def test_dispatcher_gets_an_emergency_button_that_asks_for_confirmation(we
     _, listed = await web.get("/v1/announcements")
     assert listed["announcements"] == []
     await page.click("#emergency")
-    await page.click("#confirm-yes")
+    async with page.expect_request("**/v1/announcements") as posted:
+        await page.click("#confirm-yes")
+    # Each send carries its own Idempotency-Key (a retry of it never doubles it).
+    key = (await posted.value).headers.get("idempotency-key", "")
+    assert len(key) == 32 and int(key, 16) >= 0
     await page.wait_for_selector("#send-result.ok", timeout=5000)
     _, listed = await web.get("/v1/announcements")
     [sent] = listed["announcements"]

@@ -50,8 +50,12 @@ function describeError(status, body) {
   return `HTTP ${status}`;
 }
 
-async function api(method, path, body) {
-  const headers = { Authorization: `Bearer ${state.token}`, Accept: "application/json" };
+async function api(method, path, body, extraHeaders = {}) {
+  const headers = {
+    Authorization: `Bearer ${state.token}`,
+    Accept: "application/json",
+    ...extraHeaders,
+  };
   const init = { method, headers, cache: "no-store", referrerPolicy: "no-referrer" };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
@@ -397,6 +401,12 @@ function showResult(text, kind = "") {
   result.className = `result ${kind}`;
 }
 
+function randomKey() {
+  // getRandomValues works on plain http too (randomUUID needs a secure context).
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 async function send(emergency) {
   const body = collectBody();
   if (emergency) body.priority = state.me.emergency_priority;
@@ -404,19 +414,30 @@ async function send(emergency) {
     showResult("Choose at least one zone.", "error");
     return;
   }
+  // One key per click: if the answer is lost and the operator clicks again, it is a
+  // new announcement; a retry of this very request (same key) never doubles it.
+  const key = randomKey();
+  const buttons = [$("send-button"), $("emergency")];
+  for (const b of buttons) b.disabled = true;
   try {
-    const record = await api("POST", "/v1/announcements", body);
+    const record = await api("POST", "/v1/announcements", body, { "Idempotency-Key": key });
     state.announcements.set(record.id, record);
     scheduleRender();
     showResult(`Accepted: #${record.number} (${record.state})`, "ok");
   } catch (err) {
     showResult(err.message, "error");
+  } finally {
+    for (const b of buttons) b.disabled = false;
   }
 }
 
 function askEmergency() {
   const body = collectBody();
-  const where = body.zones ? body.zones.join(", ") : "(no zone chosen)";
+  if (!body.zones) {
+    showResult("Choose at least one zone.", "error");
+    return;
+  }
+  const where = body.zones.join(", ");
   const what = body.text || body.template || "(no text)";
   $("confirm-text").textContent = `“${what}” to ${where}, at priority ${state.me.emergency_priority}.`;
   const dialog = $("confirm-emergency");
