@@ -31,6 +31,7 @@ from broadcaster.model import LANGUAGES, PRIORITY_BANDS, VOICES
 from broadcaster.web.pages import is_page
 
 from .access import requires
+from .console import ConsoleEvent, Me
 from .schemas import (
     AnnouncementList,
     AnnouncementRecord,
@@ -217,6 +218,35 @@ DOCS: dict[tuple[str, str], Doc] = {
         "Configured endpoints: connected, supervision status", 200, EndpointList, tags=("status",)
     ),
     ("GET", "/v1/zones"): Doc("Zones: members and what plays", 200, ZoneList, tags=("status",)),
+    ("GET", "/v1/me"): Doc(
+        "Who this token is: id, role, zones, highest priority it may use",
+        200,
+        Me,
+        description="Any role. A page offers only what this allows (the server refuses the "
+        "rest anyway). `max_priority` is null for a viewer, below `emergency_priority` "
+        "for an operator, 255 for a dispatcher or admin.",
+        tags=("status",),
+    ),
+    ("GET", "/v1/stream"): Doc(
+        "Live console state as server-sent events (text/event-stream)",
+        200,
+        ConsoleEvent,
+        ok_media="text/event-stream",
+        errors=(503,),
+        description="Any role; read it with fetch() so the Authorization header is sent. "
+        "First `event: snapshot` (`{at, zones, endpoints, announcements}`: zones with "
+        "`playing` and `waiting` ids, endpoints as in GET /v1/endpoints plus "
+        "`sync_error_ms`, the 30 most recent and every unfinished announcement as in GET "
+        "/v1/announcements/{id}), then `event: zone`, `event: endpoint` and `event: "
+        "announcement`, each carrying the whole new item (replace it by id). The state is "
+        "compared every 250 ms; counters that move all the time (round trip, last heard, "
+        "queued audio) every 5 s. A comment `: heartbeat` comes after 15 s of quiet. "
+        "Each stream has a queue of 256 events: a client too slow to take them gets a "
+        "fresh `snapshot` with `resync: true` in place of the changes it missed; a write "
+        "stuck for 10 s closes the stream. A token limited to zones sees only those zones, "
+        "their endpoints and announcements. 503 when 32 streams are open.",
+        tags=("status",),
+    ),
     ("GET", "/v1/events"): Doc(
         "Supervision events, oldest first", 200, EventList, tags=("status",)
     ),

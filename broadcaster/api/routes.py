@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -1104,6 +1104,18 @@ async def list_audit(request: web.Request) -> web.Response:
 
 @requires(Role.VIEWER)
 async def list_endpoints(request: web.Request) -> web.Response:
+    return web.json_response({"endpoints": endpoint_entries(request)})
+
+
+class HasApp(Protocol):
+    """A request, or anything else that carries the app (the console stream)."""
+
+    @property
+    def app(self) -> web.Application: ...
+
+
+def endpoint_entries(request: HasApp) -> list[dict[str, Any]]:
+    """GET /v1/endpoints' items (the console stream shows the same)."""
     now = request.app[CLOCK].monotonic_us()
     hub = request.app[HUB]
     cfg = request.app[CONFIG]
@@ -1120,7 +1132,7 @@ async def list_endpoints(request: web.Request) -> web.Response:
         if ep.id in connected:
             entry.update(connected[ep.id])
         items.append(entry)
-    return web.json_response({"endpoints": items})
+    return items
 
 
 @requires(Role.VIEWER)
@@ -1322,4 +1334,7 @@ def build_app(
     app.router.add_get("/readyz", readiness_route)
     app.router.add_get(OPENAPI_PATH, serve_document)
     add_pages(app, config)
+    from .console import add_console  # it reads this module's keys
+
+    add_console(app, clock)
     return app

@@ -229,6 +229,8 @@ class EndpointLink:
     connected_at_us: int
     #: Called to end this link (replaced, lagging); set by the socket adapter.
     close: Callable[[int, str], None] = field(default=lambda code, reason: None)
+    #: When the endpoint last sent anything (the console shows it).
+    last_heard_us: int | None = None
     #: Latest heartbeat round trip, for the API.
     rtt_us: int | None = None
     remote: str | None = None
@@ -247,6 +249,9 @@ class EndpointLink:
             "audio_sent": c.audio_sent,
             "dropped_stale": c.dropped_stale,
             "dropped_overflow": c.dropped_overflow,
+            "last_heard_s": None
+            if self.last_heard_us is None
+            else round((now_us - self.last_heard_us) / 1e6, 1),
         }
 
 

@@ -294,6 +294,8 @@ class EndpointServer:
                     else:
                         session.receive_bytes(message, now)
                     pump()
+                    if link is not None:
+                        link.last_heard_us = now
                     if session.state is SessionState.CLOSED:
                         return
             except ConnectionClosed:

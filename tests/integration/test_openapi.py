@@ -193,6 +193,10 @@ def real_server(tmp_path: Path) -> Iterator[_Server]:
         server._reader.join(5)
 
 
+#: Server-sent event streams: checked by their own tests, not by schemathesis.
+STREAMS = frozenset({"/v1/stream"})
+
+
 @pytest.mark.parametrize("mode", ["positive", "negative"])
 def test_schemathesis_finds_no_server_error_and_responses_match_the_document(real_server, mode):
     import requests
@@ -226,6 +230,8 @@ def test_schemathesis_finds_no_server_error_and_responses_match_the_document(rea
     statuses: dict[int, int] = {}
     for result in schema.get_all_operations():
         operation = result.ok()
+        if operation.path in STREAMS:
+            continue  # never ends: a call would wait out the timeout (test_console_api)
         if mode == "negative" and not _can_be_invalid(operation.definition.raw):
             continue  # nothing to send wrong (no parameters, no body)
 
@@ -249,7 +255,7 @@ def test_schemathesis_finds_no_server_error_and_responses_match_the_document(rea
     print(f"schemathesis ({mode}) statuses:", dict(sorted(statuses.items())))
     assert sum(statuses.values()) >= 3 * len(tested), statuses
     if mode == "positive":
-        assert len(tested) == len(openapi.DOCS)
+        assert len(tested) == len(openapi.DOCS) - len(STREAMS)
         # It really exercised the API: refusals and acceptances both.
         assert statuses.get(422, 0) > 0 and statuses.get(200, 0) > 0, statuses
         assert statuses.get(202, 0) > 0, statuses
