@@ -231,7 +231,9 @@ async def test_api_template_is_triggered_and_scheduled_like_a_config_one_and_sur
                 as_="operator",
             )
             assert status == 202, ann
-            assert ann["text"] == "The York train now leaves from platform four."
+            # The record shows the value as written; the voice reads it in words.
+            assert ann["text"] == "The York train now leaves from platform 4."
+            assert ann["spoken"][0]["text"] == "The York train now leaves from platform four."
             assert ann["zones"] == ["hall", "gate"]  # the group, expanded at admission
             assert ann["template"] == "platform-change" and ann["chime_before"] == "two-tone"
             status, err = await call(
@@ -278,7 +280,8 @@ async def test_api_template_is_triggered_and_scheduled_like_a_config_one_and_sur
             status, ann = await call(
                 h, "POST", "/v1/triggers/platform-change", {"variables": {"service": "Leeds train"}}
             )
-            assert status == 202 and ann["text"] == "The Leeds train now leaves from platform four."
+            assert status == 202 and ann["text"] == "The Leeds train now leaves from platform 4."
+            assert ann["spoken"][0]["text"] == "The Leeds train now leaves from platform four."
             status, _ = await call(h, "DELETE", "/v1/schedules/hourly-platform")
             assert status == 200
             status, _ = await call(h, "DELETE", "/v1/templates/platform-change", as_="operator")
