@@ -56,3 +56,14 @@ async def test_chromium_loads_both_pages_without_policy_violations(web, launch):
         await page.goto(f"{web.api}{path}")
         assert path.strip("/") in (await page.title())
     assert problems == []
+
+
+def test_without_chromium_the_browser_tests_fail_saying_so(monkeypatch, tmp_path):
+    from tests.browser.conftest import chromium_path
+
+    monkeypatch.delenv("BROADCASTER_CHROMIUM", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing there
+    with pytest.raises(pytest.fail.Exception, match="apt-get install chromium"):
+        chromium_path()
+    monkeypatch.setenv("BROADCASTER_CHROMIUM", "/opt/other/chromium")
+    assert chromium_path() == "/opt/other/chromium"
