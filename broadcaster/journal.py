@@ -78,6 +78,7 @@ def to_row(ann: Announcement) -> AnnouncementRow:
             "endpoints",
             "created_by",
             "coverage",
+            "live",
         )
     }
     return AnnouncementRow(
@@ -117,6 +118,7 @@ def row_as_dict(row: AnnouncementRow) -> dict[str, Any]:
         "style": spec.get("style"),
         "priority": spec.get("priority"),
         "template": spec.get("template"),
+        "kind": spec.get("kind", "speech"),
         "created_at": iso(row.created_at),
         "due_at": iso(row.due_at),
         "expires_at": iso(row.expires_at),
@@ -210,6 +212,16 @@ async def recover(
     for row in await store.unfinished_announcements():
         ann = revive(row, registry, now_us=now_us)
         emergency = ann.spec.priority >= emergency_priority
+        if ann.spec.kind == "live":
+            # A live page cannot be played again: its talker and uplink are gone.
+            await store.update_announcement(
+                row.id,
+                state=AnnouncementState.FAILED.value,
+                reason="live page interrupted by a restart (its uplink is gone)",
+                finished_at=now,
+            )
+            ended.append(row.id)
+            continue
         if row.state == AnnouncementState.PLAYING.value:
             if row.audio_sent_at is not None:
                 warnings = [*row.details.get("warnings", [])]

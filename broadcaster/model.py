@@ -260,3 +260,6 @@ class AnnouncementSpec:
     repeat_gap_ms: int = 1000
     also: tuple[tuple[str, str], ...] = ()  # (language, text) pairs
     extra: dict[str, str] = field(default_factory=dict)
+    #: "speech" (text spoken by an engine) or "live" (a live page from a microphone:
+    #: its audio comes from the paging uplink, never replayed, see docs/paging.md).
+    kind: str = "speech"

@@ -213,6 +213,18 @@ DOCS: dict[tuple[str, str], Doc] = {
         "fallback engine.",
         tags=("status",),
     ),
+    ("GET", "/v1/paging"): Doc(
+        "Live paging uplink: a WebSocket (push-to-talk from a microphone)",
+        101,
+        None,
+        errors=(400,),
+        public=True,
+        ok_media="application/octet-stream",
+        description="Upgrade to a WebSocket. Public because a browser cannot set a header: "
+        "the first message carries the API token (operator or above; emergency priority "
+        "needs dispatcher). Messages, frame format, codecs and close codes: docs/paging.md.",
+        tags=("announcements",),
+    ),
     ("GET", "/metrics"): Doc(
         "Prometheus metrics (text exposition format)",
         200,

@@ -965,5 +965,8 @@ def build_app(
     app.router.add_get("/healthz", health)
     app.router.add_get("/readyz", readiness_route)
     app.router.add_get(OPENAPI_PATH, serve_document)
+    from .paging import PAGING_PATH, paging_uplink  # (it imports this module)
+
+    app.router.add_get(PAGING_PATH, paging_uplink)
     add_pages(app, config)
     return app

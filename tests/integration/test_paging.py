@@ -1,0 +1,210 @@
+"""Live paging through the uplink (docs/paging.md) with a Python talker, no browser."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from broadcaster.audio.loudness import measure
+from broadcaster.audio.transcode import Transcoder
+from broadcaster.model import Codec, StreamFormat
+from broadcaster.paging_client import PagingClient, PagingRefused
+from tests.integration.conftest import API_TOKENS
+
+pytestmark = pytest.mark.integration
+
+RATE = 48000
+FRAME = 960  # 20 ms
+
+
+def sweep(seconds: float, rate: int = RATE, level_db: float = -18.0) -> bytes:
+    """A 300 -> 3000 Hz sweep with a little amplitude wobble (not a pure tone, so the
+    correlation has one clear peak)."""
+    t = np.arange(int(seconds * rate)) / rate
+    f0, f1 = 300.0, 3000.0
+    phase = 2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * seconds))
+    env = 0.6 + 0.4 * np.sin(2 * np.pi * 3 * t)
+    x = np.sin(phase) * env * 10 ** (level_db / 20) * 32767
+    return bytes(x.astype("<i2").tobytes())
+
+
+def frames(pcm: bytes, n: int = FRAME) -> list[bytes]:
+    return [pcm[i : i + 2 * n] for i in range(0, len(pcm) - 2 * n + 1, 2 * n)]
+
+
+def best_correlation(source: bytes, received: bytes) -> tuple[float, int]:
+    """Normalized cross-correlation peak of two s16 signals (and its lag in samples)."""
+    a = np.frombuffer(source, "<i2").astype(float)
+    b = np.frombuffer(received, "<i2").astype(float)
+    n = 1 << int(np.ceil(np.log2(len(a) + len(b))))
+    xc = np.fft.irfft(np.fft.rfft(b, n) * np.conj(np.fft.rfft(a, n)), n)
+    lag = int(np.argmax(xc))
+    lag = lag if lag < n // 2 else lag - n
+    seg = b[max(0, lag) : max(0, lag) + len(a)]
+    ref = a[: len(seg)] if lag >= 0 else a[-lag : -lag + len(seg)]
+    m = min(len(seg), len(ref))
+    c = float(np.dot(seg[:m], ref[:m]) / (np.linalg.norm(seg[:m]) * np.linalg.norm(ref[:m]) + 1e-9))
+    return c, lag
+
+
+def url(h) -> str:
+    return f"{h.api.replace('http', 'ws', 1)}/v1/paging"
+
+
+def start(who: str = "operator", **over):
+    return {
+        "token": API_TOKENS[who],
+        "zones": ["hall"],
+        "codec": "pcm_s16le",
+        "sample_rate_hz": RATE,
+        **over,
+    }
+
+
+async def talk(
+    h, payloads: list[bytes], frame_us: int = 20_000, **over
+) -> tuple[PagingClient, dict]:
+    client = await PagingClient.open(url(h), start(**over))
+    try:
+        await asyncio.wait_for(client.live.wait(), 10)
+        await client.send_paced(payloads, frame_us)
+        await client.stop()
+        ended = await client.wait_ended()
+    finally:
+        await client.close()
+    assert ended is not None
+    return client, ended
+
+
+async def test_pcm_page_reaches_the_endpoint_and_is_recorded(harness):
+    ep = await harness.endpoint("ep-b", ["hall"], ["pcm_s16le/48000"])
+    source = sweep(1.6)
+    client, ended = await talk(harness, frames(source))
+    assert ended["state"] == "finished" and ended["ended_by"] == "talker"
+    ann_id = client.accepted["announcement_id"]
+    record = await harness.wait_receipts(ann_id, ["ep-b"])
+    assert record["kind"] == "live" and record["state"] == "finished"
+    assert record["created_by"] == "operator"
+    assert record["endpoints"]["ep-b"]["state"] == "finished"
+    assert record["coverage"]["hall"]["heard"] is True
+    live = record["live"]
+    assert live["codec"] == "pcm_s16le" and live["frames"] == len(frames(source))
+    assert live["latency_ms"]["count"] > 10
+    rec = ep.announcements[ann_id]
+    corr, _ = best_correlation(source, bytes(rec.pcm))
+    assert corr > 0.9, corr
+    # Levelled like any announcement: the true peak stays under the ceiling.
+    assert measure(bytes(rec.pcm), RATE).true_peak_dbtp <= -1.0
+
+
+async def test_opus_page_with_a_chime_goes_live_after_the_chime(harness):
+    ep = await harness.endpoint("ep-b", ["hall"], ["opus/48000"])
+    source = sweep(1.2)
+    enc = Transcoder(StreamFormat(Codec.OPUS, RATE), source_rate_hz=RATE)
+    packets = [f.payload for f in enc.push(source)] + [f.payload for f in enc.flush()]
+    client, ended = await talk(
+        harness, packets, codec="opus", chime_before="two-tone", priority="operational"
+    )
+    assert ended["state"] == "finished"
+    record = await harness.wait_receipts(client.accepted["announcement_id"], ["ep-b"])
+    assert record["priority"] == 160 and record["chime_before"] == "two-tone"
+    live = record["live"]
+    assert live["decode_errors"] == 0 and live["dropped_overflow"] == 0
+    # The talker was told "live" only once the chime had been sent.
+    rec = ep.announcements[record["id"]]
+    live_msg = next(m for m in client.messages if m["type"] == "live")
+    assert live_msg["play_at_us"] > rec.play_at_us[0] + 500_000
+    assert rec.duration_ms > 1000
+
+
+@pytest.mark.parametrize(
+    ("who", "over", "code", "field"),
+    [
+        ("operator", {"token": "wrong-token"}, 4401, "token"),
+        ("operator", {"priority": "emergency"}, 4403, "priority"),
+        ("gate-operator", {"zones": ["hall"]}, 4403, "zones"),
+        ("viewer", {}, 4403, None),
+        ("operator", {"zones": ["nowhere"]}, 4400, "zones"),
+        ("operator", {"codec": "opus", "sample_rate_hz": 16000}, 4400, "sample_rate_hz"),
+        ("operator", {"priority": 999}, 4400, "priority"),
+    ],
+)
+async def test_refusals_name_the_reason_and_close_with_a_code(harness, who, over, code, field):
+    with pytest.raises(PagingRefused) as info:
+        await PagingClient.open(url(harness), start(who, **over))
+    assert info.value.code == code
+    assert info.value.message["type"] == "error"
+    assert info.value.message.get("field") == field
+
+
+async def test_refusals_are_audited_and_a_dispatcher_may_page_at_emergency(harness):
+    with pytest.raises(PagingRefused):
+        await PagingClient.open(url(harness), start("operator", priority=230))
+    client = await PagingClient.open(url(harness), start("dispatcher", priority="emergency"))
+    await client.stop()
+    ended = await client.wait_ended()
+    await client.close()
+    assert ended is not None and ended["state"] in ("cancelled", "failed", "finished")
+    _, audit = await harness.get("/v1/audit", as_="dispatcher")
+    rows = [r for r in audit["audit"] if r["path"] == "/v1/paging"]
+    assert [r["status"] for r in rows][-2:] == [403, 202]
+    assert rows[-1]["created_id"] == client.accepted["announcement_id"]
+
+
+async def test_preempted_page_tells_the_talker(harness):
+    await harness.endpoint("ep-b", ["hall"], ["pcm_s16le/48000"])
+    client = await PagingClient.open(url(harness), start("operator"))
+    try:
+        await asyncio.wait_for(client.live.wait(), 10)
+        talking = asyncio.create_task(client.send_paced(frames(sweep(8.0)), 20_000))
+        await asyncio.sleep(0.5)
+        status, body = await harness.post(
+            {"text": "Emergency.", "zones": ["hall"], "priority": "emergency"}, as_="dispatcher"
+        )
+        assert status == 202
+        ended = await client.wait_ended(15)
+        talking.cancel()
+    finally:
+        await client.close()
+    assert ended is not None and ended["state"] == "cancelled"
+    assert ended["ended_by"] == "preempted" and body["id"] in ended["reason"]
+    _, record = await harness.get(f"/v1/announcements/{ended['announcement_id']}")
+    assert record["live"]["ended_by"] == "preempted"
+
+
+async def test_a_lost_uplink_ends_the_page_and_the_record_says_so(harness):
+    await harness.endpoint("ep-b", ["hall"], ["pcm_s16le/48000"])
+    client = await PagingClient.open(url(harness), start("operator"))
+    ann_id = client.accepted["announcement_id"]
+    await asyncio.wait_for(client.live.wait(), 10)
+    await client.send_paced(frames(sweep(0.6)), 20_000)
+    await client.close()  # no stop: the connection just goes away
+    record = await harness.wait_final(ann_id)
+    assert record["live"]["ended_by"] == "uplink_lost"
+    assert any("uplink was lost" in w for w in record["warnings"])
+    assert record["duration_ms"] >= 500
+
+
+async def test_a_burst_after_a_stall_is_dropped_to_catch_up(harness):
+    """Faster than real time (a stall, then everything at once): the backlog is
+    dropped, not played late for the rest of the page."""
+    await harness.endpoint("ep-b", ["hall"], ["pcm_s16le/48000"])
+    client = await PagingClient.open(url(harness), start("operator"))
+    ann_id = client.accepted["announcement_id"]
+    try:
+        await asyncio.wait_for(client.live.wait(), 10)
+        blocks = frames(sweep(1.0))
+        await client.send_paced(blocks[:10], 20_000)
+        for b in blocks[10:]:  # 0.8 s at once
+            await client.send(b)
+        await client.send_paced(blocks[:10], 20_000)
+        await client.stop()
+        await client.wait_ended()
+    finally:
+        await client.close()
+    _, record = await harness.get(f"/v1/announcements/{ann_id}")
+    live = record["live"]
+    assert live["dropped_catch_up"] + live["dropped_overflow"] > 10
+    assert live["latency_ms"]["max"] < 1000
