@@ -1,0 +1,87 @@
+"""Live paging from Chromium's fake microphone to the reference endpoint."""
+
+from __future__ import annotations
+
+import logging
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from playwright.async_api import expect
+
+from tests.integration.conftest import API_TOKENS
+from tests.integration.test_paging import best_correlation, sweep
+
+pytestmark = pytest.mark.browser
+log = logging.getLogger(__name__)
+
+RATE = 48000
+
+MOUNT = """async ([token, maxPriority]) => {
+  const { mountPaging } = await import('/static/paging.js');
+  const section = document.createElement('section');
+  section.id = 'paging-under-test';
+  document.body.append(section);
+  window.__paging = mountPaging(section, { token, zones: ['hall', 'gate'], maxPriority });
+  return [...section.querySelectorAll('select[name=paging-priority] option')].map(o => o.value);
+}"""
+
+
+def write_wav(path: Path, pcm: bytes) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(pcm)
+
+
+async def test_push_to_talk_from_the_fake_microphone_reaches_the_endpoint(web, launch, tmp_path):
+    source = sweep(2.0, level_db=-12.0)
+    wav = tmp_path / "mic.wav"
+    write_wav(wav, source)
+    ep = await web.endpoint("ep-b", ["hall"], ["pcm_s16le/48000"])
+    browser = await launch(f"--use-file-for-fake-audio-capture={wav}")
+    page = await browser.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    await page.goto(f"{web.api}/console")
+    bands = await page.evaluate(MOUNT, [API_TOKENS["operator"], 223])
+    assert bands == ["16", "100", "160"]  # no emergency for an operator
+    await page.check("#paging-under-test input[value=hall]")
+    talk = page.locator("#paging-under-test .paging-talk")
+    await talk.hover()
+    await page.mouse.down()
+    status = page.locator("#paging-under-test .paging-status")
+    await expect(status).to_have_attribute("data-state", "live", timeout=10_000)
+    await page.wait_for_timeout(2500)
+    await page.mouse.up()
+    await expect(status).to_have_attribute("data-state", "ended", timeout=15_000)
+    info = await page.evaluate(
+        "() => ({codec: window.__paging.talk.codec, id: window.__paging.talk.accepted.announcement_id,"
+        " frames: window.__paging.talk.frames})"
+    )
+    text = await status.text_content()
+    assert problems == []
+    record = await web.wait_receipts(info["id"], ["ep-b"])
+    assert record["kind"] == "live" and record["state"] == "finished", record
+    assert record["created_by"] == "operator" and record["zones"] == ["hall"]
+    assert record["endpoints"]["ep-b"]["state"] == "finished"
+    live = record["live"]
+    assert live["codec"] == info["codec"] == "opus"  # WebCodecs is there in Chromium
+    assert live["ended_by"] == "talker" and live["decode_errors"] == 0
+    received = bytes(ep.announcements[info["id"]].pcm)
+    # The fake microphone loops the file: compare with two rounds of it.
+    corr, _ = best_correlation(source * 2, received[: len(source)])
+    assert corr > 0.5, corr
+    delay_ms = web.service.config.streaming.playout_delay_ms
+    figure = (
+        f"browser live paging: mic (AudioWorklet input) -> endpoint play-at median "
+        f"{live['latency_ms']['median']} ms, max {live['latency_ms']['max']} ms over "
+        f"{live['latency_ms']['count']} frames, playout delay {delay_ms} ms; "
+        f"correlation {corr:.2f}; status {text!r}"
+    )
+    log.warning(figure)
+    print(figure)
+    assert np.isfinite(live["latency_ms"]["median"])
