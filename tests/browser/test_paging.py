@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import wave
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from playwright.async_api import expect
 
-from tests.integration.conftest import API_TOKENS
+from tests.integration.conftest import API_TOKENS, Harness, make_config
 from tests.integration.test_paging import best_correlation, sweep
 
 pytestmark = pytest.mark.browser
@@ -28,6 +29,21 @@ MOUNT = """async ([token, maxPriority]) => {
 }"""
 
 
+@pytest.fixture
+async def web300(tmp_path: Path) -> AsyncIterator[Harness]:
+    """The ``web`` service, with the default playout delay (300 ms) the target is for."""
+    from broadcaster.app import Service
+    from broadcaster.speech.espeak import EspeakEngine
+
+    config = make_config(playout_delay_ms=300)
+    async with Service(config, engine=EspeakEngine(max_text_chars=200)) as service:
+        h = Harness(service, tmp_path)
+        try:
+            yield h
+        finally:
+            await h.close()
+
+
 def write_wav(path: Path, pcm: bytes) -> None:
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
@@ -36,7 +52,8 @@ def write_wav(path: Path, pcm: bytes) -> None:
         w.writeframes(pcm)
 
 
-async def test_push_to_talk_from_the_fake_microphone_reaches_the_endpoint(web, launch, tmp_path):
+async def test_push_to_talk_from_the_fake_microphone_reaches_the_endpoint(web300, launch, tmp_path):
+    web = web300
     source = sweep(2.0, level_db=-12.0)
     wav = tmp_path / "mic.wav"
     write_wav(wav, source)
