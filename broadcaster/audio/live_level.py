@@ -5,10 +5,10 @@ Whole-file normalization (``loudness.LoudnessNormalizer``) needs the whole
 segment before the first sample leaves; a live page cannot wait. Instead:
 
 * **AGC**: the loudness of the talker is followed over a sliding window of
-  about 3 s (the mean square of 20 ms blocks after a mild first-order pre-emphasis,
-  a cheap stand-in for BS.1770 K-weighting, gated: blocks 40 dB below the
-  window's level and near-silent blocks are left out so pauses do not pump the
-  gain up). The gain moves toward ``target - loudness`` at most
+  about 3 s: the mean square of 20 ms blocks after BS.1770 K-weighting (its two
+  biquads, run on the signal averaged down to about 12 kHz to keep the cost
+  low), gated as BS.1770 gates them (400 ms blocks, -70 LUFS and -10 LU), and the
+  gain holds while the talker pauses. The gain moves toward ``target - loudness`` at most
   ``rise_db_per_s`` up and ``fall_db_per_s`` down, within ``[min_gain_db,
   max_gain_db]``. The loudness lands near the target (a test measures it with
   the BS.1770 meter of ``loudness.measure``); it is not exact.
@@ -38,14 +38,38 @@ _OVERSAMPLE = 4
 _TAPS_PER_PHASE = 16
 _WINDOW_S = 3.0
 _BLOCK_S = 0.02
-#: Blocks quieter than this (pre-emphasized mean square, dBFS) are not speech.
-_SILENCE_DB = -55.0
-_RELATIVE_GATE_DB = 40.0
-#: Pre-emphasis ``x[n] - a x[n-1]`` (a mild high-pass in place of K-weighting), and
-#: what its gated mean square reads under the BS.1770 loudness of speech (measured
-#: on espeak speech with ``loudness.measure``: 1.7 to 2.1 dB).
-_EMPHASIS = 0.3
-_LUFS_OFFSET_DB = 1.9
+#: While a 20 ms block is quieter than this (K-weighted, LUFS) the gain holds.
+_SILENCE_DB = -60.0
+#: The K-weighting filters run at the rate divided by this (about 12 kHz).
+_KW_RATE_HZ = 12000
+
+
+def _biquads(rate: int) -> list[tuple[float, float, float, float, float]]:
+    """BS.1770's K-weighting at ``rate``: a high shelf (+4 dB above ~1.7 kHz) and a
+    high-pass at 38 Hz, as (b0, b1, b2, a1, a2) normalized by a0 (RBJ forms)."""
+    out = []
+    # High shelf.
+    w0 = 2 * math.pi * 1681.974450955533 / rate
+    a = 10 ** (3.999843853973347 / 40)
+    alpha = math.sin(w0) / (2 * 0.7071752369554196)
+    c, sa = math.cos(w0), 2 * math.sqrt(a) * alpha
+    a0 = (a + 1) - (a - 1) * c + sa
+    out.append(
+        (
+            a * ((a + 1) + (a - 1) * c + sa) / a0,
+            -2 * a * ((a - 1) + (a + 1) * c) / a0,
+            a * ((a + 1) + (a - 1) * c - sa) / a0,
+            2 * ((a - 1) - (a + 1) * c) / a0,
+            ((a + 1) - (a - 1) * c - sa) / a0,
+        )
+    )
+    # High-pass.
+    w0 = 2 * math.pi * 38.13547087602444 / rate
+    alpha = math.sin(w0) / (2 * 0.5003270373238773)
+    c = math.cos(w0)
+    a0 = 1 + alpha
+    out.append(((1 + c) / 2 / a0, -(1 + c) / a0, (1 + c) / 2 / a0, -2 * c / a0, (1 - alpha) / a0))
+    return out
 
 
 def _db(x: float) -> float:
@@ -89,7 +113,10 @@ class LiveLeveler:
         self._release = math.exp(-self.sub / (sample_rate_hz * release_ms / 1000.0))
         self._h = _interpolator()
         self._hist = np.zeros(_TAPS_PER_PHASE, dtype=np.float64)
-        self._prev_x = 0.0
+        self._decimate = max(1, sample_rate_hz // _KW_RATE_HZ)
+        self._kw = _biquads(sample_rate_hz // self._decimate)
+        self._kw_state = [[0.0, 0.0] for _ in self._kw]
+        self._kw_carry = np.zeros(0, dtype=np.float64)
         self._blocks: deque[float] = deque(maxlen=int(_WINDOW_S / _BLOCK_S))
         self._pending = np.zeros(0, dtype=np.float64)  # gained, not yet limited
         self._pending_peaks = np.zeros(0, dtype=np.float64)
@@ -106,12 +133,24 @@ class LiveLeveler:
     # --- AGC ------------------------------------------------------------------------------
 
     def _loudness_db(self) -> float | None:
+        """BS.1770 gated loudness of the window: 400 ms blocks (75 % overlap) made of
+        the 20 ms mean squares, the -70 LUFS absolute and -10 LU relative gates."""
         if not self._blocks:
             return None
-        levels = np.array(self._blocks)
-        top = float(levels.max())
-        kept = levels[levels >= top - _RELATIVE_GATE_DB]
-        return _db(float(np.mean(10.0 ** (kept / 10.0))))
+        ms = np.array(self._blocks)
+        per = int(0.4 / _BLOCK_S)
+        if len(ms) >= per:
+            ms = np.lib.stride_tricks.sliding_window_view(ms, per)[:: per // 4].mean(axis=1)
+        else:
+            ms = np.array([ms.mean()])
+        with np.errstate(divide="ignore"):
+            lufs = -0.691 + 10.0 * np.log10(ms)
+        kept = ms[lufs > -70.0]
+        if not len(kept):
+            return None
+        relative = -0.691 + 10.0 * math.log10(float(kept.mean())) - 10.0
+        kept = ms[(lufs > -70.0) & (lufs > relative)]
+        return -0.691 + 10.0 * math.log10(float(kept.mean()))
 
     def _agc(self, x: Floats) -> Floats:
         """The block with the AGC gain applied (ramped from the previous gain)."""
@@ -120,15 +159,13 @@ class LiveLeveler:
         start = 0
         while start < len(x):
             part = x[start : start + block]
-            emph = part - _EMPHASIS * np.concatenate(([self._prev_x], part[:-1]))
-            self._prev_x = float(part[-1])
-            level = _db(float(np.mean((emph / _S16) ** 2)) + 1e-20)
-            if level > _SILENCE_DB:
-                self._blocks.append(level)
+            ms = self._k_weighted_ms(part)
+            level = -0.691 + _db(ms)
+            self._blocks.append(ms)
             before = self.gain_db
             loud = self._loudness_db()
             if loud is not None and level > _SILENCE_DB:
-                wanted = self.target_lufs - (loud + _LUFS_OFFSET_DB)
+                wanted = self.target_lufs - loud
                 dt = len(part) / self.rate
                 step = wanted - self.gain_db
                 step = min(step, self.rise_db_per_s * dt) if step > 0 else step
@@ -138,6 +175,25 @@ class LiveLeveler:
             out[start : start + len(part)] = part * 10.0 ** (ramp / 20.0)
             start += len(part)
         return out
+
+    def _k_weighted_ms(self, part: Floats) -> float:
+        """The block's K-weighted mean square (its loudness is -0.691 + 10 log10)."""
+        d = self._decimate
+        x = np.concatenate((self._kw_carry, part / _S16))
+        usable = len(x) // d * d
+        self._kw_carry = x[usable:]
+        y = x[:usable].reshape(-1, d).mean(axis=1).tolist() if usable else []
+        for (b0, b1, b2, a1, a2), state in zip(self._kw, self._kw_state, strict=True):
+            z1, z2 = state
+            out = []
+            for v in y:  # transposed direct form II
+                o = b0 * v + z1
+                z1 = b1 * v - a1 * o + z2
+                z2 = b2 * v - a2 * o
+                out.append(o)
+            state[0], state[1] = z1, z2
+            y = out
+        return float(np.mean(np.square(y))) if y else 0.0
 
     # --- limiter --------------------------------------------------------------------------
 
