@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -11,7 +13,8 @@ from broadcaster.audio.loudness import measure
 from broadcaster.audio.transcode import Transcoder
 from broadcaster.model import Codec, StreamFormat
 from broadcaster.paging_client import PagingClient, PagingRefused
-from tests.integration.conftest import API_TOKENS
+from broadcaster.speech.espeak import EspeakEngine
+from tests.integration.conftest import API_TOKENS, Harness, make_config
 
 pytestmark = pytest.mark.integration
 
@@ -105,11 +108,21 @@ async def test_opus_page_with_a_chime_goes_live_after_the_chime(harness):
     enc = Transcoder(StreamFormat(Codec.OPUS, RATE), source_rate_hz=RATE)
     packets = [f.payload for f in enc.push(source)] + [f.payload for f in enc.flush()]
     client, ended = await talk(
-        harness, packets, codec="opus", chime_before="two-tone", priority="operational"
+        harness,
+        packets,
+        codec="opus",
+        chime_before="two-tone",
+        chime_after="two-tone",
+        priority="operational",
     )
     assert ended["state"] == "finished"
     record = await harness.wait_receipts(client.accepted["announcement_id"], ["ep-b"])
     assert record["priority"] == 160 and record["chime_before"] == "two-tone"
+    assert record["chime_after"] == "two-tone"
+    # chime (1.5 s) + pause + the live audio + pause + chime
+    assert record["duration_ms"] >= 1500 + 200 + 1100 + 200 + 1500
+    started = next(e for e in ep.events if e.get("type") == "announcement_started")
+    assert started["expected_duration_ms"] == 0  # a live page's length is the talker's
     live = record["live"]
     assert live["decode_errors"] == 0 and live["dropped_overflow"] == 0
     # The talker was told "live" only once the chime had been sent.
@@ -129,6 +142,7 @@ async def test_opus_page_with_a_chime_goes_live_after_the_chime(harness):
         ("operator", {"zones": ["nowhere"]}, 4400, "zones"),
         ("operator", {"codec": "opus", "sample_rate_hz": 16000}, 4400, "sample_rate_hz"),
         ("operator", {"priority": 999}, 4400, "priority"),
+        ("operator", {"volume": 3}, 4400, "volume"),
     ],
 )
 async def test_refusals_name_the_reason_and_close_with_a_code(harness, who, over, code, field):
@@ -208,3 +222,76 @@ async def test_a_burst_after_a_stall_is_dropped_to_catch_up(harness):
     live = record["live"]
     assert live["dropped_catch_up"] + live["dropped_overflow"] > 10
     assert live["latency_ms"]["max"] < 1000
+
+
+async def test_the_uplink_obeys_the_origin_policy(harness):
+    other = "http://127.0.0.1:1"
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await http.ws_connect(url(harness), headers={"Origin": other})
+    assert info.value.status == 403
+    own = f"http://127.0.0.1:{harness.service.http_port}"
+    client = await PagingClient.open(url(harness), start(), origin=own)
+    await client.stop()
+    await client.wait_ended()
+    await client.close()
+
+
+async def test_a_stop_before_the_page_is_live_cancels_it(harness):
+    await harness.endpoint("ep-b", ["hall"], ["pcm_s16le/48000"])
+    status, busy = await harness.post(
+        {
+            "text": "A long emergency message that keeps the hall busy for a while.",
+            "zones": ["hall"],
+            "priority": "emergency",
+        },
+        as_="dispatcher",
+    )
+    assert status == 202
+    client = await PagingClient.open(url(harness), start("operator"))
+    assert client.accepted["state"] == "queued"
+    await client.send(frames(sweep(0.1))[0])  # not live yet: dropped
+    await client.stop()
+    ended = await client.wait_ended()
+    await client.close()
+    assert ended is not None and ended["state"] == "cancelled"
+    assert ended["reason"] == "the talker stopped before the page went live"
+    _, record = await harness.get(f"/v1/announcements/{ended['announcement_id']}")
+    assert record["live"]["dropped_before_live"] == 1 and record["duration_ms"] is None
+    await harness.post({}, path=f"/v1/announcements/{busy['id']}/cancel", as_="dispatcher")
+
+
+async def test_oversized_frames_are_skipped_and_a_flood_closes_the_uplink(harness):
+    client = await PagingClient.open(url(harness), start("operator"))
+    await client.send(bytes(2 * RATE // 4))  # 250 ms of PCM in one message: over 200 ms
+    for _ in range(30):  # 3 s of audio at once: faster than real time
+        await client.send(bytes(2 * RATE // 10))
+    await client.wait_ended()
+    await client.close()
+    assert client.close_code == 4400
+    error = next(m for m in client.messages if m["type"] == "error")
+    assert error["error"] == "too_fast"
+    _, record = await harness.get(f"/v1/announcements/{client.accepted['announcement_id']}")
+    assert record["live"]["decode_errors"] == 1
+
+
+async def test_start_timeout_and_the_failed_attempt_limit(tmp_path):
+    from broadcaster.app import Service
+
+    config = make_config(auth={"failed_attempts_burst": 2}, hello_timeout_ms=300)
+    async with Service(config, engine=EspeakEngine(max_text_chars=200)) as service:
+        h = Harness(service, tmp_path)
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(url(h))
+            msg = await ws.receive(timeout=5)  # the error, then the close
+            assert json.loads(msg.data)["error"] == "start_timeout"
+            await ws.receive(timeout=5)
+            assert ws.close_code == 4408
+        for _ in range(2):
+            with pytest.raises(PagingRefused) as info:
+                await PagingClient.open(url(h), start("operator", token="guess"))
+            assert info.value.code == 4401
+        with pytest.raises(PagingRefused) as info:  # blocked now, the right token too
+            await PagingClient.open(url(h), start("operator"))
+        assert info.value.code == 4429
+        assert info.value.message["error"] == "too_many_failed_attempts"
