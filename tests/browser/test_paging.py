@@ -19,12 +19,13 @@ log = logging.getLogger(__name__)
 
 RATE = 48000
 
-MOUNT = """async ([token, maxPriority]) => {
+MOUNT = """async ([token, maxPriority, id]) => {
   const { mountPaging } = await import('/static/paging.js');
   const section = document.createElement('section');
-  section.id = 'paging-under-test';
+  section.id = id || 'paging-under-test';
   document.body.append(section);
-  window.__paging = mountPaging(section, { token, zones: ['hall', 'gate'], maxPriority });
+  const c = mountPaging(section, { token, zones: ['hall', 'gate'], maxPriority });
+  if (!id) window.__paging = c;
   return [...section.querySelectorAll('select[name=paging-priority] option')].map(o => o.value);
 }"""
 
@@ -64,7 +65,7 @@ async def test_push_to_talk_from_the_fake_microphone_reaches_the_endpoint(web300
     page.on("pageerror", lambda e: problems.append(str(e)))
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     await page.goto(f"{web.api}/console")
-    bands = await page.evaluate(MOUNT, [API_TOKENS["operator"], 223])
+    bands = await page.evaluate(MOUNT, [API_TOKENS["operator"], 223, None])
     assert bands == ["16", "100", "160"]  # no emergency for an operator
     await page.check("#paging-under-test input[value=hall]")
     talk = page.locator("#paging-under-test .paging-talk")
@@ -102,3 +103,39 @@ async def test_push_to_talk_from_the_fake_microphone_reaches_the_endpoint(web300
     log.warning(figure)
     print(figure)
     assert np.isfinite(live["latency_ms"]["median"])
+
+    # A dispatcher is offered the emergency band; a token limited to "gate" paging the
+    # hall is refused by the server, and the page says so.
+    bands = await page.evaluate(MOUNT, [API_TOKENS["dispatcher"], 255, "dispatcher"])
+    assert bands[-1] == "240"
+    await page.evaluate(MOUNT, [API_TOKENS["gate-operator"], 223, "limited"])
+    await page.check("#limited input[value=hall]")
+    await page.locator("#limited .paging-talk").hover()
+    await page.mouse.down()
+    refused = page.locator("#limited .paging-status")
+    await expect(refused).to_have_attribute("data-state", "refused", timeout=10_000)
+    await page.mouse.up()
+    assert "may not page in zone(s) hall" in (await refused.text_content() or "")
+
+
+async def test_without_webcodecs_the_page_streams_pcm(web, launch, tmp_path):
+    wav = tmp_path / "mic.wav"
+    write_wav(wav, sweep(1.0, level_db=-12.0))
+    await web.endpoint("ep-b", ["hall"], ["opus/48000"])
+    browser = await launch(f"--use-file-for-fake-audio-capture={wav}")
+    page = await browser.new_page()
+    await page.goto(f"{web.api}/console")
+    await page.evaluate("() => { delete window.AudioEncoder; }")
+    await page.evaluate(MOUNT, [API_TOKENS["operator"], 223, None])
+    await page.check("#paging-under-test input[value=hall]")
+    await page.locator("#paging-under-test .paging-talk").hover()
+    await page.mouse.down()
+    status = page.locator("#paging-under-test .paging-status")
+    await expect(status).to_have_attribute("data-state", "live", timeout=10_000)
+    await page.wait_for_timeout(800)
+    await page.mouse.up()
+    await expect(status).to_have_attribute("data-state", "ended", timeout=15_000)
+    ann_id = await page.evaluate("() => window.__paging.talk.accepted.announcement_id")
+    record = await web.wait_receipts(ann_id, ["ep-b"])
+    assert record["live"]["codec"] == "pcm_s16le" and record["state"] == "finished"
+    assert record["formats"] == ["opus/48000"]  # endpoints get their own format
