@@ -92,7 +92,12 @@ def _silence(ms: int, rate: int) -> PcmBlock:
 
 
 class LiveSource:
-    """The audio of one live page, for the announcer's playout (one reader)."""
+    """The audio of one live page, for the announcer's playout (one reader).
+
+    It owns ``executor`` (the page's worker thread for decoding and levelling) once
+    the announcer has accepted it: :meth:`cancel` / :meth:`close`, which the playout
+    always calls when it is done with the source, shut it down.
+    """
 
     def __init__(
         self,
@@ -284,10 +289,17 @@ class LiveSource:
                 "count": len(ms),
             }
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def cancel(self) -> None:
+        """The playout is done with it (or it never played): its worker thread ends."""
         self._closed = True
         self._wake.set()
+        shutdown = getattr(self._executor, "shutdown", None)
+        if shutdown is not None:
+            shutdown(wait=False, cancel_futures=True)
 
     async def close(self) -> None:
-        self._closed = True
-        self._wake.set()
+        self.cancel()

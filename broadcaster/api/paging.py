@@ -239,36 +239,39 @@ async def _page(
         field = refusal.fields[0][0] if refusal.fields else None
         raise _Refused(CLOSE_FORBIDDEN, refusal.code, refusal.message, field)
 
+    # The page's worker thread (decoding, levelling): the source owns it once accepted.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paging")
+    source = LiveSource(
+        clock=clock, sample_rate_hz=fmt.sample_rate_hz, executor=executor, codec=start.codec
+    )
     try:
-        source = LiveSource(
-            clock=clock, sample_rate_hz=fmt.sample_rate_hz, executor=executor, codec=start.codec
-        )
-        try:
-            ann = await announcer.accept(spec, created_by=principal.id, live=source)
-        except QueueFull as exc:
-            raise _Refused(CLOSE_UNAVAILABLE, "queue_full", str(exc)) from None
-        except StoreError as exc:
-            log.error("live page not accepted: %s", exc)
-            raise _Refused(
-                CLOSE_UNAVAILABLE, "store_unavailable", "the page could not be recorded"
-            ) from None
-        request[AUDIT_CREATED] = ann.id
-        audit(request, 202, principal=principal, detail=f"live page, priority {spec.priority}")
-        await _send(
-            ws,
-            {
-                "type": "accepted",
-                "announcement_id": ann.id,
-                "priority": spec.priority,
-                "zones": list(spec.zones),
-                "state": ann.state.value,
-                "server_time_us": clock.monotonic_us(),
-            },
-        )
-        await _run(request, ws, ann, source, fmt, executor)
-    finally:
-        executor.shutdown(wait=False, cancel_futures=True)
+        ann = await announcer.accept(spec, created_by=principal.id, live=source)
+    except QueueFull as exc:
+        source.cancel()
+        raise _Refused(CLOSE_UNAVAILABLE, "queue_full", str(exc)) from None
+    except StoreError as exc:
+        source.cancel()
+        log.error("live page not accepted: %s", exc)
+        raise _Refused(
+            CLOSE_UNAVAILABLE, "store_unavailable", "the page could not be recorded"
+        ) from None
+    except BaseException:
+        source.cancel()
+        raise
+    request[AUDIT_CREATED] = ann.id
+    audit(request, 202, principal=principal, detail=f"live page, priority {spec.priority}")
+    await _send(
+        ws,
+        {
+            "type": "accepted",
+            "announcement_id": ann.id,
+            "priority": spec.priority,
+            "zones": list(spec.zones),
+            "state": ann.state.value,
+            "server_time_us": clock.monotonic_us(),
+        },
+    )
+    await _run(request, ws, ann, source, fmt, executor)
 
 
 async def _run(
@@ -312,7 +315,7 @@ async def _run(
             if final.done():
                 return
             if msg.type is WSMsgType.BINARY:
-                if source.ended:
+                if source.ended or source.closed:
                     continue
                 try:
                     _, capture_us, payload = unpack_frame(msg.data)

@@ -295,3 +295,30 @@ async def test_start_timeout_and_the_failed_attempt_limit(tmp_path):
             await PagingClient.open(url(h), start("operator"))
         assert info.value.code == 4429
         assert info.value.message["error"] == "too_many_failed_attempts"
+
+
+async def test_a_page_cancelled_through_the_api_tells_the_talker(harness):
+    await harness.endpoint("ep-b", ["hall"], ["pcm_s16le/48000"])
+    client = await PagingClient.open(url(harness), start("operator"))
+    ann_id = client.accepted["announcement_id"]
+    try:
+        await asyncio.wait_for(client.live.wait(), 10)
+        talking = asyncio.create_task(client.send_paced(frames(sweep(6.0)), 20_000))
+        await asyncio.sleep(0.4)
+        status, _ = await harness.post({}, path=f"/v1/announcements/{ann_id}/cancel")
+        assert status == 202
+        ended = await client.wait_ended(10)
+        talking.cancel()
+    finally:
+        await client.close()
+    assert ended is not None and ended["state"] == "cancelled" and ended["ended_by"] == "ended"
+    assert client.close_code == 1000
+
+
+async def test_a_plain_get_is_a_clear_400(harness):
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(url(harness).replace("ws", "http", 1)) as r,
+    ):
+        assert r.status == 400
+        assert "WebSocket" in (await r.json())["message"]
