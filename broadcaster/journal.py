@@ -212,12 +212,13 @@ async def recover(
     for row in await store.unfinished_announcements():
         ann = revive(row, registry, now_us=now_us)
         emergency = ann.spec.priority >= emergency_priority
-        if ann.spec.kind == "live":
-            # A live page cannot be played again: its talker and uplink are gone.
+        if ann.spec.kind in ("live", "replay"):
+            # A live page cannot be played again: its talker and uplink are gone (and a
+            # replay's audio is not taken back either).
             await store.update_announcement(
                 row.id,
                 state=AnnouncementState.FAILED.value,
-                reason="live page interrupted by a restart (its uplink is gone)",
+                reason=f"{ann.spec.kind} page interrupted by a restart",
                 finished_at=now,
             )
             ended.append(row.id)

@@ -61,6 +61,10 @@ PCM_RATES_HZ = (8000, 16000, 24000, 48000)
 MAX_FRAME_MS = 200
 #: Pause between the chime and the live audio.
 CHIME_PAUSE_MS = 200
+#: Recordings of live pages kept for replay (the newest; older ones are deleted).
+KEEP_RECORDINGS = 20
+#: A replay hands out its recording in blocks of this length.
+_REPLAY_BLOCK_MS = 100
 
 
 def pack_frame(seq: int, capture_us: int, payload: bytes) -> bytes:
@@ -124,6 +128,10 @@ class LiveSource:
         #: first live sample, on the server clock.
         self.live_event = asyncio.Event()
         self.live_play_at_us: int | None = None
+        #: The audio that played (levelled), kept for replay; bounded by MAX_PAGE_US.
+        self.recording = bytearray()
+        #: A replay: audio recorded earlier, played instead of an uplink's.
+        self._replay: bytes | None = None
         self._latencies: list[int] = []
         self._pending_latency: deque[tuple[int, int]] = deque()
         #: The record's ``live`` figures (the same dict object is kept in the record).
@@ -140,6 +148,17 @@ class LiveSource:
             "latency_ms": None,
         }
 
+    @classmethod
+    def replaying(
+        cls, *, clock: Clock, pcm: bytes, sample_rate_hz: int, executor: Executor, of: str
+    ) -> LiveSource:
+        """A source that plays a recorded live page (``of``: its announcement id)."""
+        src = cls(clock=clock, sample_rate_hz=sample_rate_hz, executor=executor, codec="recording")
+        src._replay = pcm
+        src.stats = {"replay_of": of, "live_ms": 0, "ended_by": None}
+        src._ended = True
+        return src
+
     # --- set up by the announcer ----------------------------------------------------------
 
     def configure(
@@ -149,7 +168,9 @@ class LiveSource:
         after: ChimeMaker | None,
         leveler: LiveLeveler | None,
     ) -> None:
-        self._before, self._after, self._leveler = before, after, leveler
+        self._before, self._after = before, after
+        # A recording was levelled when it was live.
+        self._leveler = leveler if self._replay is None else None
 
     def attach(self, timeline: Timeline) -> None:
         self._timeline = timeline
@@ -224,6 +245,13 @@ class LiveSource:
         )
         self.live_event.set()
         limit_at = self.clock.monotonic_us() + MAX_PAGE_US
+        if self._replay is not None:
+            step = 2 * (rate * _REPLAY_BLOCK_MS // 1000)
+            for i in range(0, len(self._replay), step):
+                yield self._advance(PcmBlock(self._replay[i : i + step], rate))
+            self.stats["live_ms"] = (self._offset_us - live_from_us) // 1000
+            self.stats["ended_by"] = "end_of_recording"
+            self._queue = deque([_End()])  # nothing live follows
         try:
             while True:
                 if not self._queue:
@@ -247,15 +275,18 @@ class LiveSource:
                     self._pending_latency.append((self._offset_us, item.capture_us))
                 self._settle_latency(timeline, self._offset_us - 40_000)
                 if pcm:
+                    self.recording += pcm
                     yield self._advance(PcmBlock(pcm, rate))
             if self._leveler is not None:
                 tail = await loop.run_in_executor(self._executor, self._leveler.flush)
                 if tail:
+                    self.recording += tail
                     yield self._advance(PcmBlock(tail, rate))
         finally:
-            self._settle_latency(timeline, self._offset_us)
-            self.stats["live_ms"] = (self._offset_us - live_from_us) // 1000
-            self._finish_latency()
+            if self._replay is None:
+                self._settle_latency(timeline, self._offset_us)
+                self.stats["live_ms"] = (self._offset_us - live_from_us) // 1000
+                self._finish_latency()
         if self._after is not None:
             chime = await loop.run_in_executor(self._executor, self._after)
             if chime is not None and chime.sample_rate_hz == rate:

@@ -186,6 +186,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    # (5 is the API helper's: templates.)
+    Migration(
+        6,
+        "live page recordings (replay)",
+        """
+        CREATE TABLE recordings (
+            announcement_id TEXT PRIMARY KEY,
+            sample_rate_hz  INTEGER NOT NULL,
+            pcm             BLOB NOT NULL,
+            created_at      TEXT NOT NULL
+        );
+        CREATE INDEX recordings_created_at ON recordings (created_at);
+        """,
+    ),
 )
 
 #: The newest schema version this code knows.
@@ -922,6 +936,31 @@ class Store:
 
     # --- audit log -----------------------------------------------------------------------
 
+    def insert_recording(
+        self, announcement_id: str, sample_rate_hz: int, pcm: bytes, at: datetime, keep: int
+    ) -> None:
+        """Keep a live page's audio (mono s16le) for replay; only the newest ``keep`` stay."""
+        with self._write("insert a recording") as c:
+            c.execute(
+                "INSERT OR REPLACE INTO recordings (announcement_id, sample_rate_hz, pcm,"
+                " created_at) VALUES (?, ?, ?, ?)",
+                (announcement_id, sample_rate_hz, pcm, _ts(at)),
+            )
+            c.execute(
+                "DELETE FROM recordings WHERE announcement_id NOT IN (SELECT announcement_id"
+                " FROM recordings ORDER BY created_at DESC, announcement_id LIMIT ?)",
+                (keep,),
+            )
+
+    def get_recording(self, announcement_id: str) -> tuple[int, bytes] | None:
+        """(sample rate, PCM) of a live page's recording, or None."""
+        rows = self._query(
+            "read a recording",
+            "SELECT sample_rate_hz, pcm FROM recordings WHERE announcement_id = ?",
+            (announcement_id,),
+        )
+        return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
+
     def insert_audit(self, rows: Collection[AuditRow]) -> None:
         """Append audit entries (one transaction for the batch)."""
         if not rows:
@@ -1237,6 +1276,8 @@ class AsyncStore:
     list_firings = _in_worker(Store.list_firings)
     prune_firings = _in_worker(Store.prune_firings, write=True)
     insert_audit = _in_worker(Store.insert_audit, write=True)
+    insert_recording = _in_worker(Store.insert_recording, write=True)
+    get_recording = _in_worker(Store.get_recording)
     list_audit = _in_worker(Store.list_audit)
     insert_events = _in_worker(Store.insert_events, write=True)
     list_events = _in_worker(Store.list_events)

@@ -42,6 +42,7 @@ from .schemas import (
     HealthResponse,
     OpenApiDocument,
     ReadinessResponse,
+    ReplayRequest,
     ScheduleDeleted,
     ScheduleList,
     ScheduleRecord,
@@ -225,6 +226,19 @@ DOCS: dict[tuple[str, str], Doc] = {
         "needs dispatcher). Messages, frame format, codecs and close codes: docs/paging.md.",
         tags=("announcements",),
     ),
+    ("POST", "/v1/announcements/{id}/replay"): Doc(
+        "Replay a recorded live page (operator; emergency priority needs dispatcher)",
+        202,
+        AnnouncementRecord,
+        body="ReplayRequest",
+        body_required=False,
+        errors=(*_BODY_ERRORS, 404, 503),
+        description="Plays the recorded audio of a live page again, as a new announcement "
+        "of kind `replay` (zones, priority and chimes default to the page's). 404 when "
+        "the page was not recorded (only pages the talker ended are; the newest 20 are "
+        "kept). See docs/paging.md.",
+        tags=("announcements",),
+    ),
     ("GET", "/metrics"): Doc(
         "Prometheus metrics (text exposition format)",
         200,
@@ -290,6 +304,7 @@ def _components() -> dict[str, Any]:
         AnnouncementRequest,
         ScheduleConfig,
         SilenceRequest,
+        ReplayRequest,
         ErrorResponse,
         *{doc.ok for doc in DOCS.values() if doc.ok is not None},
     ]

@@ -25,10 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from broadcaster.announcements import Announcement, compose_spec, spoken_language
 from broadcaster.announcer import QueueFull
 from broadcaster.audio.decode import FrameDecoder
-from broadcaster.auth import Principal, may_announce, source_key
+from broadcaster.auth import Principal, Role, may_announce, source_key
 from broadcaster.clock import within_us
+from broadcaster.journal import spec_from_json
 from broadcaster.model import PRIORITY_BANDS, Codec, StreamFormat
 from broadcaster.paging import (
+    KEEP_RECORDINGS,
     MAX_FRAME_MS,
     PCM_RATES_HZ,
     LiveSource,
@@ -37,8 +39,19 @@ from broadcaster.paging import (
 from broadcaster.store import StoreError
 
 from .access import ACCESS, AUDIT_CREATED, PUBLIC, audit, requires
-from .routes import ANNOUNCER, CLOCK, CONFIG, _check_request_chime
-from .schemas import field_errors
+from .routes import (
+    ANNOUNCER,
+    CLOCK,
+    CONFIG,
+    STORE,
+    _BodyRefused,
+    _check_request_chime,
+    _forbid,
+    _invalid,
+    _json_body,
+    _principal,
+)
+from .schemas import ReplayRequest, field_errors
 
 log = logging.getLogger(__name__)
 
@@ -381,6 +394,7 @@ async def _run(
     if final.done() and not final.cancelled():
         record = final.result()
         live = record.live or {}
+        replay = await _keep_recording(request, record, source)
         await _send(
             ws,
             {
@@ -390,6 +404,115 @@ async def _run(
                 "reason": record.reason,
                 "ended_by": live.get("ended_by"),
                 "latency_ms": live.get("latency_ms"),
+                "replay_available": replay,
             },
         )
     await ws.close(code=1000)
+
+
+async def _keep_recording(request: web.Request, record: Announcement, source: LiveSource) -> bool:
+    """Keep a complete page's audio for replay (the talker ended it, or the time limit)."""
+    store = request.app.get(STORE)
+    live = record.live or {}
+    if (
+        store is None
+        or not source.recording
+        or live.get("ended_by") not in ("talker", "time_limit")
+    ):
+        return False
+    try:
+        await store.insert_recording(
+            record.id,
+            source.sample_rate_hz,
+            bytes(source.recording),
+            request.app[CLOCK].wall(),
+            KEEP_RECORDINGS,
+        )
+    except StoreError as exc:
+        log.warning("live page %s: recording not kept: %s", record.id, exc)
+        return False
+    return True
+
+
+@requires(Role.OPERATOR)
+async def replay_page(request: web.Request) -> web.Response:
+    """POST /v1/announcements/{id}/replay: play a recorded live page again."""
+    config = request.app[CONFIG]
+    store = request.app.get(STORE)
+    page_id = request.match_info["id"]
+    try:
+        body = await _json_body(request) if request.body_exists else {}
+    except _BodyRefused as exc:
+        return exc.response
+    try:
+        req = ReplayRequest.model_validate(body)
+    except ValidationError as exc:
+        return web.json_response(
+            {
+                "error": "validation_failed",
+                "message": "invalid fields",
+                "fields": field_errors(exc),
+            },
+            status=422,
+        )
+    row = await store.get_announcement(page_id) if store is not None else None
+    found = await store.get_recording(page_id) if store is not None and row is not None else None
+    if row is None or found is None:
+        return web.json_response(
+            {"error": "not_found", "message": "no recorded live page with this id"}, status=404
+        )
+    original = spec_from_json(row.spec)
+    zones = list(dict.fromkeys(req.zones)) if req.zones else list(original.zones)
+    unknown = [z for z in zones if z not in config.zone_ids]
+    if unknown:
+        return _invalid("zones", f"unknown zone(s): {', '.join(unknown)}")
+    for name in ("chime_before", "chime_after"):
+        problem = await _check_request_chime(config, getattr(req, name))
+        if problem is not None:
+            return _invalid(name, problem)
+    spec = dataclasses.replace(
+        original,
+        kind="replay",
+        text=f"Replay: {original.text}",
+        zones=tuple(zones),
+        priority=req.priority if isinstance(req.priority, int) else original.priority,
+        chime_before=req.chime_before if req.chime_before is not None else original.chime_before,
+        chime_after=req.chime_after if req.chime_after is not None else original.chime_after,
+        on_preempt="drop",
+        extra={"replay_of": page_id},
+    )
+    principal = _principal(request)
+    refusal = may_announce(
+        principal,
+        priority=spec.priority,
+        zones=spec.zones,
+        emergency_priority=config.announcements.emergency_priority,
+    )
+    if refusal is not None:
+        return _forbid(request, refusal)
+    rate, pcm = found
+    source = LiveSource.replaying(
+        clock=request.app[CLOCK],
+        pcm=pcm,
+        sample_rate_hz=rate,
+        executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay"),
+        of=page_id,
+    )
+    try:
+        ann = await request.app[ANNOUNCER].accept(spec, created_by=principal.id, live=source)
+    except QueueFull as exc:
+        source.cancel()
+        record = exc.record.id if exc.record is not None else None
+        return web.json_response(
+            {"error": "queue_full", "message": str(exc), "id": record}, status=503
+        )
+    except StoreError:
+        source.cancel()
+        return web.json_response(
+            {"error": "store_unavailable", "message": "the replay could not be recorded"},
+            status=503,
+        )
+    request[AUDIT_CREATED] = ann.id
+    return web.json_response(
+        ann.as_dict(), status=202, headers={"Location": f"/v1/announcements/{ann.id}"}
+    )

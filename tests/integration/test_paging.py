@@ -184,6 +184,7 @@ async def test_preempted_page_tells_the_talker(harness):
         await client.close()
     assert ended is not None and ended["state"] == "cancelled"
     assert ended["ended_by"] == "preempted" and body["id"] in ended["reason"]
+    assert ended["replay_available"] is False  # only a page its talker ended is kept
     _, record = await harness.get(f"/v1/announcements/{ended['announcement_id']}")
     assert record["live"]["ended_by"] == "preempted"
 
@@ -322,3 +323,31 @@ async def test_a_plain_get_is_a_clear_400(harness):
     ):
         assert r.status == 400
         assert "WebSocket" in (await r.json())["message"]
+
+
+async def test_a_page_the_talker_ended_can_be_replayed(harness):
+    ep = await harness.endpoint("ep-b", ["hall"], ["pcm_s16le/48000"])
+    client, ended = await talk(harness, frames(sweep(1.0)))
+    assert ended["replay_available"] is True
+    page_id = client.accepted["announcement_id"]
+    await harness.wait_receipts(page_id, ["ep-b"])
+    status, refused = await harness.post(
+        {"priority": "emergency"}, path=f"/v1/announcements/{page_id}/replay", as_="operator"
+    )
+    assert status == 403 and refused["fields"][0]["field"] == "priority"
+    status, body = await harness.post(
+        {"zones": ["hall"], "priority": 120},
+        path=f"/v1/announcements/{page_id}/replay",
+        as_="operator",
+    )
+    assert status == 202, body
+    record = await harness.wait_final(body["id"])
+    assert record["kind"] == "replay" and record["state"] in ("finished", "unconfirmed")
+    assert record["priority"] == 120 and record["live"]["replay_of"] == page_id
+    live_audio = bytes(ep.announcements[page_id].pcm)
+    replayed = bytes(ep.announcements[body["id"]].pcm)
+    assert abs(len(replayed) - len(live_audio)) <= 2 * 4800  # within 100 ms
+    corr, _ = best_correlation(live_audio, replayed)
+    assert corr > 0.95
+    status, missing = await harness.post({}, path="/v1/announcements/nope/replay")
+    assert status == 404 and missing["error"] == "not_found"
