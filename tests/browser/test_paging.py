@@ -104,6 +104,16 @@ async def test_push_to_talk_from_the_fake_microphone_reaches_the_endpoint(web300
     print(figure)
     assert np.isfinite(live["latency_ms"]["median"])
 
+    # The talker ended it, so it was recorded: the page offers a replay.
+    replay = page.locator("#paging-under-test .paging-replay")
+    await expect(replay).to_be_visible()
+    await replay.click()
+    note = page.locator("#paging-under-test .paging-replay-note")
+    await expect(note).to_contain_text("Replay queued", timeout=5_000)
+    replayed = await page.evaluate("() => window.__paging.lastReplay.body.id")
+    again = await web.wait_final(replayed)
+    assert again["kind"] == "replay" and again["live"]["replay_of"] == info["id"]
+
     # A dispatcher is offered the emergency band; a token limited to "gate" paging the
     # hall is refused by the server, and the page says so.
     bands = await page.evaluate(MOUNT, [API_TOKENS["dispatcher"], 255, "dispatcher"])

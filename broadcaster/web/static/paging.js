@@ -280,6 +280,9 @@ export function mountPaging(section, { token, zones, maxPriority = 223 }) {
   for (const c of CHIMES) chime.append(el("option", { value: c, text: c || "no chime" }));
   const button = el("button", { type: "button", class: "paging-talk", text: "Hold to talk" });
   const status = el("p", { class: "paging-status", role: "status", "data-state": "idle", text: "Ready" });
+  const replay = el("button", { type: "button", class: "paging-replay", text: "Replay last page" });
+  replay.hidden = true;
+  const replayNote = el("span", { class: "paging-replay-note" });
   section.append(
     el("h2", { text: "Live paging" }),
     zoneBoxes,
@@ -287,6 +290,7 @@ export function mountPaging(section, { token, zones, maxPriority = 223 }) {
     el("label", {}, " Chime ", chime),
     el("div", {}, button),
     status,
+    el("div", {}, replay, " ", replayNote),
   );
 
   if (!document.querySelector('link[href="/static/paging.css"]')) {
@@ -308,7 +312,33 @@ export function mountPaging(section, { token, zones, maxPriority = 223 }) {
     }[state];
     status.textContent = detail ? `${label}: ${detail}` : label;
     button.classList.toggle("live", state === "live");
+    const result = controller.talk && controller.talk.result;
+    if (state === "ended" && result && result.replay_available) {
+      controller.replayOf = result.announcement_id;
+      replay.hidden = false;
+      replayNote.textContent = "";
+    }
   };
+
+  // Replays the last recorded page (a new announcement) to the zones and priority chosen now.
+  controller.replay = async () => {
+    if (!controller.replayOf) return null;
+    const chosen = [...zoneBoxes.querySelectorAll("input:checked")].map((b) => b.value);
+    const body = { priority: Number(priority.value) };
+    if (chosen.length) body.zones = chosen;
+    if (chime.value) body.chime_before = chime.value;
+    const r = await fetch(`/v1/announcements/${encodeURIComponent(controller.replayOf)}/replay`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+      referrerPolicy: "no-referrer",
+    });
+    const answer = await r.json();
+    controller.lastReplay = { status: r.status, body: answer };
+    replayNote.textContent = r.status === 202 ? `Replay queued (${answer.id})` : `Replay refused: ${answer.message}`;
+    return controller.lastReplay;
+  };
+  replay.addEventListener("click", () => controller.replay());
 
   controller.start = async () => {
     controller.held = true;
