@@ -182,3 +182,20 @@ async def test_a_live_page_found_at_a_restart_fails_whatever_its_priority():
     assert to_play == [] and sorted(ended) == ["live-playing", "live-queued"]
     assert store.updates["live-playing"]["state"] == "failed"
     assert "live page" in store.updates["live-playing"]["reason"]
+
+
+def test_only_the_newest_recordings_are_kept(tmp_path):
+    from broadcaster.paging import KEEP_RECORDINGS
+    from broadcaster.store import Store
+
+    s = Store.open(tmp_path / "db.sqlite3", now=NOW)
+    try:
+        for i in range(KEEP_RECORDINGS + 2):
+            s.insert_recording(
+                f"page-{i:02d}", 48000, bytes([i]) * 4, NOW + timedelta(seconds=i), KEEP_RECORDINGS
+            )
+        assert s.get_recording("page-00") is None and s.get_recording("page-01") is None
+        assert s.get_recording("page-02") == (48000, bytes([2]) * 4)
+        assert s.get_recording(f"page-{KEEP_RECORDINGS + 1:02d}") is not None
+    finally:
+        s.close()
