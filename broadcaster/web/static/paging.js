@@ -174,7 +174,8 @@ class Talk {
       if (r.ended_by === "preempted") this.set("preempted", r.reason || "");
       else {
         const lat = r.latency_ms ? ` (mic to play-at ${r.latency_ms.median} ms)` : "";
-        this.set("ended", `${r.state}${lat}`);
+        const why = r.reason ? ` — ${r.reason}` : "";
+        this.set("ended", `${r.state}${why}${lat}`);
       }
     } else {
       this.set("lost", `connection closed (${ev.code})`);
