@@ -51,7 +51,7 @@ from .routes import (
     _json_body,
     _principal,
 )
-from .schemas import ReplayRequest, field_errors
+from .schemas import CONTROL_CHARS, ReplayRequest, field_errors
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,10 @@ _FINAL_WAIT_S = 30.0
 #: is closed for sending faster than real time (bounds the decoding work).
 _BURST_US = 2_000_000
 _MAX_MESSAGE_BYTES = 64 * 1024
+#: A live page whose uplink sends nothing for this long is ended (``uplink_lost``).
+_IDLE_US = 3_000_000
+#: WebSocket pings (a browser answers them by itself): a dead connection is noticed.
+_HEARTBEAT_S = 5.0
 
 
 class StartMessage(BaseModel):
@@ -125,7 +129,9 @@ async def _refuse(ws: web.WebSocketResponse, refused: _Refused) -> None:
 @requires(PUBLIC)
 async def paging_uplink(request: web.Request) -> web.StreamResponse:
     """GET /v1/paging (WebSocket): a live page from a talker's microphone."""
-    ws = web.WebSocketResponse(max_msg_size=_MAX_MESSAGE_BYTES, autoping=True)
+    ws = web.WebSocketResponse(
+        max_msg_size=_MAX_MESSAGE_BYTES, autoping=True, heartbeat=_HEARTBEAT_S
+    )
     if not ws.can_prepare(request).ok:
         raise web.HTTPBadRequest(reason="a WebSocket upgrade is required")
     await ws.prepare(request)
@@ -229,6 +235,10 @@ async def _page(
         problem = await _check_request_chime(config, getattr(start, name))
         if problem is not None:
             raise _Refused(CLOSE_BAD_REQUEST, "validation_failed", problem, name)
+    if start.text is not None and CONTROL_CHARS.search(start.text):
+        raise _Refused(
+            CLOSE_BAD_REQUEST, "validation_failed", "control characters are not allowed", "text"
+        )
     spec = compose_spec(
         config,
         None,
@@ -324,7 +334,18 @@ async def _run(
     async def read() -> None:
         began_us = clock.monotonic_us()
         received_us = 0
-        async for msg in ws:
+        while True:
+            try:
+                msg = await within_us(clock, ws.receive(), _IDLE_US)
+            except TimeoutError:
+                if source.is_live and not source.ended:
+                    # Live, and nothing for a while: the talker's uplink is gone.
+                    stop("uplink_lost", "the talker's uplink went silent")
+                continue
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                break
+            if msg.type is WSMsgType.ERROR:
+                break
             if final.done():
                 return
             if msg.type is WSMsgType.BINARY:

@@ -37,19 +37,24 @@ def frames(pcm: bytes, n: int = FRAME) -> list[bytes]:
     return [pcm[i : i + 2 * n] for i in range(0, len(pcm) - 2 * n + 1, 2 * n)]
 
 
-def best_correlation(source: bytes, received: bytes) -> tuple[float, int]:
-    """Normalized cross-correlation peak of two s16 signals (and its lag in samples)."""
+def windowed_correlation(source: bytes, received: bytes, window_ms: int = 100) -> float:
+    """Median over the received audio's 100 ms windows (those with sound) of each one's
+    best normalized correlation anywhere in the source: robust to the gaps a stall
+    leaves in a live playout."""
     a = np.frombuffer(source, "<i2").astype(float)
     b = np.frombuffer(received, "<i2").astype(float)
-    n = 1 << int(np.ceil(np.log2(len(a) + len(b))))
-    xc = np.fft.irfft(np.fft.rfft(b, n) * np.conj(np.fft.rfft(a, n)), n)
-    lag = int(np.argmax(xc))
-    lag = lag if lag < n // 2 else lag - n
-    seg = b[max(0, lag) : max(0, lag) + len(a)]
-    ref = a[: len(seg)] if lag >= 0 else a[-lag : -lag + len(seg)]
-    m = min(len(seg), len(ref))
-    c = float(np.dot(seg[:m], ref[:m]) / (np.linalg.norm(seg[:m]) * np.linalg.norm(ref[:m]) + 1e-9))
-    return c, lag
+    n = RATE * window_ms // 1000
+    energy = np.convolve(a**2, np.ones(n), mode="valid")  # per source offset
+    size = 1 << int(np.ceil(np.log2(len(a) + n)))
+    fa = np.fft.rfft(a, size)
+    scores = []
+    for i in range(0, len(b) - n + 1, n):
+        w = b[i : i + n]
+        if np.sqrt(np.mean(w**2)) < 100:
+            continue  # silence (a gap, padding)
+        xc = np.fft.irfft(fa * np.conj(np.fft.rfft(w, size)), size)[: len(energy)]
+        scores.append(float(np.max(xc / (np.sqrt(energy) * np.linalg.norm(w) + 1e-9))))
+    return float(np.median(scores)) if scores else 0.0
 
 
 def url(h) -> str:
@@ -96,7 +101,7 @@ async def test_pcm_page_reaches_the_endpoint_and_is_recorded(harness):
     assert live["codec"] == "pcm_s16le" and live["frames"] == len(frames(source))
     assert live["latency_ms"]["count"] > 10
     rec = ep.announcements[ann_id]
-    corr, _ = best_correlation(source, bytes(rec.pcm))
+    corr = windowed_correlation(source, bytes(rec.pcm))
     assert corr > 0.9, corr
     # Levelled like any announcement: the true peak stays under the ceiling.
     assert measure(bytes(rec.pcm), RATE).true_peak_dbtp <= -1.0
@@ -143,6 +148,7 @@ async def test_opus_page_with_a_chime_goes_live_after_the_chime(harness):
         ("operator", {"codec": "opus", "sample_rate_hz": 16000}, 4400, "sample_rate_hz"),
         ("operator", {"priority": 999}, 4400, "priority"),
         ("operator", {"volume": 3}, 4400, "volume"),
+        ("operator", {"text": "Live\x1b[2J"}, 4400, "text"),
     ],
 )
 async def test_refusals_name_the_reason_and_close_with_a_code(harness, who, over, code, field):
@@ -344,11 +350,31 @@ async def test_a_page_the_talker_ended_can_be_replayed(harness):
     record = await harness.wait_final(body["id"])
     assert record["kind"] == "replay" and record["state"] in ("finished", "unconfirmed")
     assert record["priority"] == 120 and record["live"]["replay_of"] == page_id
-    live_audio = bytes(ep.announcements[page_id].pcm)
+    # The endpoint gets exactly the recording: the audio that played live (levelled),
+    # without the gaps a stalled uplink may have left in the live playout.
+    assert harness.service.store is not None
+    kept = await harness.service.store.get_recording(page_id)
+    assert kept is not None and kept[0] == RATE
     replayed = bytes(ep.announcements[body["id"]].pcm)
-    # (The live audio may hold a gap where the uplink stalled; the recording does not.)
-    assert len(replayed) <= len(live_audio) + 2 * 4800
-    corr, _ = best_correlation(replayed, live_audio)
-    assert corr > 0.9
+    assert replayed[: len(kept[1])] == kept[1]
+    assert not any(replayed[len(kept[1]) :])  # then only the last frame's padding
+    assert windowed_correlation(kept[1], bytes(ep.announcements[page_id].pcm)) > 0.9
     status, missing = await harness.post({}, path="/v1/announcements/nope/replay")
     assert status == 404 and missing["error"] == "not_found"
+
+
+async def test_a_live_uplink_that_goes_silent_ends_the_page(harness, monkeypatch):
+    from broadcaster.api import paging as uplink
+
+    monkeypatch.setattr(uplink, "_IDLE_US", 400_000)
+    await harness.endpoint("ep-b", ["hall"], ["pcm_s16le/48000"])
+    client = await PagingClient.open(url(harness), start("operator"))
+    try:
+        await asyncio.wait_for(client.live.wait(), 10)
+        await client.send_paced(frames(sweep(0.4)), 20_000)
+        ended = await client.wait_ended(10)  # then nothing, and no stop
+    finally:
+        await client.close()
+    assert ended is not None and ended["ended_by"] == "uplink_lost"
+    _, record = await harness.get(f"/v1/announcements/{ended['announcement_id']}")
+    assert any("uplink was lost" in w for w in record["warnings"])
