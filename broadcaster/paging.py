@@ -49,7 +49,7 @@ from broadcaster.speech.prepared import ChimeMaker, Timeline
 #: Decoded blocks that may wait for the playout; the oldest is dropped beyond it.
 QUEUE_FRAMES = 25
 #: A block due to be sent more than this after it arrived is dropped (catch up).
-MAX_AHEAD_US = 120_000
+MAX_AHEAD_US = 60_000
 #: Longest live page; the server ends it then (``ended_by: "time_limit"``).
 MAX_PAGE_US = 300_000_000
 #: The uplink's binary frame header: seq (u32), capture time on the server clock

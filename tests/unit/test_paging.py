@@ -18,6 +18,7 @@ from broadcaster.journal import recover, spec_to_json
 from broadcaster.model import PcmBlock
 from broadcaster.paging import (
     FRAME_HEADER,
+    MAX_AHEAD_US,
     MAX_PAGE_US,
     QUEUE_FRAMES,
     LiveSource,
@@ -107,13 +108,13 @@ async def test_a_full_queue_drops_the_oldest_and_a_late_burst_is_dropped_to_catc
         src.push(block())
     assert src.stats["dropped_overflow"] == 5
     # Nobody places them (no pacer loop here): the timeline says each is due 20 ms after
-    # the one before, so the ones more than 120 ms ahead of now are dropped.
+    # the one before, so the ones more than MAX_AHEAD_US ahead of now are dropped.
     src.end("talker")
     await clock.run_until_idle()
     await reader
     kept = len(out)
     assert src.stats["dropped_catch_up"] == QUEUE_FRAMES - kept
-    assert pacer.send_at((kept - 1) * 20_000) - clock.monotonic_us() <= 120_000
+    assert pacer.send_at((kept - 1) * 20_000) - clock.monotonic_us() <= MAX_AHEAD_US
 
 
 async def test_a_page_ends_at_the_time_limit():
