@@ -151,12 +151,12 @@ class Talk {
       this.offsetUs = msg.server_time_us - ((this.sentAt + now) / 2) * 1000;
       this.pingAt = now;
       this.ws.send(JSON.stringify({ type: "ping", id: 1 }));
-      this.set(this.stopped ? "ending" : "queued", "waiting for the zones");
+      this.set(this.stopped ? "ending" : "queued");
     } else if (msg.type === "pong") {
       // A second, fresher estimate (the accepted one was before the page was set up).
       this.offsetUs = msg.server_time_us - ((this.pingAt + now) / 2) * 1000;
     } else if (msg.type === "live") {
-      if (!this.stopped) this.set("live", "speak now");
+      if (!this.stopped) this.set("live");
     } else if (msg.type === "ended") {
       this.result = msg;
     } else if (msg.type === "error") {
@@ -227,9 +227,9 @@ class Talk {
     this.release();
     if (this.ws && this.ws.readyState === WebSocket.OPEN) {
       this.ws.send(JSON.stringify({ type: "stop" }));
-      this.set("ending", "finishing the page");
+      this.set("ending");
     } else if (this.ws && this.ws.readyState === WebSocket.CONNECTING) {
-      this.set("ending", "finishing the page");
+      this.set("ending");
       this.ws.addEventListener("open", () => this.ws.send(JSON.stringify({ type: "stop" })));
     }
   }
@@ -313,6 +313,7 @@ export function mountPaging(section, { token, zones, maxPriority = 223 }) {
     }[state];
     status.textContent = detail ? `${label}: ${detail}` : label;
     button.classList.toggle("live", state === "live");
+    button.textContent = state === "live" ? "On air — release to end" : "Hold to talk";
     const result = controller.talk && controller.talk.result;
     if (state === "ended" && result && result.replay_available) {
       controller.replayOf = result.announcement_id;
