@@ -207,6 +207,10 @@ class LiveSource:
         self._queue.append(_Pcm(pcm, capture_us))
         self._wake.set()
 
+    def decode_error(self) -> None:
+        """A frame from the uplink could not be decoded (it is skipped)."""
+        self._count("decode_errors")
+
     def end(self, ended_by: str) -> None:
         """No more audio: ``"talker"`` (stopped), ``"uplink_lost"``, ``"time_limit"``."""
         if self._ended:

@@ -64,7 +64,7 @@ CLOSE_TIMEOUT = 4408
 CLOSE_TOO_MANY = 4429
 CLOSE_UNAVAILABLE = 4503
 #: How long the final state is waited for after the talker stopped.
-_FINAL_WAIT_S = 30.0
+_FINAL_WAIT_US = 30_000_000
 #: Audio received may run ahead of the wall clock by this much before the uplink
 #: is closed for sending faster than real time (bounds the decoding work).
 _BURST_US = 2_000_000
@@ -357,7 +357,7 @@ async def _run(
                         raise ValueError(f"more than {MAX_FRAME_MS} ms of PCM in one message")
                     pcm = await loop.run_in_executor(executor, decoder.decode, payload)
                 except Exception as exc:  # a bad packet is skipped, and counted
-                    source.stats["decode_errors"] = int(str(source.stats["decode_errors"])) + 1
+                    source.decode_error()
                     log.debug("live page %s: frame skipped: %s", ann.id, exc)
                     continue
                 received_us += len(pcm) // 2 * 1_000_000 // fmt.sample_rate_hz
@@ -402,7 +402,7 @@ async def _run(
         if reader in done:
             reader.result()  # a _Refused from the reader propagates
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(final), _FINAL_WAIT_S)
+                await within_us(clock, asyncio.shield(final), _FINAL_WAIT_US)
     finally:
         for task in (live_task, reader):
             task.cancel()

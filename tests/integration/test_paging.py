@@ -378,3 +378,24 @@ async def test_a_live_uplink_that_goes_silent_ends_the_page(harness, monkeypatch
     assert ended is not None and ended["ended_by"] == "uplink_lost"
     _, record = await harness.get(f"/v1/announcements/{ended['announcement_id']}")
     assert any("uplink was lost" in w for w in record["warnings"])
+
+
+async def test_a_page_finding_its_queue_full_is_refused_and_recorded(harness):
+    await harness.endpoint("ep-b", ["hall"], ["pcm_s16le/48000"])
+    harness.service.announcer.admission.band_limit = 1
+    status, busy = await harness.post(
+        {
+            "text": "A long emergency message that keeps the hall busy for a while.",
+            "zones": ["hall"],
+            "priority": "emergency",
+        },
+        as_="dispatcher",
+    )
+    assert status == 202
+    status, waiting = await harness.post({"text": "Routine.", "zones": ["hall"], "priority": 100})
+    assert status == 202
+    with pytest.raises(PagingRefused) as info:
+        await PagingClient.open(url(harness), start("operator", priority=100))
+    assert info.value.code == 4503 and info.value.message["error"] == "queue_full"
+    for ann in (busy, waiting):
+        await harness.post({}, path=f"/v1/announcements/{ann['id']}/cancel", as_="dispatcher")

@@ -92,7 +92,7 @@ class Talk {
     this.stream = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
     });
-    if (this.stopped) return this.release();
+    if (this.stopped) return this.abandon();
     this.ctx = new AudioContext({ sampleRate: RATE, latencyHint: "interactive" });
     await this.ctx.audioWorklet.addModule("/static/paging-worklet.js");
     const src = this.ctx.createMediaStreamSource(this.stream);
@@ -119,7 +119,14 @@ class Talk {
       });
     }
     this.node.port.onmessage = (ev) => this.onFrame(ev.data);
+    if (this.stopped) return this.abandon();
     this.open();
+  }
+
+  abandon() {
+    // Released before anything was sent: no page at all.
+    this.release();
+    this.set("ended", "released before it started");
   }
 
   open() {
