@@ -132,6 +132,14 @@ class LiveLeveler:
 
     # --- AGC ------------------------------------------------------------------------------
 
+    def _noise_floor_db(self) -> float:
+        """The quieter end of the window (its 10th percentile of 20 ms blocks): a block
+        less than 10 dB above it is background, and does not move the gain (an open
+        microphone with nobody speaking is not raised to the target)."""
+        ms = np.array(self._blocks)
+        floor = float(np.percentile(ms, 10)) if len(ms) else 0.0
+        return -0.691 + _db(floor)
+
     def _loudness_db(self) -> float | None:
         """BS.1770 gated loudness of the window: 400 ms blocks (75 % overlap) made of
         the 20 ms mean squares, the -70 LUFS absolute and -10 LU relative gates."""
@@ -164,7 +172,7 @@ class LiveLeveler:
             self._blocks.append(ms)
             before = self.gain_db
             loud = self._loudness_db()
-            if loud is not None and level > _SILENCE_DB:
+            if loud is not None and level > _SILENCE_DB and level > self._noise_floor_db() + 10:
                 wanted = self.target_lufs - loud
                 dt = len(part) / self.rate
                 step = wanted - self.gain_db

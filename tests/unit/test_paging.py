@@ -159,6 +159,18 @@ def test_live_leveler_keeps_the_true_peak_and_lands_near_the_loudness_target(lev
     assert abs(settled.integrated_lufs - -16.0) <= 2.0, settled
 
 
+def test_live_leveler_does_not_raise_an_open_microphone_with_nobody_speaking():
+    rate = 48000
+    rng = np.random.default_rng(2)
+    noise = (rng.normal(size=rate * 5) * 0.003 * 32767).astype("<i2").tobytes()  # ~-50 dBFS
+    lv = LiveLeveler(rate)
+    out = bytearray()
+    for i in range(0, len(noise), 2 * 960):
+        out += lv.process(noise[i : i + 2 * 960])
+    assert lv.gain_db <= 1.0
+    assert measure(bytes(out), rate).integrated_lufs < -40
+
+
 async def test_a_live_page_found_at_a_restart_fails_whatever_its_priority():
     live = dataclasses.replace(with_priority(255), kind="live", on_preempt="drop")
     rows = [
