@@ -189,10 +189,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     # (5 is the API helper's: templates.)
     Migration(
         6,
-        "live page recordings (replay)",
+        "paging recordings (replay, pre-recorded pages)",
         """
         CREATE TABLE recordings (
-            announcement_id TEXT PRIMARY KEY,
+            id              TEXT PRIMARY KEY,
+            spec            TEXT NOT NULL,
+            created_by      TEXT,
             sample_rate_hz  INTEGER NOT NULL,
             pcm             BLOB NOT NULL,
             created_at      TEXT NOT NULL
@@ -204,6 +206,19 @@ MIGRATIONS: tuple[Migration, ...] = (
 
 #: The newest schema version this code knows.
 SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingRow:
+    """A page's audio kept for replay: a live page's (``id`` is its announcement's) or
+    a pre-recorded one's; ``spec`` is the page's announcement spec (JSON)."""
+
+    id: str
+    spec: JSONDict
+    created_by: str | None
+    sample_rate_hz: int
+    pcm: bytes
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -936,30 +951,40 @@ class Store:
 
     # --- audit log -----------------------------------------------------------------------
 
-    def insert_recording(
-        self, announcement_id: str, sample_rate_hz: int, pcm: bytes, at: datetime, keep: int
-    ) -> None:
-        """Keep a live page's audio (mono s16le) for replay; only the newest ``keep`` stay."""
+    def insert_recording(self, rec: RecordingRow, keep: int) -> None:
+        """Keep a page's audio for replay; only the newest ``keep`` recordings stay."""
         with self._write("insert a recording") as c:
             c.execute(
-                "INSERT OR REPLACE INTO recordings (announcement_id, sample_rate_hz, pcm,"
-                " created_at) VALUES (?, ?, ?, ?)",
-                (announcement_id, sample_rate_hz, pcm, _ts(at)),
+                "INSERT OR REPLACE INTO recordings (id, spec, created_by, sample_rate_hz, pcm,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    rec.id,
+                    json.dumps(rec.spec),
+                    rec.created_by,
+                    rec.sample_rate_hz,
+                    rec.pcm,
+                    _ts(rec.created_at),
+                ),
             )
             c.execute(
-                "DELETE FROM recordings WHERE announcement_id NOT IN (SELECT announcement_id"
-                " FROM recordings ORDER BY created_at DESC, announcement_id LIMIT ?)",
+                "DELETE FROM recordings WHERE id NOT IN (SELECT id FROM recordings"
+                " ORDER BY created_at DESC, id LIMIT ?)",
                 (keep,),
             )
 
-    def get_recording(self, announcement_id: str) -> tuple[int, bytes] | None:
-        """(sample rate, PCM) of a live page's recording, or None."""
-        rows = self._query(
-            "read a recording",
-            "SELECT sample_rate_hz, pcm FROM recordings WHERE announcement_id = ?",
-            (announcement_id,),
+    def get_recording(self, id: str) -> RecordingRow | None:
+        rows = self._query("read a recording", "SELECT * FROM recordings WHERE id = ?", (id,))
+        if not rows:
+            return None
+        r = rows[0]
+        return RecordingRow(
+            id=r["id"],
+            spec=json.loads(r["spec"]),
+            created_by=r["created_by"],
+            sample_rate_hz=int(r["sample_rate_hz"]),
+            pcm=bytes(r["pcm"]),
+            created_at=_dt(r["created_at"]),
         )
-        return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
 
     def insert_audit(self, rows: Collection[AuditRow]) -> None:
         """Append audit entries (one transaction for the batch)."""

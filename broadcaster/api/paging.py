@@ -27,7 +27,7 @@ from broadcaster.announcer import QueueFull
 from broadcaster.audio.decode import FrameDecoder
 from broadcaster.auth import Principal, Role, may_announce, source_key
 from broadcaster.clock import within_us
-from broadcaster.journal import spec_from_json
+from broadcaster.journal import spec_from_json, spec_to_json
 from broadcaster.model import PRIORITY_BANDS, Codec, StreamFormat
 from broadcaster.paging import (
     KEEP_RECORDINGS,
@@ -36,7 +36,7 @@ from broadcaster.paging import (
     LiveSource,
     unpack_frame,
 )
-from broadcaster.store import StoreError
+from broadcaster.store import RecordingRow, StoreError
 
 from .access import ACCESS, AUDIT_CREATED, PUBLIC, audit, requires
 from .routes import (
@@ -443,10 +443,14 @@ async def _keep_recording(request: web.Request, record: Announcement, source: Li
         return False
     try:
         await store.insert_recording(
-            record.id,
-            source.sample_rate_hz,
-            bytes(source.recording),
-            request.app[CLOCK].wall(),
+            RecordingRow(
+                id=record.id,
+                spec=spec_to_json(record.spec),
+                created_by=record.created_by,
+                sample_rate_hz=source.sample_rate_hz,
+                pcm=bytes(source.recording),
+                created_at=request.app[CLOCK].wall(),
+            ),
             KEEP_RECORDINGS,
         )
     except StoreError as exc:
@@ -476,13 +480,12 @@ async def replay_page(request: web.Request) -> web.Response:
             },
             status=422,
         )
-    row = await store.get_announcement(page_id) if store is not None else None
-    found = await store.get_recording(page_id) if store is not None and row is not None else None
-    if row is None or found is None:
+    found = await store.get_recording(page_id) if store is not None else None
+    if found is None:
         return web.json_response(
-            {"error": "not_found", "message": "no recorded live page with this id"}, status=404
+            {"error": "not_found", "message": "no recorded page with this id"}, status=404
         )
-    original = spec_from_json(row.spec)
+    original = spec_from_json(found.spec)
     zones = list(dict.fromkeys(req.zones)) if req.zones else list(original.zones)
     unknown = [z for z in zones if z not in config.zone_ids]
     if unknown:
@@ -511,11 +514,10 @@ async def replay_page(request: web.Request) -> web.Response:
     )
     if refusal is not None:
         return _forbid(request, refusal)
-    rate, pcm = found
     source = LiveSource.replaying(
         clock=request.app[CLOCK],
-        pcm=pcm,
-        sample_rate_hz=rate,
+        pcm=found.pcm,
+        sample_rate_hz=found.sample_rate_hz,
         executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay"),
         of=page_id,
     )

@@ -354,11 +354,11 @@ async def test_a_page_the_talker_ended_can_be_replayed(harness):
     # without the gaps a stalled uplink may have left in the live playout.
     assert harness.service.store is not None
     kept = await harness.service.store.get_recording(page_id)
-    assert kept is not None and kept[0] == RATE
+    assert kept is not None and kept.sample_rate_hz == RATE
     replayed = bytes(ep.announcements[body["id"]].pcm)
-    assert replayed[: len(kept[1])] == kept[1]
-    assert not any(replayed[len(kept[1]) :])  # then only the last frame's padding
-    assert windowed_correlation(kept[1], bytes(ep.announcements[page_id].pcm)) > 0.9
+    assert replayed[: len(kept.pcm)] == kept.pcm
+    assert not any(replayed[len(kept.pcm) :])  # then only the last frame's padding
+    assert windowed_correlation(kept.pcm, bytes(ep.announcements[page_id].pcm)) > 0.9
     status, missing = await harness.post({}, path="/v1/announcements/nope/replay")
     assert status == 404 and missing["error"] == "not_found"
 

@@ -199,16 +199,22 @@ async def test_a_live_page_found_at_a_restart_fails_whatever_its_priority():
 
 def test_only_the_newest_recordings_are_kept(tmp_path):
     from broadcaster.paging import KEEP_RECORDINGS
-    from broadcaster.store import Store
+    from broadcaster.store import RecordingRow, Store
 
     s = Store.open(tmp_path / "db.sqlite3", now=NOW)
+    spec = spec_to_json(with_priority(100))
     try:
         for i in range(KEEP_RECORDINGS + 2):
             s.insert_recording(
-                f"page-{i:02d}", 48000, bytes([i]) * 4, NOW + timedelta(seconds=i), KEEP_RECORDINGS
+                RecordingRow(
+                    f"page-{i:02d}", spec, "op", 48000, bytes([i]) * 4, NOW + timedelta(seconds=i)
+                ),
+                KEEP_RECORDINGS,
             )
         assert s.get_recording("page-00") is None and s.get_recording("page-01") is None
-        assert s.get_recording("page-02") == (48000, bytes([2]) * 4)
+        kept = s.get_recording("page-02")
+        assert kept is not None and kept.pcm == bytes([2]) * 4 and kept.spec["text"] == spec["text"]
+        assert kept.created_by == "op" and kept.sample_rate_hz == 48000
         assert s.get_recording(f"page-{KEEP_RECORDINGS + 1:02d}") is not None
     finally:
         s.close()
