@@ -63,7 +63,7 @@ class PagingClient:
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 raise PagingRefused(ws.close_code, {"type": "closed"})
             data = json.loads(msg.data)
-            if data.get("type") != "accepted":
+            if data.get("type") not in ("accepted", "recording"):
                 with contextlib.suppress(Exception):
                     await ws.receive(timeout=2)  # the close frame
                 raise PagingRefused(ws.close_code, data)

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -25,13 +26,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from broadcaster.announcements import Announcement, compose_spec, spoken_language
 from broadcaster.announcer import QueueFull
 from broadcaster.audio.decode import FrameDecoder
+from broadcaster.audio.live_level import LiveLeveler
 from broadcaster.auth import Principal, Role, may_announce, source_key
 from broadcaster.clock import within_us
 from broadcaster.journal import spec_from_json, spec_to_json
-from broadcaster.model import PRIORITY_BANDS, Codec, StreamFormat
+from broadcaster.model import PRIORITY_BANDS, AnnouncementSpec, Codec, StreamFormat
 from broadcaster.paging import (
     KEEP_RECORDINGS,
     MAX_FRAME_MS,
+    MAX_PAGE_US,
     PCM_RATES_HZ,
     LiveSource,
     unpack_frame,
@@ -90,6 +93,8 @@ class StartMessage(BaseModel):
     chime_after: str | None = Field(default=None, max_length=200)
     #: A caption for the record and for endpoints that show text.
     text: str | None = Field(default=None, min_length=1, max_length=200)
+    #: "live": on the air as it is spoken; "record": kept, sent later by a replay.
+    mode: Literal["live", "record"] = "live"
 
     @field_validator("priority", mode="before")
     @classmethod
@@ -261,6 +266,9 @@ async def _page(
     if refusal is not None:
         field = refusal.fields[0][0] if refusal.fields else None
         raise _Refused(CLOSE_FORBIDDEN, refusal.code, refusal.message, field)
+    if start.mode == "record":
+        await _record(request, ws, principal, spec, fmt)
+        return
 
     # The page's worker thread (decoding, levelling): the source owns it once accepted.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paging")
@@ -308,9 +316,7 @@ async def _run(
     announcer = request.app[ANNOUNCER]
     clock = request.app[CLOCK]
     final = announcer.watch(ann.id)
-    loop = asyncio.get_running_loop()
     decoder = FrameDecoder(fmt)
-    max_pcm_bytes = 2 * fmt.sample_rate_hz * MAX_FRAME_MS // 1000
 
     async def tell_live() -> None:
         await source.live_event.wait()
@@ -352,10 +358,7 @@ async def _run(
                 if source.ended or source.closed:
                     continue
                 try:
-                    _, capture_us, payload = unpack_frame(msg.data)
-                    if fmt.codec is Codec.PCM_S16LE and len(payload) > max_pcm_bytes:
-                        raise ValueError(f"more than {MAX_FRAME_MS} ms of PCM in one message")
-                    pcm = await loop.run_in_executor(executor, decoder.decode, payload)
+                    capture_us, pcm = await _decode(msg.data, decoder, fmt, executor)
                 except Exception as exc:  # a bad packet is skipped, and counted
                     source.decode_error()
                     log.debug("live page %s: frame skipped: %s", ann.id, exc)
@@ -428,6 +431,134 @@ async def _run(
                 "replay_available": replay,
             },
         )
+    await ws.close(code=1000)
+
+
+async def _decode(
+    data: bytes, decoder: FrameDecoder, fmt: StreamFormat, executor: ThreadPoolExecutor
+) -> tuple[int, bytes]:
+    """(capture_us, PCM) of one uplink frame; ValueError (or the codec's error) if bad."""
+    _, capture_us, payload = unpack_frame(data)
+    if (
+        fmt.codec is Codec.PCM_S16LE
+        and len(payload) > 2 * fmt.sample_rate_hz * MAX_FRAME_MS // 1000
+    ):
+        raise ValueError(f"more than {MAX_FRAME_MS} ms of PCM in one message")
+    pcm = await asyncio.get_running_loop().run_in_executor(executor, decoder.decode, payload)
+    return capture_us, pcm
+
+
+async def _record(
+    request: web.Request,
+    ws: web.WebSocketResponse,
+    principal: Principal,
+    spec: AnnouncementSpec,
+    fmt: StreamFormat,
+) -> None:
+    """A pre-recorded page: levelled and kept (not aired); a replay sends it later."""
+    store = request.app.get(STORE)
+    clock = request.app[CLOCK]
+    if store is None:
+        raise _Refused(CLOSE_UNAVAILABLE, "store_unavailable", "recordings need the store")
+    audio = request.app[ANNOUNCER].settings.audio
+    rate = fmt.sample_rate_hz
+    leveler = (
+        LiveLeveler(rate, target_lufs=audio.target_lufs, true_peak_dbtp=audio.true_peak_dbtp)
+        if audio.normalize
+        else None
+    )
+    recording_id = str(uuid.uuid4())
+    request[AUDIT_CREATED] = recording_id
+    audit(request, 202, principal=principal, detail="pre-recorded page")
+    await _send(
+        ws,
+        {"type": "recording", "recording_id": recording_id, "server_time_us": clock.monotonic_us()},
+    )
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paging-record")
+    decoder = FrameDecoder(fmt)
+    pcm = bytearray()
+    limit = 2 * rate * MAX_PAGE_US // 1_000_000
+    began_us = clock.monotonic_us()
+    ended_by = "talker"
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            try:
+                msg = await within_us(clock, ws.receive(), _IDLE_US)
+            except TimeoutError:
+                return  # the talker went silent: nothing is kept
+            if msg.type is WSMsgType.BINARY:
+                try:
+                    _, block = await _decode(msg.data, decoder, fmt, executor)
+                except Exception:
+                    continue
+                if leveler is not None:
+                    block = await loop.run_in_executor(executor, leveler.process, block)
+                pcm += block
+                if len(pcm) // 2 * 1_000_000 // rate > clock.monotonic_us() - began_us + _BURST_US:
+                    raise _Refused(
+                        CLOSE_BAD_REQUEST,
+                        "too_fast",
+                        "audio arrives faster than real time; send it as it is captured",
+                    )
+                if len(pcm) >= limit:
+                    ended_by = "time_limit"
+                    break
+            elif msg.type is WSMsgType.TEXT:
+                try:
+                    data = json.loads(msg.data)
+                except ValueError:
+                    data = None
+                kind = data.get("type") if isinstance(data, dict) else None
+                if kind == "stop":
+                    break
+                if kind == "ping" and isinstance(data, dict):
+                    await _send(
+                        ws,
+                        {
+                            "type": "pong",
+                            "id": data.get("id"),
+                            "server_time_us": clock.monotonic_us(),
+                        },
+                    )
+            else:
+                return  # closed without a stop: nothing is kept
+        if leveler is not None:
+            pcm += await loop.run_in_executor(executor, leveler.flush)
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+    if not pcm:
+        await _send(ws, {"type": "error", "error": "empty", "message": "nothing was recorded"})
+        await ws.close(code=CLOSE_BAD_REQUEST)
+        return
+    try:
+        await store.insert_recording(
+            RecordingRow(
+                id=recording_id,
+                spec=spec_to_json(spec),
+                created_by=principal.id,
+                sample_rate_hz=rate,
+                pcm=bytes(pcm),
+                created_at=clock.wall(),
+            ),
+            KEEP_RECORDINGS,
+        )
+    except StoreError as exc:
+        log.error("pre-recorded page not kept: %s", exc)
+        raise _Refused(
+            CLOSE_UNAVAILABLE, "store_unavailable", "the recording could not be kept"
+        ) from None
+    await _send(
+        ws,
+        {
+            "type": "ended",
+            "recording_id": recording_id,
+            "state": "recorded",
+            "ended_by": ended_by,
+            "duration_ms": len(pcm) // 2 * 1000 // rate,
+            "replay_available": True,
+        },
+    )
     await ws.close(code=1000)
 
 

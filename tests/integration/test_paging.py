@@ -399,3 +399,39 @@ async def test_a_page_finding_its_queue_full_is_refused_and_recorded(harness):
     assert info.value.code == 4503 and info.value.message["error"] == "queue_full"
     for ann in (busy, waiting):
         await harness.post({}, path=f"/v1/announcements/{ann['id']}/cancel", as_="dispatcher")
+
+
+async def test_a_pre_recorded_page_is_kept_then_sent_by_a_replay(harness):
+    ep = await harness.endpoint("ep-b", ["hall"], ["pcm_s16le/48000"])
+    source = sweep(1.0)
+    _, before = await harness.get("/v1/announcements?limit=100")
+    client = await PagingClient.open(url(harness), start("operator", mode="record", priority=120))
+    try:
+        assert client.accepted["type"] == "recording"
+        await client.send_paced(frames(source), 20_000)
+        await client.stop()
+        ended = await client.wait_ended()
+    finally:
+        await client.close()
+    assert ended is not None and ended["state"] == "recorded" and ended["replay_available"]
+    assert 950 <= ended["duration_ms"] <= 1000
+    _, after = await harness.get("/v1/announcements?limit=100")
+    assert len(after["announcements"]) == len(before["announcements"])  # nothing aired
+    status, body = await harness.post(
+        {}, path=f"/v1/announcements/{ended['recording_id']}/replay", as_="operator"
+    )
+    assert status == 202, body
+    record = await harness.wait_final(body["id"])
+    assert record["kind"] == "replay" and record["priority"] == 120
+    assert record["zones"] == ["hall"] and record["created_by"] == "operator"
+    assert windowed_correlation(source, bytes(ep.announcements[body["id"]].pcm)) > 0.9
+
+
+async def test_a_recording_cut_off_is_not_kept(harness):
+    client = await PagingClient.open(url(harness), start("operator", mode="record"))
+    recording_id = client.accepted["recording_id"]
+    await client.send_paced(frames(sweep(0.3)), 20_000)
+    await client.close()  # no stop
+    await asyncio.sleep(0.2)
+    status, _ = await harness.post({}, path=f"/v1/announcements/{recording_id}/replay")
+    assert status == 404
