@@ -115,10 +115,26 @@ async def test_push_to_talk_from_the_fake_microphone_reaches_the_endpoint(web300
     await expect(replay).to_be_visible()
     await replay.click()
     note = page.locator("#paging-under-test .paging-replay-note")
-    await expect(note).to_contain_text("Replay queued", timeout=5_000)
+    await expect(note).to_contain_text("Queued to play", timeout=5_000)
     replayed = await page.evaluate("() => window.__paging.lastReplay.body.id")
     again = await web.wait_final(replayed)
     assert again["kind"] == "replay" and again["live"]["replay_of"] == info["id"]
+
+    # Record first, then send: nothing airs until "Send recording".
+    await page.check("#paging-under-test input[name=paging-record]")
+    await talk.hover()
+    await page.mouse.down()
+    await expect(status).to_have_attribute("data-state", "recording", timeout=10_000)
+    await page.wait_for_timeout(1000)
+    await page.mouse.up()
+    await expect(status).to_have_attribute("data-state", "recorded", timeout=10_000)
+    await expect(replay).to_have_text("Send recording")
+    await replay.click()
+    await expect(note).to_contain_text("Queued to play", timeout=5_000)
+    sent = await page.evaluate("() => window.__paging.lastReplay.body.id")
+    aired = await web.wait_final(sent)
+    recording_id = await page.evaluate("() => window.__paging.talk.result.recording_id")
+    assert aired["kind"] == "replay" and aired["live"]["replay_of"] == recording_id
 
     # A dispatcher is offered the emergency band; a token limited to "gate" paging the
     # hall is refused by the server, and the page says so.

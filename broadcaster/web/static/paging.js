@@ -72,8 +72,8 @@ function frameMessage(seq, captureUs, payload) {
 
 /** One push-to-talk session: connect, capture, stream, stop. */
 class Talk {
-  constructor({ token, zones, priority, chime, text, codec, onState }) {
-    Object.assign(this, { token, zones, priority, chime, text, codec, onState });
+  constructor({ token, zones, priority, chime, text, codec, mode, onState }) {
+    Object.assign(this, { token, zones, priority, chime, text, codec, mode, onState });
     this.seq = 0;
     this.offsetUs = 0; // server clock minus performance.now() (µs)
     this.stopped = false;
@@ -144,6 +144,7 @@ class Talk {
         sample_rate_hz: RATE,
       };
       if (this.chime) start.chime_before = this.chime;
+      if (this.mode === "record") start.mode = "record";
       if (this.text) start.text = this.text;
       this.ws.send(JSON.stringify(start));
     };
@@ -159,6 +160,10 @@ class Talk {
       this.pingAt = now;
       this.ws.send(JSON.stringify({ type: "ping", id: 1 }));
       this.set(this.stopped ? "ending" : "queued");
+    } else if (msg.type === "recording") {
+      this.accepted = msg;
+      this.offsetUs = msg.server_time_us - ((this.sentAt + now) / 2) * 1000;
+      this.set(this.stopped ? "ending" : "recording");
     } else if (msg.type === "pong") {
       // A second, fresher estimate (the accepted one was before the page was set up).
       this.offsetUs = msg.server_time_us - ((this.pingAt + now) / 2) * 1000;
@@ -179,6 +184,7 @@ class Talk {
     } else if (this.result) {
       const r = this.result;
       if (r.ended_by === "preempted") this.set("preempted", r.reason || "");
+      else if (r.state === "recorded") this.set("recorded", `${(r.duration_ms / 1000).toFixed(1)} s`);
       else {
         const lat = r.latency_ms ? ` (mic to play-at ${r.latency_ms.median} ms)` : "";
         const why = r.reason ? ` — ${r.reason}` : "";
@@ -284,6 +290,7 @@ export function mountPaging(section, { token, zones, maxPriority = 223 }) {
   }
   const operational = [...priority.options].find((o) => o.value === "160");
   if (operational) operational.selected = true;
+  const recordFirst = el("input", { type: "checkbox", name: "paging-record" });
   const chime = el("select", { name: "paging-chime" });
   for (const c of CHIMES) chime.append(el("option", { value: c, text: c || "no chime" }));
   const button = el("button", { type: "button", class: "paging-talk", text: "Hold to talk" });
@@ -296,6 +303,7 @@ export function mountPaging(section, { token, zones, maxPriority = 223 }) {
     zoneBoxes,
     el("label", {}, "Priority ", priority),
     el("label", {}, " Chime ", chime),
+    el("label", {}, recordFirst, " Record first, then send"),
     el("div", {}, button),
     status,
     el("div", {}, replay, " ", replayNote),
@@ -312,6 +320,8 @@ export function mountPaging(section, { token, zones, maxPriority = 223 }) {
       connecting: "Connecting…",
       queued: "Waiting for the zones…",
       live: "LIVE — speak now",
+      recording: "Recording — speak now (not on the air)",
+      recorded: "Recorded",
       ending: "Ending…",
       ended: "Page ended",
       refused: "Refused",
@@ -320,10 +330,12 @@ export function mountPaging(section, { token, zones, maxPriority = 223 }) {
     }[state];
     status.textContent = detail ? `${label}: ${detail}` : label;
     button.classList.toggle("live", state === "live");
-    button.textContent = state === "live" ? "On air — release to end" : "Hold to talk";
+    button.textContent =
+      state === "live" ? "On air — release to end" : state === "recording" ? "Recording — release to end" : "Hold to talk";
     const result = controller.talk && controller.talk.result;
-    if (state === "ended" && result && result.replay_available) {
-      controller.replayOf = result.announcement_id;
+    if ((state === "ended" || state === "recorded") && result && result.replay_available) {
+      controller.replayOf = result.recording_id || result.announcement_id;
+      replay.textContent = result.recording_id ? "Send recording" : "Replay last page";
       replay.hidden = false;
       replayNote.textContent = "";
     }
@@ -344,14 +356,16 @@ export function mountPaging(section, { token, zones, maxPriority = 223 }) {
     });
     const answer = await r.json();
     controller.lastReplay = { status: r.status, body: answer };
-    replayNote.textContent = r.status === 202 ? `Replay queued (${answer.id})` : `Replay refused: ${answer.message}`;
+    replayNote.textContent =
+      r.status === 202 ? `Queued to play (${answer.id})` : `Refused: ${answer.message}`;
     return controller.lastReplay;
   };
   replay.addEventListener("click", () => controller.replay());
 
   controller.start = async () => {
     controller.held = true;
-    if (controller.talk && !["ended", "refused", "preempted", "lost"].includes(controller.state)) return;
+    const over = ["idle", "ended", "recorded", "refused", "preempted", "lost"];
+    if (controller.talk && !over.includes(controller.state)) return;
     const chosen = [...zoneBoxes.querySelectorAll("input:checked")].map((b) => b.value);
     const picked = chosen.length ? chosen : (zones || []).map(zoneId).slice(0, 1);
     if (!picked.length) return show("refused", "choose a zone");
@@ -361,6 +375,7 @@ export function mountPaging(section, { token, zones, maxPriority = 223 }) {
       priority: Number(priority.value),
       chime: chime.value,
       codec: await pickCodec(),
+      mode: recordFirst.checked ? "record" : "live",
       onState: show,
     });
     controller.talk = talk;
