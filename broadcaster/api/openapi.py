@@ -233,10 +233,10 @@ DOCS: dict[tuple[str, str], Doc] = {
         body="ReplayRequest",
         body_required=False,
         errors=(*_BODY_ERRORS, 404, 503),
-        description="Plays the recorded audio of a live page again, as a new announcement "
-        "of kind `replay` (zones, priority and chimes default to the page's). 404 when "
-        "the page was not recorded (only pages the talker ended are; the newest 20 are "
-        "kept). See docs/paging.md.",
+        description="Plays the recorded audio of a live page again (or sends a pre-recorded "
+        "page, by its `recording_id`), as a new announcement of kind `replay` (zones, "
+        "priority and chimes default to the page's). 404 when there is no such recording "
+        "(only pages their talker ended are kept; the newest 20). See docs/paging.md.",
         tags=("announcements",),
     ),
     ("GET", "/metrics"): Doc(
