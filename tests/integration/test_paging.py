@@ -435,3 +435,22 @@ async def test_a_recording_cut_off_is_not_kept(harness):
     await asyncio.sleep(0.2)
     status, _ = await harness.post({}, path=f"/v1/announcements/{recording_id}/replay")
     assert status == 404
+
+
+async def test_the_server_pings_and_a_talker_that_never_answers_is_dropped(harness, monkeypatch):
+    from broadcaster.api import paging as uplink
+
+    monkeypatch.setattr(uplink, "_HEARTBEAT_S", 0.3)
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(url(harness), autoping=False)  # never answers a ping
+        await ws.send_str(json.dumps({"type": "start", **start("operator")}))
+        kinds = []
+        while True:
+            msg = await ws.receive(timeout=5)
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                kinds.append(msg.type)
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                    break
+                continue
+            kinds.append(json.loads(msg.data)["type"])
+    assert "accepted" in kinds and aiohttp.WSMsgType.PING in kinds
