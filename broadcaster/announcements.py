@@ -145,6 +145,8 @@ class Announcement:
     #: Per zone: who played it and whether anyone is known to have heard it
     #: (see :func:`zone_coverage`); filled in when it ends.
     coverage: dict[str, dict[str, object]] = field(default_factory=dict)
+    #: A live page's uplink figures (frames, dropped, latency; see broadcaster.paging).
+    live: dict[str, object] | None = None
 
     def as_dict(self) -> dict[str, object]:
         s = self.spec
@@ -196,6 +198,8 @@ class Announcement:
             "speech_tasks_heard": self.speech_tasks_heard,
             "endpoints": {k: v.as_dict() for k, v in self.deliveries.items()},
             "coverage": self.coverage,
+            "kind": s.kind,
+            "live": self.live,
         }
 
 

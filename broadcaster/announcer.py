@@ -31,6 +31,7 @@ from broadcaster.announcements import (
     zone_coverage,
 )
 from broadcaster.audio.chimes import ChimeError, chime_pcm, load_chime_file, resolve_chime_name
+from broadcaster.audio.live_level import LiveLeveler
 from broadcaster.audio.loudness import LoudnessNormalizer
 from broadcaster.audio.pacer import Pacer
 from broadcaster.audio.transcode import MultiTranscoder
@@ -43,9 +44,17 @@ from broadcaster.model import (
     SpeechRequest,
     StreamFormat,
 )
+from broadcaster.paging import LiveSource
 from broadcaster.speech.chain import EngineChain, FallbackPolicy, SpeechOutcome
 from broadcaster.speech.engine import SpeechEngine, SpeechError, SynthesisMeta
-from broadcaster.speech.prepared import ChimeMaker, PreparedSpeech, Programme, Sound, Speech
+from broadcaster.speech.prepared import (
+    AudioProgramme,
+    ChimeMaker,
+    PreparedSpeech,
+    Programme,
+    Sound,
+    Speech,
+)
 from broadcaster.speech.segmenter import split_text
 from broadcaster.streaming import wire
 from broadcaster.streaming.hub import DeliveryStats, EndpointLink, Hub
@@ -260,7 +269,11 @@ class Announcer:
         #: arbiter (server clock: one lead time before they are due).
         self._timers: dict[str, int] = {}
         #: Speech being made ahead for announcements that are not playing yet.
-        self._prepared: dict[str, PreparedSpeech] = {}
+        self._prepared: dict[str, AudioProgramme] = {}
+        #: Live pages' sources (their audio comes from a paging uplink).
+        self._live_sources: dict[str, LiveSource] = {}
+        #: Who waits for a record's final state (a paging uplink): resolved in _settle.
+        self._watchers: dict[str, list[asyncio.Future[Announcement]]] = {}
         #: Records whose state changed and is not yet in the journal.
         self._dirty: dict[str, Announcement] = {}
         self._dirty_event = asyncio.Event()
@@ -279,8 +292,12 @@ class Announcer:
         fire_at: datetime | None = None,
         persist: Callable[[Announcement], Awaitable[bool]] | None = None,
         created_by: str | None = None,
+        live: LiveSource | None = None,
     ) -> Announcement:
         """Accept an announcement durably (journal first), then schedule it.
+
+        ``live``: a live page (``spec.kind == "live"``) whose audio is this source
+        instead of speech; it plays through the same admission, arbiter and playout.
 
         ``persist`` replaces the journal's insert (the scheduler stores the record
         together with its firing claim; it returns False when that firing was
@@ -291,15 +308,50 @@ class Announcer:
         ann = self._create(spec, due_at=due_at, expires_at=expires_at)
         ann.schedule_id, ann.fire_at = schedule_id, fire_at
         ann.created_by = created_by
+        if live is not None:
+            ann.live = live.stats
         verdict = self.admission.admit(ann.id, spec.zones, spec.priority)
         if not verdict.admitted:
             reason = verdict.reason or "not admitted"
             await asyncio.shield(self._store_refused(ann, reason, persist))
             raise QueueFull(reason, ann)
+        if live is not None:
+            self._attach_live(ann, live)
         # Shielded: once the write has begun, the record is scheduled even if the
         # caller goes away (an HTTP client hanging up), so stored == in memory.
-        await asyncio.shield(self._store_and_schedule(ann, persist, verdict.push_out))
+        try:
+            await asyncio.shield(self._store_and_schedule(ann, persist, verdict.push_out))
+        except BaseException:
+            self._prepared.pop(ann.id, None)
+            self._live_sources.pop(ann.id, None)
+            raise
         return ann
+
+    def _attach_live(self, ann: Announcement, live: LiveSource) -> None:
+        """A live page plays its source: chimes and the live leveler as configured."""
+        audio = self.settings.audio
+        rate = live.sample_rate_hz
+        live.configure(
+            before=self._chime_maker(ann.spec.chime_before, rate),
+            after=self._chime_maker(ann.spec.chime_after, rate),
+            leveler=LiveLeveler(
+                rate, target_lufs=audio.target_lufs, true_peak_dbtp=audio.true_peak_dbtp
+            )
+            if audio.normalize
+            else None,
+        )
+        self._prepared[ann.id] = live
+        self._live_sources[ann.id] = live
+
+    def watch(self, ann_id: str) -> asyncio.Future[Announcement]:
+        """A future resolved with the record when it reaches a final state."""
+        future: asyncio.Future[Announcement] = asyncio.get_running_loop().create_future()
+        ann = self.registry.get(ann_id)
+        if ann is not None and ann.state.is_final:
+            future.set_result(ann)
+        else:
+            self._watchers.setdefault(ann_id, []).append(future)
+        return future
 
     async def _store_and_schedule(
         self,
@@ -458,7 +510,7 @@ class Announcer:
         delta = when - self.clock.wall()
         return self.clock.monotonic_us() + int(delta.total_seconds() * 1e6)
 
-    def _prepare(self, ann: Announcement) -> PreparedSpeech:
+    def _prepare(self, ann: Announcement) -> AudioProgramme:
         prepared = self._prepared.get(ann.id)
         if prepared is None:
             spec = ann.spec
@@ -912,7 +964,11 @@ class Announcer:
         ann.started_at = clock.wall()
         ann.start_at_us = pacer.start_us
         self._notify(ann)
-        estimate_ms = int(len(spec.text) / _CHARS_PER_SECOND / spec.speed * 1000)
+        estimate_ms = (
+            int(len(spec.text) / _CHARS_PER_SECOND / spec.speed * 1000)
+            if spec.kind == "speech"
+            else 0  # a live page: its length is up to the talker
+        )
         live = _Live(by_format=by_format, started={}, recent={k: deque() for k in formats})
         self._live[ann.id] = live
         for key, links in by_format.items():
@@ -1115,7 +1171,7 @@ class Announcer:
     async def _produce(
         self,
         ann: Announcement,
-        prepared: PreparedSpeech,
+        prepared: AudioProgramme,
         formats: list[StreamFormat],
         queue: asyncio.Queue[list[tuple[int, str, EncodedFrame]] | None],
     ) -> None:
@@ -1168,7 +1224,8 @@ class Announcer:
                     await queue.put(batch)
         finally:
             ann.engine = outcome.engine
-            self.speech_fallback_reason = outcome.fallback_reason
+            if ann.spec.kind == "speech":  # (a live page says nothing of the engines)
+                self.speech_fallback_reason = outcome.fallback_reason
             if self._note_speech_warnings(ann, outcome) and self.observer is not None:
                 self.observer.speech_failed(self.engine.name)
             _record_billing(ann, outcome.meta)
@@ -1213,6 +1270,14 @@ class Announcer:
         ann.state = state
         ann.reason = reason
         ann.finished_at = self.clock.wall()
+        source = self._live_sources.pop(ann.id, None)
+        if source is not None:
+            source.note_end("preempted" if ann.reason and "preempted by" in ann.reason else "ended")
+            if source.stats.get("ended_by") == "uplink_lost":
+                ann.warnings.append("the talker's uplink was lost: the page was cut off there")
+        for future in self._watchers.pop(ann.id, []):
+            if not future.done():
+                future.set_result(ann)
         self.admission.remove(ann.id)
         self._speech_asked_us.pop(ann.id, None)
         self.registry.finished(ann)

@@ -79,6 +79,7 @@ def to_row(ann: Announcement) -> AnnouncementRow:
             "endpoints",
             "created_by",
             "coverage",
+            "live",
         )
     }
     return AnnouncementRow(
@@ -119,6 +120,7 @@ def row_as_dict(row: AnnouncementRow) -> dict[str, Any]:
         "priority": spec.get("priority"),
         "template": spec.get("template"),
         "spoken": _spoken_of(spec),
+        "kind": spec.get("kind", "speech"),
         "created_at": iso(row.created_at),
         "due_at": iso(row.due_at),
         "expires_at": iso(row.expires_at),
@@ -223,6 +225,17 @@ async def recover(
     for row in await store.unfinished_announcements():
         ann = revive(row, registry, now_us=now_us)
         emergency = ann.spec.priority >= emergency_priority
+        if ann.spec.kind in ("live", "replay"):
+            # A live page cannot be played again: its talker and uplink are gone (and a
+            # replay's audio is not taken back either).
+            await store.update_announcement(
+                row.id,
+                state=AnnouncementState.FAILED.value,
+                reason=f"{ann.spec.kind} page interrupted by a restart",
+                finished_at=now,
+            )
+            ended.append(row.id)
+            continue
         if row.state == AnnouncementState.PLAYING.value:
             if row.audio_sent_at is not None:
                 warnings = [*row.details.get("warnings", [])]

@@ -264,3 +264,6 @@ class AnnouncementSpec:
     #: from the texts when needed (a spec built by hand, a record from before).
     spoken: tuple[tuple[str, str], ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
+    #: "speech" (text spoken by an engine) or "live" (a live page from a microphone:
+    #: its audio comes from the paging uplink, never replayed, see docs/paging.md).
+    kind: str = "speech"

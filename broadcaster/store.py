@@ -209,10 +209,38 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        6,
+        "paging recordings (replay, pre-recorded pages)",
+        """
+        CREATE TABLE recordings (
+            id              TEXT PRIMARY KEY,
+            spec            TEXT NOT NULL,
+            created_by      TEXT,
+            sample_rate_hz  INTEGER NOT NULL,
+            pcm             BLOB NOT NULL,
+            created_at      TEXT NOT NULL
+        );
+        CREATE INDEX recordings_created_at ON recordings (created_at);
+        """,
+    ),
 )
 
 #: The newest schema version this code knows.
 SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingRow:
+    """A page's audio kept for replay: a live page's (``id`` is its announcement's) or
+    a pre-recorded one's; ``spec`` is the page's announcement spec (JSON)."""
+
+    id: str
+    spec: JSONDict
+    created_by: str | None
+    sample_rate_hz: int
+    pcm: bytes
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -1041,6 +1069,41 @@ class Store:
 
     # --- audit log -----------------------------------------------------------------------
 
+    def insert_recording(self, rec: RecordingRow, keep: int) -> None:
+        """Keep a page's audio for replay; only the newest ``keep`` recordings stay."""
+        with self._write("insert a recording") as c:
+            c.execute(
+                "INSERT OR REPLACE INTO recordings (id, spec, created_by, sample_rate_hz, pcm,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    rec.id,
+                    json.dumps(rec.spec),
+                    rec.created_by,
+                    rec.sample_rate_hz,
+                    rec.pcm,
+                    _ts(rec.created_at),
+                ),
+            )
+            c.execute(
+                "DELETE FROM recordings WHERE id NOT IN (SELECT id FROM recordings"
+                " ORDER BY created_at DESC, id LIMIT ?)",
+                (keep,),
+            )
+
+    def get_recording(self, id: str) -> RecordingRow | None:
+        rows = self._query("read a recording", "SELECT * FROM recordings WHERE id = ?", (id,))
+        if not rows:
+            return None
+        r = rows[0]
+        return RecordingRow(
+            id=r["id"],
+            spec=json.loads(r["spec"]),
+            created_by=r["created_by"],
+            sample_rate_hz=int(r["sample_rate_hz"]),
+            pcm=bytes(r["pcm"]),
+            created_at=_dt(r["created_at"]),
+        )
+
     def insert_audit(self, rows: Collection[AuditRow]) -> None:
         """Append audit entries (one transaction for the batch)."""
         if not rows:
@@ -1356,6 +1419,8 @@ class AsyncStore:
     list_firings = _in_worker(Store.list_firings)
     prune_firings = _in_worker(Store.prune_firings, write=True)
     insert_audit = _in_worker(Store.insert_audit, write=True)
+    insert_recording = _in_worker(Store.insert_recording, write=True)
+    get_recording = _in_worker(Store.get_recording)
     list_audit = _in_worker(Store.list_audit)
     upsert_template = _in_worker(Store.upsert_template, write=True)
     list_templates = _in_worker(Store.list_templates)

@@ -46,6 +46,7 @@ from .schemas import (
     OpenApiDocument,
     PreviewResponse,
     ReadinessResponse,
+    ReplayRequest,
     ScheduleDeleted,
     ScheduleList,
     ScheduleRecord,
@@ -263,6 +264,31 @@ DOCS: dict[tuple[str, str], Doc] = {
         "fallback engine.",
         tags=("status",),
     ),
+    ("GET", "/v1/paging"): Doc(
+        "Live paging uplink: a WebSocket (push-to-talk from a microphone)",
+        101,
+        None,
+        errors=(400,),
+        public=True,
+        ok_media="application/octet-stream",
+        description="Upgrade to a WebSocket. Public because a browser cannot set a header: "
+        "the first message carries the API token (operator or above; emergency priority "
+        "needs dispatcher). Messages, frame format, codecs and close codes: docs/paging.md.",
+        tags=("announcements",),
+    ),
+    ("POST", "/v1/announcements/{id}/replay"): Doc(
+        "Replay a recorded live page (operator; emergency priority needs dispatcher)",
+        202,
+        AnnouncementRecord,
+        body="ReplayRequest",
+        body_required=False,
+        errors=(*_BODY_ERRORS, 404, 503),
+        description="Plays the recorded audio of a live page again (or sends a pre-recorded "
+        "page, by its `recording_id`), as a new announcement of kind `replay` (zones, "
+        "priority and chimes default to the page's). 404 when there is no such recording "
+        "(only pages their talker ended are kept; the newest 20). See docs/paging.md.",
+        tags=("announcements",),
+    ),
     ("GET", "/metrics"): Doc(
         "Prometheus metrics (text exposition format)",
         200,
@@ -393,6 +419,7 @@ def _components() -> dict[str, Any]:
         TemplateConfig,
         GainRequest,
         SilenceRequest,
+        ReplayRequest,
         ErrorResponse,
         *{doc.ok for doc in DOCS.values() if doc.ok is not None},
     ]

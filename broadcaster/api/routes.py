@@ -1333,6 +1333,10 @@ def build_app(
     app.router.add_get("/healthz", health)
     app.router.add_get("/readyz", readiness_route)
     app.router.add_get(OPENAPI_PATH, serve_document)
+    from .paging import PAGING_PATH, paging_uplink, replay_page  # (it imports this module)
+
+    app.router.add_get(PAGING_PATH, paging_uplink)
+    app.router.add_post("/v1/announcements/{id}/replay", replay_page)
     add_pages(app, config)
     from .console import add_console  # it reads this module's keys
 

@@ -338,6 +338,24 @@ class SilenceRequest(BaseModel):
     reason: str | None = Field(default=None, max_length=200)
 
 
+class ReplayRequest(BaseModel):
+    """POST /v1/announcements/{id}/replay (optional body): where and how to replay a
+    recorded live page (default: its zones, priority and chimes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    zones: list[_Name] | None = Field(default=None, min_length=1, max_length=256)
+    #: 0-255 (higher wins), or a band: background, routine, operational, emergency.
+    priority: int | str | None = None
+    chime_before: str | None = Field(default=None, max_length=200)
+    chime_after: str | None = Field(default=None, max_length=200)
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority(cls, v: object) -> int | None:
+        return AnnouncementRequest._priority(v)
+
+
 class SilenceResult(BaseModel):
     zone: str
     reason: str

@@ -32,6 +32,23 @@ class Timeline(Protocol):
     def send_at(self, offset_us: int) -> int: ...
 
 
+class AudioProgramme(Protocol):
+    """What the playout reads: :class:`PreparedSpeech`, or a live page's source
+    (``broadcaster.paging.LiveSource``)."""
+
+    outcome: SpeechOutcome
+
+    def attach(self, timeline: Timeline) -> None: ...
+
+    def start(self) -> None: ...
+
+    def blocks(self) -> AsyncIterator[PcmBlock]: ...
+
+    def cancel(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Speech:
     """Segments of one text in one language."""
