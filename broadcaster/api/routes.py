@@ -787,6 +787,7 @@ async def list_endpoints(request: web.Request) -> web.Response:
         if supervisor is not None:
             entry["supervision"] = supervisor.status(ep.id)
         entry["connected"] = ep.id in connected
+        entry["audio_output"] = None  # what a connected endpoint reports (status message)
         if ep.id in connected:
             entry.update(connected[ep.id])
         items.append(entry)

@@ -331,6 +331,9 @@ class EndpointStatus(_Open):
     endpoint_id: str
     allowed_zones: list[str]
     connected: bool
+    #: "ready" or "blocked" as the connected endpoint reports it (a browser kiosk
+    #: waiting for a tap to enable sound is "blocked"); null when not reported.
+    audio_output: Literal["ready", "blocked"] | None = None
 
 
 class EndpointList(BaseModel):

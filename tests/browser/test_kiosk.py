@@ -1,0 +1,231 @@
+"""The /kiosk page in real headless Chromium against a real service.
+
+The kiosk is endpoint ``ep-b`` (zone ``hall``) of the integration config; the
+reference endpoint ``ep-c`` plays in the same zone. Timing is measured on one
+clock: the test reads ``performance.now()`` in the page and the server clock
+(``time.monotonic_ns``, the service runs in this process) around each read, and
+keeps the tightest bounds (as docs/protocol.md section 3.2), so the kiosk's own
+clock estimate is not what judges it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from broadcaster.app import Service
+from broadcaster.speech.espeak import EspeakEngine
+from tests.integration.conftest import Harness, make_config
+
+pytestmark = pytest.mark.browser
+
+RATE = 48_000
+FRAME = RATE * 20 // 1000  # samples in one 20 ms chunk
+
+
+def server_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
+async def open_kiosk(
+    web: Harness, browser: Any, *, eid: str = "ep-b", token: str = "token-b", pcm: bool = False
+) -> tuple[Any, list[str]]:
+    """A page showing /kiosk, set up through its form as ``eid``, and its error list."""
+    page = await browser.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    if pcm:  # a browser without WebCodecs: the kiosk falls back to PCM
+        await page.add_init_script("delete window.AudioDecoder;")
+    await page.goto(f"{web.api}/kiosk")
+    await page.fill("#setup-id", eid)
+    await page.fill("#setup-token", token)
+    await page.fill("#setup-zones", "hall")
+    await page.click("#setup button[type=submit]")
+    await wait_for(page, "window.kiosk && window.kiosk.link.state === 'connected'")
+    return page, problems
+
+
+async def wait_for(page: Any, expression: str, timeout_s: float = 10) -> None:
+    """Poll ``expression`` in the page (wait_for_function would need 'unsafe-eval',
+    which the page's CSP rightly forbids)."""
+    deadline = time.monotonic() + timeout_s
+    while not await page.evaluate(f"() => Boolean({expression})"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout_s} s: {expression}")
+        await asyncio.sleep(0.05)
+
+
+async def page_offset_us(page: Any, reads: int = 15) -> int:
+    """Server clock minus the page's performance.now() in µs, from the tightest reads."""
+    up_min: int | None = None
+    down_max: int | None = None
+    for _ in range(reads):
+        before = server_us()
+        perf_us = round(await page.evaluate("performance.now() * 1000"))
+        after = server_us()
+        up = after - perf_us  # >= offset
+        down = before - perf_us  # <= offset
+        up_min = up if up_min is None else min(up_min, up)
+        down_max = down if down_max is None else max(down_max, down)
+    assert up_min is not None and down_max is not None
+    return (up_min + down_max) // 2
+
+
+async def heard_perf_ms(page: Any, frame: int) -> float:
+    """When (performance.now()) the sample of context frame ``frame`` is heard, from
+    the browser's own output timestamp (latencies included, see docs/browser.md)."""
+    c, p = await page.evaluate(
+        "(() => { const t = window.kiosk.audio.ctx.getOutputTimestamp();"
+        " return [t.contextTime, t.performanceTime]; })()"
+    )
+    return float(p) + (frame / RATE - float(c)) * 1000
+
+
+async def kiosk_events(page: Any, kind: str, ann_id: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = await page.evaluate(
+        "([k, a]) => window.kiosk.link.events.filter(e => e.type === k && e.announcement_id === a)",
+        [kind, ann_id],
+    )
+    return events
+
+
+async def wait_event(page: Any, kind: str, ann_id: str, timeout_s: float = 15) -> dict[str, Any]:
+    await wait_for(
+        page,
+        f"window.kiosk.link.events.some(e => e.type === '{kind}' && e.announcement_id === '{ann_id}')",
+        timeout_s,
+    )
+    return (await kiosk_events(page, kind, ann_id))[0]
+
+
+async def test_kiosk_plays_in_step_with_the_reference_endpoint_with_captions(web, launch):
+    browser = await launch()
+    page, problems = await open_kiosk(web, browser)
+    assert await page.evaluate("window.kiosk.opus") is True  # Debian's chromium has WebCodecs
+    ref = await web.endpoint("ep-c", ["hall"], ["pcm_s16le/16000"])
+    # The kiosk's ping burst (16 x 50 ms) makes its estimate before audio is due.
+    await wait_for(page, "window.kiosk.link.clock.samples >= 16")
+    offset = await page_offset_us(page)
+
+    posted_at = server_us()
+    status, body = await web.post(
+        {
+            "text": "Platform two.",
+            "zones": ["hall"],
+            "also": [{"language": "German", "text": "Gleis zwei."}],
+        }
+    )
+    assert status in (200, 201, 202), body
+    ann_id = body["id"]
+
+    # The caption, one line per language, while it plays.
+    await page.wait_for_selector("#captions p", timeout=10_000)
+    lines = await page.eval_on_selector_all(
+        "#captions p", "ps => ps.map(p => [p.dataset.language, p.lastChild.textContent])"
+    )
+    assert lines == [["English", "Platform two."], ["German", "Gleis zwei."]]
+    assert await page.is_hidden("#enable-sound")
+
+    started = await wait_event(page, "playback_started", ann_id)
+    finished = await wait_event(page, "playback_finished", ann_id)
+    final = await web.wait_final(ann_id)
+    # The caption goes when the audio has played.
+    await wait_for(page, "document.getElementById('captions').hidden")
+
+    # Every sample of the announcement left the worklet, no more and no less (one frame).
+    duration_ms = finished["duration_ms"]
+    assert duration_ms == final["duration_ms"] == ref.announcements[ann_id].duration_ms
+    assert abs(finished["played"] - duration_ms * RATE // 1000) <= FRAME, finished
+
+    # Its first sample was placed where its play_at maps (not cut as late) ...
+    assert started["frame"] == started["anchor_frame"], started
+    # ... and is heard within 20 ms of the reference endpoint's play-at of that chunk.
+    heard_us = round(await heard_perf_ms(page, started["frame"]) * 1000) + offset
+    reference_us = ref.announcements[ann_id].play_at_us[0]
+    skew_ms = (heard_us - reference_us) / 1000
+    first_audio_ms = (heard_us - posted_at) / 1000
+    print(
+        f"\nplayed {finished['played']} samples for {duration_ms} ms; "
+        f"kiosk vs reference play-at: {skew_ms:+.2f} ms; kiosk's own estimate "
+        f"{(started['at_us'] - reference_us) / 1000:+.2f} ms; first audio on the kiosk "
+        f"{first_audio_ms:.0f} ms after the POST"
+    )
+    assert abs(skew_ms) <= 20
+
+    # The server has its receipt and both playback reports.
+    kiosk = final["endpoints"]["ep-b"]
+    assert kiosk["state"] == "finished", kiosk
+    assert kiosk["receipt"]["status"] == "complete", kiosk
+    assert kiosk["started_at_us"] == started["at_us"]
+    assert problems == []
+
+
+async def endpoint_entry(web: Harness, eid: str) -> dict[str, Any]:
+    status, body = await web.get("/v1/endpoints")
+    assert status == 200, body
+    [entry] = [e for e in body["endpoints"] if e["endpoint_id"] == eid]
+    return entry
+
+
+async def poll_entry(web: Harness, eid: str, key: str, want: object) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while (entry := await endpoint_entry(web, eid)).get(key) != want:
+        assert time.monotonic() < deadline, entry
+        await asyncio.sleep(0.05)
+    return entry
+
+
+async def play_one(web: Harness, page: Any, text: str) -> dict[str, Any]:
+    """POST ``text`` to hall; the kiosk's playback_finished event once it has played."""
+    status, body = await web.post({"text": text, "zones": ["hall"]})
+    assert status in (200, 201, 202), body
+    finished = await wait_event(page, "playback_finished", body["id"])
+    final = await web.wait_final(body["id"])
+    assert final["endpoints"]["ep-b"]["state"] == "finished", final["endpoints"]
+    assert abs(finished["played"] - final["duration_ms"] * RATE // 1000) <= FRAME
+    return finished
+
+
+async def test_tap_to_enable_sound_is_shown_reported_and_cleared_and_pcm_plays(web, launch):
+    # No autoplay flag: Chromium keeps a page's AudioContext suspended until a gesture.
+    browser = await launch(autoplay=False)
+    page, problems = await open_kiosk(web, browser, pcm=True)
+    # Submitting the form was a gesture; a kiosk that starts up again has none.
+    await page.reload()
+    await wait_for(page, "window.kiosk && window.kiosk.link.state === 'connected'")
+    assert await page.evaluate("window.kiosk.opus") is False
+    assert await page.is_visible("#enable-sound")
+    entry = await poll_entry(web, "ep-b", "audio_output", "blocked")
+    assert entry["format"] == "pcm_s16le/48000"  # the fallback without WebCodecs
+    # (A real click is a user gesture; page.evaluate would count as one too.)
+    await page.click("#enable-sound")
+    await wait_for(page, "window.kiosk.audio.ready")
+    assert await page.is_hidden("#enable-sound")
+    await poll_entry(web, "ep-b", "audio_output", "ready")
+    await play_one(web, page, "Mind the gap.")
+    assert problems == []
+
+
+async def test_kiosk_reconnects_by_itself_after_a_server_restart(launch, tmp_path):
+    config = make_config()
+    engine = EspeakEngine(max_text_chars=200)
+    async with Service(config, engine=engine) as first:
+        web = Harness(first, tmp_path)
+        browser = await launch()
+        page, problems = await open_kiosk(web, browser)
+        await poll_entry(web, "ep-b", "audio_output", "ready")
+        ports = {"http_port": first.http_port, "ws_port": first.ws_port}
+    # The server is gone: the page retries with back-off, and says so.
+    await wait_for(page, "window.kiosk.link.state === 'waiting'")
+    again = config.model_copy(update={"server": config.server.model_copy(update=ports)})
+    async with Service(again, engine=EspeakEngine(max_text_chars=200)) as second:
+        web = Harness(second, tmp_path)
+        await wait_for(page, "window.kiosk.link.connections === 2", timeout_s=15)
+        await poll_entry(web, "ep-b", "audio_output", "ready")
+        await play_one(web, page, "Welcome back.")
+        await web.close()
+    assert [e for e in problems if "WebSocket" not in e] == []
