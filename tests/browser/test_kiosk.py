@@ -229,3 +229,38 @@ async def test_kiosk_reconnects_by_itself_after_a_server_restart(launch, tmp_pat
         await play_one(web, page, "Welcome back.")
         await web.close()
     assert [e for e in problems if "WebSocket" not in e] == []
+
+
+async def test_preemption_flushes_the_kiosk_and_the_higher_priority_plays(web, launch):
+    browser = await launch()
+    page, problems = await open_kiosk(web, browser)
+    low_text = "This is a long routine announcement about the car park, which will be cut off."
+    status, low = await web.post(
+        {"text": low_text, "zones": ["hall"], "priority": "routine", "on_preempt": "drop"}
+    )
+    assert status in (200, 201, 202), low
+    await wait_event(page, "playback_started", low["id"])
+    captions = await page.eval_on_selector_all("#captions p", "ps => ps.map(p => p.lastChild.data)")
+    assert captions == [low_text]
+    status, high = await web.post(
+        {"text": "Evacuate now.", "zones": ["hall"], "priority": "emergency"}
+    )
+    assert status in (200, 201, 202), high
+    cancelled = await wait_event(page, "announcement_cancelled", low["id"])
+    assert cancelled["preempted_by"] == high["id"]
+    await wait_event(page, "playback_started", high["id"])
+    captions = await page.eval_on_selector_all("#captions p", "ps => ps.map(p => p.lastChild.data)")
+    assert captions == ["Evacuate now."]
+    finished = await wait_event(page, "playback_finished", high["id"])
+    final_high = await web.wait_final(high["id"])
+    assert abs(finished["played"] - final_high["duration_ms"] * RATE // 1000) <= FRAME
+
+    # The low one's buffered audio was flushed, never played to its end or reported so.
+    flushed = await page.evaluate("window.kiosk.link.events.filter(e => e.type === 'flushed')")
+    assert flushed and flushed[0]["dropped"] > 0, flushed
+    assert await kiosk_events(page, "playback_finished", low["id"]) == []
+    final_low = await web.wait_final(low["id"])
+    kiosk = final_low["endpoints"]["ep-b"]
+    assert kiosk["state"] == "preempted", kiosk
+    assert kiosk["receipt"]["status"] == "cancelled", kiosk
+    assert problems == []
