@@ -11,7 +11,9 @@ clock estimate is not what judges it.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -129,6 +131,8 @@ async def test_kiosk_plays_in_step_with_the_reference_endpoint_with_captions(web
     )
     assert lines == [["English", "Platform two."], ["German", "Gleis zwei."]]
     assert await page.is_hidden("#enable-sound")
+    if shots := os.environ.get("BROADCASTER_SCREENSHOTS"):  # docs/kiosk.png is made so
+        await page.screenshot(path=str(Path(shots) / "kiosk.png"))
 
     started = await wait_event(page, "playback_started", ann_id)
     finished = await wait_event(page, "playback_finished", ann_id)
@@ -153,6 +157,15 @@ async def test_kiosk_plays_in_step_with_the_reference_endpoint_with_captions(web
         f"kiosk vs reference play-at: {skew_ms:+.2f} ms; kiosk's own estimate "
         f"{(started['at_us'] - reference_us) / 1000:+.2f} ms; first audio on the kiosk "
         f"{first_audio_ms:.0f} ms after the POST"
+    )
+    base, output, lag = await page.evaluate(
+        "(() => { const c = window.kiosk.audio.ctx;"
+        " return [c.baseLatency, c.outputLatency,"
+        " c.currentTime - c.getOutputTimestamp().contextTime]; })()"
+    )
+    print(
+        f"AudioContext: baseLatency {base * 1000:.1f} ms, outputLatency {output * 1000:.1f} ms,"
+        f" currentTime - getOutputTimestamp().contextTime {lag * 1000:.1f} ms"
     )
     assert abs(skew_ms) <= 20
 
@@ -199,6 +212,8 @@ async def test_tap_to_enable_sound_is_shown_reported_and_cleared_and_pcm_plays(w
     await wait_for(page, "window.kiosk && window.kiosk.link.state === 'connected'")
     assert await page.evaluate("window.kiosk.opus") is False
     assert await page.is_visible("#enable-sound")
+    if shots := os.environ.get("BROADCASTER_SCREENSHOTS"):
+        await page.screenshot(path=str(Path(shots) / "kiosk-tap.png"))
     entry = await poll_entry(web, "ep-b", "audio_output", "blocked")
     assert entry["format"] == "pcm_s16le/48000"  # the fallback without WebCodecs
     # (A real click is a user gesture; page.evaluate would count as one too.)

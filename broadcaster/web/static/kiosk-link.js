@@ -87,7 +87,20 @@ export class KioskLink {
     }
   }
 
+  /** Sound came back after a suspension: re-place every stream from now on. */
+  resumed() {
+    this.audio.post({ type: "clear" });
+    for (const st of this.byLocal.values()) st.anchorFrame = null;
+  }
+
   connect() {
+    for (const st of this.streams.values()) {
+      // A stream of the old connection: what is buffered may play out (section 11);
+      // nothing more of it comes here, and it is forgotten once played.
+      if (st.status === "receiving") st.status = "lost";
+      if (st.decoder) st.decoder.close();
+      this.audio.post({ type: "end", id: st.localId });
+    }
     const ws = new WebSocket(this.url);
     ws.binaryType = "arraybuffer";
     this.ws = ws;

@@ -9,7 +9,7 @@
 // stream that was flushed (cancel, preemption).
 //
 // Messages in (port): {type: "stream", id, priority}, {type: "chunk", id, frame,
-// samples}, {type: "end", id}, {type: "flush", id}, {type: "flush_all"}.
+// samples}, {type: "end", id}, {type: "flush", id}, {type: "clear"}.
 // Messages out: {type: "started", id, frame}, {type: "finished", id, frame, played},
 // {type: "flushed", id, dropped, played}, {type: "stats", ...counters}.
 
@@ -53,8 +53,11 @@ class KioskRingPlayer extends AudioWorkletProcessor {
       case "flush":
         this.flush(msg.id);
         break;
-      case "flush_all":
-        for (const id of [...this.streams.keys()]) this.flush(id);
+      case "clear":
+        // The context was suspended: what is in the ring was placed for a timeline
+        // that has moved on. Drop it all; the streams stay (new chunks are welcome).
+        this.owner.fill(0);
+        this.samples.fill(0);
         break;
       default:
         break;

@@ -90,9 +90,11 @@ async function start(identity) {
   };
 
   const enable = $("enable-sound");
+  let wasReady = audio.ready;
   const onAudioState = () => {
     enable.hidden = audio.ready;
-    if (audio.ready) link.audio.post({ type: "flush_all" }); // nothing stale after a pause
+    if (audio.ready && !wasReady) link.resumed(); // nothing stale after a pause
+    wasReady = audio.ready;
     link.sendStatus();
   };
   audio.onStateChange = onAudioState;
