@@ -279,3 +279,90 @@ async def test_preemption_flushes_the_kiosk_and_the_higher_priority_plays(web, l
     assert kiosk["state"] == "preempted", kiosk
     assert kiosk["receipt"]["status"] == "cancelled", kiosk
     assert problems == []
+
+
+async def test_a_stalled_page_drops_late_audio_and_keeps_the_timeline(web, launch):
+    browser = await launch()
+    page, problems = await open_kiosk(web, browser)
+    status, body = await web.post(
+        {"text": "The next train to arrive at this platform will not stop here.", "zones": ["hall"]}
+    )
+    assert status in (200, 201, 202), body
+    started = await wait_event(page, "playback_started", body["id"])
+    # The page's main thread stops for 700 ms: messages wait, the worklet plays on
+    # what it holds and then silence; what arrives too late is not played late.
+    await page.evaluate(
+        "() => { const t = performance.now(); while (performance.now() - t < 700); }"
+    )
+    finished = await wait_event(page, "playback_finished", body["id"])
+    final = await web.wait_final(body["id"])
+    samples = final["duration_ms"] * RATE // 1000
+    await wait_for(page, "window.kiosk.audio.stats.framesOut > 0")
+    stats = await page.evaluate("window.kiosk.audio.stats")
+    assert stats["staleChunks"] > 0 or stats["cutFrames"] > 0, stats
+    assert finished["played"] <= samples - RATE * 3 // 10, (finished, samples)  # >= 300 ms lost
+    # The rest played where it belonged: the stream still ends on its own timeline.
+    assert finished["frame"] - started["anchor_frame"] == samples
+    assert final["endpoints"]["ep-b"]["receipt"]["status"] == "complete"
+    assert problems == []
+
+
+async def test_gain_db_scales_the_samples_of_a_stream(web, launch):
+    browser = await launch()
+    page, problems = await open_kiosk(web, browser)
+    await wait_for(page, "window.kiosk.link.clock.samples >= 16")
+    # A stream made up in the page, as a server that sends gain_db would start it:
+    # 200 ms of PCM at half scale, attenuated by 6.02 dB to a quarter.
+    await page.evaluate(
+        """() => {
+        const link = window.kiosk.link;
+        const start = Math.round(performance.now() * 1000) + link.clock.offsetUs + 150000;
+        const format = {codec: "pcm_s16le", sample_rate_hz: 48000, channels: 1, frame_ms: 20};
+        const stream = 4000000000;
+        link.onStarted({type: "announcement_started", announcement_id: "gain-test", stream,
+          text: "gain", priority: 100, zones: ["hall"], format, start_at_us: start,
+          expected_duration_ms: 200, gain_db: -6.0206});
+        for (let seq = 0; seq < 10; seq++) {
+          const frame = new Uint8Array(28 + 1920);
+          const v = new DataView(frame.buffer);
+          v.setUint8(0, 1); v.setUint8(1, 1); v.setUint32(4, stream); v.setUint32(8, seq);
+          v.setBigInt64(12, BigInt(start + seq * 20000)); v.setUint32(20, 20000);
+          v.setUint32(24, 1920);
+          for (let i = 0; i < 960; i++) v.setInt16(28 + 2 * i, 16384, true);
+          link.onAudio(frame);
+        }
+        link.onEnded({type: "announcement_ended", announcement_id: "gain-test", stream,
+          chunks: 10, duration_ms: 200, end_at_us: start + 200000});
+      }"""
+    )
+    finished = await wait_event(page, "playback_finished", "gain-test")
+    assert finished["played"] == 10 * FRAME
+    await asyncio.sleep(0.3)  # the next stats message
+    peak = await page.evaluate("window.kiosk.audio.stats.peak")
+    assert abs(peak - 0.25) < 1e-3, peak
+    assert problems == []
+
+
+async def test_a_wrong_token_is_refused_for_good_and_never_in_a_url(web, launch):
+    browser = await launch()
+    page = await browser.new_page()
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url))
+    await page.goto(f"{web.api}/kiosk")
+    await page.fill("#setup-id", "ep-b")
+    await page.fill("#setup-token", "not-the-token")
+    await page.fill("#setup-zones", "hall")
+    await page.click("#setup button[type=submit]")
+    await wait_for(page, "window.kiosk && window.kiosk.link.state === 'refused'")
+    text = await page.text_content("#status")
+    assert text is not None and "4001" in text and "/kiosk#setup" in text
+    await asyncio.sleep(1)  # no retry (the first would come after 0.5 s)
+    assert await page.evaluate("window.kiosk.link.connections") == 0
+    closes = await page.evaluate("window.kiosk.link.events.filter(e => e.type === 'closed')")
+    assert [c["code"] for c in closes] == [4001]
+    assert all("not-the-token" not in u for u in [*urls, page.url])
+    # Setting it up again: the form comes back with the id, not the token.
+    await page.goto(f"{web.api}/kiosk#setup")
+    await page.reload()
+    assert await page.input_value("#setup-id") == "ep-b"
+    assert await page.input_value("#setup-token") == ""

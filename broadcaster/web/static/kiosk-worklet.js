@@ -30,6 +30,7 @@ class KioskRingPlayer extends AudioWorkletProcessor {
       cutFrames: 0, // samples at the start of late chunks that were skipped
       farChunks: 0, // chunks too far ahead to fit in the ring: dropped
       overridden: 0, // samples of a lower-priority stream replaced by a higher one
+      peak: 0, // the largest absolute sample value output (floats: may exceed 1)
     };
     this.quanta = 0;
     this.port.onmessage = (event) => this.onMessage(event.data);
@@ -121,7 +122,10 @@ class KioskRingPlayer extends AudioWorkletProcessor {
         out[i] = 0; // underrun or idle: silence
         continue;
       }
-      out[i] = this.samples[slot];
+      const v = this.samples[slot];
+      out[i] = v;
+      if (v > this.counters.peak) this.counters.peak = v;
+      else if (-v > this.counters.peak) this.counters.peak = -v;
       this.owner[slot] = 0;
       this.samples[slot] = 0;
       this.counters.soundFrames += 1;
