@@ -90,7 +90,7 @@ export class KioskLink {
   /** Sound came back after a suspension: re-place every stream from now on. */
   resumed() {
     this.audio.post({ type: "clear" });
-    for (const st of this.byLocal.values()) st.anchorFrame = null;
+    for (const st of this.byLocal.values()) st.anchor = null;
   }
 
   connect() {
@@ -267,7 +267,7 @@ export class KioskLink {
       status: "receiving",
       chunks: 0, gaps: 0, firstSeq: null, lastSeq: null,
       firstPlayAt: null, lastEnd: null, times: [],
-      anchorFrame: null, anchorPlayAt: null,
+      anchor: null, anchors: [], // {frame, playAt, seq}: where the stream is placed
       decoded: 0, unplayed: 0, played: 0,
       startedAtUs: null, finishedAtUs: null, startFrame: null,
       ended: null, decoder: null,
@@ -314,13 +314,15 @@ export class KioskLink {
     const offset = this.clock.offsetUs;
     let frame = null;
     if (offset !== null && this.audio.ready) {
-      if (st.anchorFrame === null || flags & FLAG_DISCONTINUITY) {
+      if (st.anchor === null || flags & FLAG_DISCONTINUITY) {
         // One mapping per stream (and after each pause the server marked), so the
         // chunks of a stream follow each other sample-exactly.
-        st.anchorFrame = Math.round(this.audio.frameHeardAt((playAt - offset) / 1000));
-        st.anchorPlayAt = playAt;
+        st.anchor = {
+          frame: Math.round(this.audio.frameHeardAt((playAt - offset) / 1000)), playAt, seq,
+        };
+        st.anchors.push(st.anchor);
       }
-      frame = st.anchorFrame + Math.round(((playAt - st.anchorPlayAt) * SAMPLE_RATE) / 1e6);
+      frame = st.anchor.frame + Math.round(((playAt - st.anchor.playAt) * SAMPLE_RATE) / 1e6);
     }
     // Decoded even when it cannot be played, so an Opus decoder's state stays whole.
     if (st.decoder) st.decoder.decode(bytes.subarray(HEADER_BYTES), { frame, playAtUs: playAt });
@@ -390,7 +392,15 @@ export class KioskLink {
   // --- what the worklet reports -------------------------------------------------
 
   serverUsOfFrame(st, frame) {
-    return Math.round(st.anchorPlayAt + ((frame - st.anchorFrame) * 1e6) / SAMPLE_RATE);
+    const a = this.anchorOf(st, frame);
+    return Math.round(a.playAt + ((frame - a.frame) * 1e6) / SAMPLE_RATE);
+  }
+
+  /** The placement that a context frame of the stream belongs to. */
+  anchorOf(st, frame) {
+    let found = st.anchors[0];
+    for (const a of st.anchors) if (a.frame <= frame) found = a;
+    return found;
   }
 
   onWorklet(msg) {
@@ -400,9 +410,10 @@ export class KioskLink {
       st.startedAtUs = this.serverUsOfFrame(st, msg.frame);
       this.send({ type: "playback", announcement_id: st.annId, stream: st.stream,
         event: "started", at_us: st.startedAtUs });
+      const a = this.anchorOf(st, msg.frame);
       this.log({ type: "playback_started", announcement_id: st.annId, stream: st.stream,
-        frame: msg.frame, anchor_frame: st.anchorFrame, anchor_play_at_us: st.anchorPlayAt,
-        at_us: st.startedAtUs });
+        frame: msg.frame, anchor_frame: a.frame, anchor_play_at_us: a.playAt,
+        anchor_seq: a.seq, first_seq: st.firstSeq, at_us: st.startedAtUs });
       this.onCaption(st, true);
     } else if (msg.type === "finished" && st) {
       st.played = msg.played;
@@ -413,7 +424,8 @@ export class KioskLink {
       }
       this.log({ type: "playback_finished", announcement_id: st.annId, stream: st.stream,
         played: msg.played, frame: msg.frame, at_us: st.finishedAtUs,
-        duration_ms: st.ended ? st.ended.duration_ms : null, decoded: st.decoded });
+        duration_ms: st.ended ? st.ended.duration_ms : null,
+        end_at_us: st.ended ? st.ended.end_at_us : null, decoded: st.decoded });
       this.byLocal.delete(st.localId);
       if (this.streams.get(st.stream) === st) this.streams.delete(st.stream);
       this.onCaption(st, false);
