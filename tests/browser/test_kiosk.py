@@ -321,39 +321,60 @@ async def test_a_stalled_page_drops_late_audio_and_keeps_the_timeline(web, launc
     assert problems == []
 
 
-async def test_gain_db_scales_the_samples_of_a_stream(web, launch):
+#: Starts a stream made up in the page, as the server would send it: ``chunks`` 20 ms
+#: chunks of constant PCM ``value`` (of full scale) from ``at_ms`` after ``base_us``.
+INJECT = """([annId, stream, priority, gainDb, baseUs, atMs, chunks, value]) => {
+    const link = window.kiosk.link;
+    const start = baseUs + atMs * 1000;
+    const format = {codec: "pcm_s16le", sample_rate_hz: 48000, channels: 1, frame_ms: 20};
+    const msg = {type: "announcement_started", announcement_id: annId, stream, text: annId,
+      priority, zones: ["hall"], format, start_at_us: start, expected_duration_ms: 0};
+    if (gainDb !== null) msg.gain_db = gainDb;
+    link.onStarted(msg);
+    for (let seq = 0; seq < chunks; seq++) {
+      const frame = new Uint8Array(28 + 1920);
+      const v = new DataView(frame.buffer);
+      v.setUint8(0, 1); v.setUint8(1, 1); v.setUint32(4, stream); v.setUint32(8, seq);
+      v.setBigInt64(12, BigInt(start + seq * 20000)); v.setUint32(20, 20000);
+      v.setUint32(24, 1920);
+      for (let i = 0; i < 960; i++) v.setInt16(28 + 2 * i, Math.round(value * 32768), true);
+      link.onAudio(frame);
+    }
+    link.onEnded({type: "announcement_ended", announcement_id: annId, stream, chunks,
+      duration_ms: chunks * 20, end_at_us: start + chunks * 20000});
+}"""
+
+
+async def test_made_up_streams_gain_db_and_two_overlapping_priorities(web, launch):
+    """Streams that no server of this branch sends: gain_db (added by another branch)
+    and two announcements overlapping on a kiosk in two zones."""
     browser = await launch()
     page, problems = await open_kiosk(web, browser)
     await wait_for(page, "window.kiosk.link.clock.samples >= 16")
-    # A stream made up in the page, as a server that sends gain_db would start it:
-    # 200 ms of PCM at half scale, attenuated by 6.02 dB to a quarter.
-    await page.evaluate(
-        """() => {
-        const link = window.kiosk.link;
-        const start = Math.round(performance.now() * 1000) + link.clock.offsetUs + 150000;
-        const format = {codec: "pcm_s16le", sample_rate_hz: 48000, channels: 1, frame_ms: 20};
-        const stream = 4000000000;
-        link.onStarted({type: "announcement_started", announcement_id: "gain-test", stream,
-          text: "gain", priority: 100, zones: ["hall"], format, start_at_us: start,
-          expected_duration_ms: 200, gain_db: -6.0206});
-        for (let seq = 0; seq < 10; seq++) {
-          const frame = new Uint8Array(28 + 1920);
-          const v = new DataView(frame.buffer);
-          v.setUint8(0, 1); v.setUint8(1, 1); v.setUint32(4, stream); v.setUint32(8, seq);
-          v.setBigInt64(12, BigInt(start + seq * 20000)); v.setUint32(20, 20000);
-          v.setUint32(24, 1920);
-          for (let i = 0; i < 960; i++) v.setInt16(28 + 2 * i, 16384, true);
-          link.onAudio(frame);
-        }
-        link.onEnded({type: "announcement_ended", announcement_id: "gain-test", stream,
-          chunks: 10, duration_ms: 200, end_at_us: start + 200000});
-      }"""
-    )
-    finished = await wait_event(page, "playback_finished", "gain-test")
+    soon = "Math.round(performance.now() * 1000) + window.kiosk.link.clock.offsetUs + 150000"
+    base = await page.evaluate(soon)
+    # 200 ms at half scale, attenuated by 6.02 dB: a quarter of full scale comes out.
+    await page.evaluate(INJECT, ["gain", 4_000_000_001, 100, -6.0206, base, 0, 10, 0.5])
+    finished = await wait_event(page, "playback_finished", "gain")
     assert finished["played"] == 10 * FRAME
     await asyncio.sleep(0.3)  # the next stats message
-    peak = await page.evaluate("window.kiosk.audio.stats.peak")
-    assert abs(peak - 0.25) < 1e-3, peak
+    assert abs(await page.evaluate("window.kiosk.audio.stats.peak") - 0.25) < 1e-3
+
+    # A routine stream of 600 ms, and from its 300th ms an operational one of 600 ms:
+    # the higher priority is heard where they overlap, and its caption is shown.
+    base = await page.evaluate(soon)
+    await page.evaluate(INJECT, ["low", 4_000_000_002, 100, None, base, 0, 30, 0.1])
+    await page.evaluate(INJECT, ["high", 4_000_000_003, 160, None, base, 300, 30, 0.2])
+    await wait_event(page, "playback_started", "high")
+    captions = await page.eval_on_selector_all("#captions p", "ps => ps.map(p => p.lastChild.data)")
+    assert captions == ["high"]
+    low = await wait_event(page, "playback_finished", "low")
+    high = await wait_event(page, "playback_finished", "high")
+    # The low one's second half was overridden (each stream is placed on its own, so
+    # where one ends and the other begins may differ by a few samples: 1 ms allowed).
+    assert abs(low["played"] - 15 * FRAME) <= RATE // 1000, low
+    assert high["played"] == 30 * FRAME
+    await wait_for(page, "window.kiosk.audio.stats.overridden >= 15 * 960 - 48")
     assert problems == []
 
 
