@@ -397,7 +397,7 @@ async def test_a_wrong_token_is_refused_for_good_and_never_in_a_url(web, launch)
     assert [c["code"] for c in closes] == [4001]
     assert all("not-the-token" not in u for u in [*urls, page.url])
     # Setting it up again: the form comes back with the id, not the token.
-    await page.goto(f"{web.api}/kiosk#setup")
-    await page.reload()
+    await page.goto(f"{web.api}/kiosk#setup")  # only the fragment changes: no navigation
+    await wait_for(page, "!document.getElementById('setup').hidden")
     assert await page.input_value("#setup-id") == "ep-b"
     assert await page.input_value("#setup-token") == ""

@@ -40,7 +40,7 @@ function showSetup(previous) {
     $("setup-token").value = "";
     if (location.hash) history.replaceState(null, "", location.pathname);
     form.hidden = true;
-    start(identity);
+    start(identity).catch(failed);
   });
 }
 
@@ -129,6 +129,17 @@ async function start(identity) {
   link.start();
 }
 
+function failed(error) {
+  const status = $("status");
+  status.dataset.state = "refused";
+  status.textContent = `The kiosk cannot start: ${error && error.message ? error.message : error}`;
+}
+
+// Typing #setup into the address bar of a running kiosk sets it up again.
+window.addEventListener("hashchange", () => {
+  if (location.hash === "#setup") location.reload();
+});
+
 const identity = loadIdentity();
 if (!identity || location.hash === "#setup") showSetup(identity);
-else start(identity);
+else start(identity).catch(failed);
