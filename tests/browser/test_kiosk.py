@@ -54,8 +54,16 @@ async def open_kiosk(
 async def wait_for(page: Any, expression: str, timeout_s: float = 10) -> None:
     """Poll ``expression`` in the page (wait_for_function would need 'unsafe-eval',
     which the page's CSP rightly forbids)."""
+    from playwright.async_api import Error as PlaywrightError
+
     deadline = time.monotonic() + timeout_s
-    while not await page.evaluate(f"() => Boolean({expression})"):
+    while True:
+        try:
+            if await page.evaluate(f"() => Boolean({expression})"):
+                return
+        except PlaywrightError as exc:  # the page is navigating (a reload): ask again
+            if "context was destroyed" not in str(exc):
+                raise
         if time.monotonic() > deadline:
             raise AssertionError(f"still false after {timeout_s} s: {expression}")
         await asyncio.sleep(0.05)
