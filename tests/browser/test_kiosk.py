@@ -255,13 +255,23 @@ async def test_kiosk_reconnects_by_itself_after_a_server_restart(launch, tmp_pat
         browser = await launch()
         page, problems = await open_kiosk(web, browser)
         await poll_entry(web, "ep-b", "audio_output", "ready")
+        # A server that has said nothing for heartbeat_timeout_ms is taken for dead:
+        # the page closes the link (3000 "server silent") and connects again.
+        # (Here: the timeout this connection was told, made 200 ms after the ping burst.)
+        await wait_for(page, "window.kiosk.link.clock.samples >= 16")
+        await page.evaluate(
+            "() => { window.kiosk.link.welcome.settings.heartbeat_timeout_ms = 200; }"
+        )
+        await wait_for(page, "window.kiosk.link.connections === 2")
+        closes = await page.evaluate("window.kiosk.link.events.filter(e => e.type === 'closed')")
+        assert [c["code"] for c in closes] == [3000], closes
         ports = {"http_port": first.http_port, "ws_port": first.ws_port}
     # The server is gone: the page retries with back-off, and says so.
     await wait_for(page, "window.kiosk.link.state === 'waiting'")
     again = config.model_copy(update={"server": config.server.model_copy(update=ports)})
     async with Service(again, engine=EspeakEngine(max_text_chars=200)) as second:
         web = Harness(second, tmp_path)
-        await wait_for(page, "window.kiosk.link.connections === 2", timeout_s=15)
+        await wait_for(page, "window.kiosk.link.connections === 3", timeout_s=15)
         await poll_entry(web, "ep-b", "audio_output", "ready")
         await play_one(web, page, "Welcome back.")
         await web.close()

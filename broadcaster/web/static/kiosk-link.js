@@ -159,7 +159,11 @@ export class KioskLink {
   }
 
   later(fn, ms) {
-    this._timers.push(setTimeout(fn, ms));
+    const id = setTimeout(() => {
+      this._timers = this._timers.filter((t) => t !== id);
+      fn();
+    }, ms);
+    this._timers.push(id);
   }
 
   log(entry) {
