@@ -245,6 +245,11 @@ async def test_tap_to_enable_sound_is_shown_reported_and_cleared_and_pcm_plays(w
     await poll_entry(web, "ep-b", "audio_output", "ready")
     await play_one(web, page, "Mind the gap.")
     assert problems == []
+    # Closing the page says bye: the kiosk is offline, not faulty, and reports nothing.
+    await page.close(run_before_unload=True)
+    entry = await poll_entry(web, "ep-b", "connected", False)
+    assert entry["supervision"]["status"] == "offline", entry
+    assert entry["audio_output"] is None
 
 
 async def test_kiosk_reconnects_by_itself_after_a_server_restart(launch, tmp_path):
