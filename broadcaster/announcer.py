@@ -34,6 +34,7 @@ from broadcaster.audio.loudness import LoudnessNormalizer
 from broadcaster.audio.pacer import Pacer
 from broadcaster.audio.transcode import MultiTranscoder
 from broadcaster.clock import Clock, wait_event_or_deadline
+from broadcaster.gains import Gains
 from broadcaster.model import (
     AnnouncementSpec,
     AnnouncementState,
@@ -78,10 +79,13 @@ class _Live:
     """What a late joiner needs of a playing announcement."""
 
     by_format: dict[str, list[EndpointLink]]
-    started: dict[str, str]  # format key -> the announcement_started text
+    #: format key -> its announcement_started (without a gain; see _started_text)
+    started: dict[str, wire.AnnouncementStarted]
     #: Recently queued frames per format: (play_at_us, duration_us, frame). Kept only
     #: while still fresh (play time not passed), so bounded by one playout delay.
     recent: dict[str, deque[tuple[int, int, bytes]]]
+    #: (format key, gain_db) -> the announcement_started text, made once per pair
+    started_text: dict[tuple[str, float], str] = field(default_factory=dict)
 
 
 class QueueFull(Exception):
@@ -197,7 +201,10 @@ class Announcer:
         journal: Journal | None = None,
         events: EventSink | None = None,
         observer: Observer | None = None,
+        gains: Gains | None = None,
     ) -> None:
+        #: Zone and endpoint gains, sent to each endpoint in announcement_started.
+        self.gains = gains
         self.engine = engine
         self.speech = EngineChain(engine, fallback, clock=clock, policy=fallback_policy)
         self.hub = hub
@@ -591,6 +598,20 @@ class Announcer:
         if self.journal is not None:
             self._mark_dirty(ann)
 
+    def _started_text(self, live: _Live, link: EndpointLink, ann: Announcement) -> str:
+        """The announcement_started text for ``link``: its format, and its gain (the
+        endpoint's plus the highest of the announcement's zones it has joined)."""
+        key = link.format.key
+        gain = 0.0
+        if self.gains is not None:
+            gain = self.gains.for_endpoint(link.endpoint_id, ann.endpoint_zones[link.endpoint_id])
+        text = live.started_text.get((key, gain))
+        if text is None:
+            text = live.started_text[(key, gain)] = wire.dump(
+                live.started[key].model_copy(update={"gain_db": gain})
+            )
+        return text
+
     def on_join(self, link: EndpointLink) -> None:
         """An endpoint joined: attach it to what is playing in its zones, from the live point.
 
@@ -618,7 +639,7 @@ class Announcer:
             ann.endpoint_zones[link.endpoint_id] = tuple(
                 z for z in ann.spec.zones if z in link.zones
             )
-            link.outbox.put_control(live.started[key])
+            link.outbox.put_control(self._started_text(live, link, ann))
             for play_at, duration, frame in live.recent[key]:
                 if play_at > now:
                     link.outbox.put_audio(
@@ -884,21 +905,19 @@ class Announcer:
         live = _Live(by_format=by_format, started={}, recent={k: deque() for k in formats})
         self._live[ann.id] = live
         for key, links in by_format.items():
-            started = live.started[key] = wire.dump(
-                wire.AnnouncementStarted(
-                    announcement_id=ann.id,
-                    stream=ann.number,
-                    text=spec.text,
-                    priority=spec.priority,
-                    zones=list(spec.zones),
-                    format=format_spec(formats[key]),
-                    start_at_us=pacer.start_us,
-                    expected_duration_ms=estimate_ms,
-                    captions=_captions(spec),
-                )
+            live.started[key] = wire.AnnouncementStarted(
+                announcement_id=ann.id,
+                stream=ann.number,
+                text=spec.text,
+                priority=spec.priority,
+                zones=list(spec.zones),
+                format=format_spec(formats[key]),
+                start_at_us=pacer.start_us,
+                expected_duration_ms=estimate_ms,
+                captions=_captions(spec),
             )
             for link in links:
-                link.outbox.put_control(started)
+                link.outbox.put_control(self._started_text(live, link, ann))
         log.info(
             "announcement %s playing: %d endpoint(s), formats %s, %d segment(s)",
             ann.id,

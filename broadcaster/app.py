@@ -30,8 +30,10 @@ from broadcaster.clock import Clock, SystemClock
 from broadcaster.config import Config
 from broadcaster.edge import EdgeGuard, GatedSite, ensure_file_limit
 from broadcaster.events import EventLog
+from broadcaster.gains import Gains
 from broadcaster.journal import StoreJournal, recover
 from broadcaster.monitoring import LiveCollector, ServiceMetrics, service_readiness
+from broadcaster.scheduling.library import TemplateLibrary
 from broadcaster.scheduling.runner import ScheduleRunner
 from broadcaster.speech.chain import FallbackPolicy
 from broadcaster.speech.engine import SpeechEngine
@@ -159,6 +161,8 @@ class Service:
         self.ws_port = 0
         #: The Runware cache warm-up's progress (None: no warm-up; see _start_warm_up).
         self.warm_up: WarmUpReport | None = None
+        self.templates: TemplateLibrary | None = None
+        self.gains: Gains | None = None
         self._warm_up_task: asyncio.Task[None] | None = None
 
     @property
@@ -206,6 +210,16 @@ class Service:
         await self.store.prune_idempotency(
             self.clock.wall() - timedelta(hours=cfg.store.idempotency_hours)
         )
+        # One template registry for triggers, schedules and the API; gains set
+        # through the API override the config's.
+        self.templates = TemplateLibrary(cfg, self.store, self.clock)
+        await self.templates.load()
+        self.gains = Gains(cfg)
+        for row in await self.store.list_gains():
+            if not self.gains.known(row.kind, row.id):
+                log.warning("gain of %s %s ignored: not in the config", row.kind, row.id)
+                continue
+            self.gains.set(row.kind, row.id, row.gain_db)
         registry = Registry(
             cfg.announcements.history_limit,
             first_number=await self.store.max_announcement_number() + 1,
@@ -224,6 +238,7 @@ class Service:
             registry=registry,
             events=self.events,
             observer=self.metrics,
+            gains=self.gains,
             settings=PlayoutSettings(
                 lead_us=cfg.streaming.playout_delay_ms * 1000,
                 opus_bitrate_bps=cfg.streaming.opus_bitrate_bps,
@@ -255,7 +270,11 @@ class Service:
         self._announcer_task = asyncio.create_task(self.announcer.run(), name="announcer")
         self._store_watch_task = asyncio.create_task(self._watch_store(), name="store-watch")
         self.runner = ScheduleRunner(
-            config=cfg, store=self.store, announcer=self.announcer, clock=self.clock
+            config=cfg,
+            store=self.store,
+            announcer=self.announcer,
+            clock=self.clock,
+            templates=self.templates,
         )
         await self.runner.load()
         self._runner_task = asyncio.create_task(self.runner.run(), name="schedules")
@@ -301,6 +320,8 @@ class Service:
             origins=self.endpoint_server.origins,  # one origin policy for both servers
             events=self.events,
             metrics=self.metrics,
+            templates=self.templates,
+            gains=self.gains,
             readiness=service_readiness(
                 config=cfg,
                 hub=self.hub,
@@ -382,8 +403,15 @@ class Service:
             return  # (espeak-ng needs no cache: it speaks ~1000x faster than real time)
         # Below the client's limit, so announcements always find a free slot.
         slots = max(1, engine.client.settings.max_in_flight - 1)
+        library = self.templates
+        # The registry's templates: the config's and those made through the API.
+        found = [library.get(name) for name in library.names()] if library is not None else None
         warm = WarmUp(
-            self.config, engine, clock=self.clock, concurrency=min(rw.warm_up_concurrency, slots)
+            self.config,
+            engine,
+            clock=self.clock,
+            concurrency=min(rw.warm_up_concurrency, slots),
+            templates=None if found is None else [t for t in found if t is not None],
         )
         self.warm_up = warm.report
         self._warm_up_task = asyncio.create_task(self._run_warm_up(warm), name="speech-warm-up")

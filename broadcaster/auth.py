@@ -218,14 +218,52 @@ def may_cancel(
     return _zone_refusal(principal, zones, "cancel")
 
 
-def may_silence(principal: Principal, zone: str) -> Refusal | None:
+def may_silence(principal: Principal, zones: str | Collection[str]) -> Refusal | None:
+    """Silence a zone (or each zone of a group): dispatcher and above, in its zones."""
     if not principal.at_least(Role.DISPATCHER):
         return Refusal(
             403,
             "forbidden",
             f"role {principal.role} may not silence a zone (needs dispatcher or above)",
         )
-    return _zone_refusal(principal, [zone], "silence")
+    return _zone_refusal(principal, [zones] if isinstance(zones, str) else zones, "silence")
+
+
+def may_set_gain(principal: Principal, what: str, zones: Collection[str]) -> Refusal | None:
+    """Set a zone's or an endpoint's gain: admin, within the token's zones."""
+    if not principal.at_least(Role.ADMIN):
+        return Refusal(403, "forbidden", f"role {principal.role} may not set gains (needs admin)")
+    return _zone_refusal(principal, zones, f"set the gain of {what}, which plays")
+
+
+def may_change_template(
+    principal: Principal,
+    *,
+    name: str,
+    priority: int,
+    zones: Collection[str],
+    emergency_priority: int,
+    verb: str,
+) -> Refusal | None:
+    """Create, edit or delete a template made through the API, at its effective priority.
+
+    Operators may for templates below the emergency band, dispatchers for any; admins
+    (above them) therefore for any. A token limited to zones only for templates whose
+    zones (groups expanded) are all among its own.
+    """
+    if not principal.at_least(Role.OPERATOR):
+        return Refusal(
+            403,
+            "forbidden",
+            f"role {principal.role} may not {verb} templates (needs operator or above)",
+        )
+    if priority >= emergency_priority and not principal.at_least(Role.DISPATCHER):
+        message = (
+            f"role {principal.role} may not {verb} template {name}, whose priority {priority} "
+            f"is in the emergency band ({emergency_priority}-255 needs dispatcher)"
+        )
+        return Refusal(403, "forbidden", message, (("priority", message),))
+    return _zone_refusal(principal, zones, f"{verb} template {name}, which plays")
 
 
 def may_manage_schedule(

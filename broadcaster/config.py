@@ -15,7 +15,7 @@ import secrets
 import ssl
 import tomllib
 import types
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -440,9 +440,28 @@ def check_request_chime(v: str | None) -> str | None:
     raise ValueError(f"unknown chime {v[:40]!r}; one of {', '.join(_CHIME_NAMES)} or file:NAME")
 
 
+#: Gains are attenuation only (a boost could push the decoded audio past the true-peak
+#: ceiling of [audio] true_peak_dbtp), in dB.
+GAIN_MIN_DB, GAIN_MAX_DB = -60.0, 0.0
+#: The built-in zone group of every zone (unless a zone or group is called so).
+ALL_ZONES = "all"
+
+
 class ZoneConfig(_Section):
     id: _ID
     name: str | None = None
+    #: Attenuation of this zone's announcements at its endpoints, -60..0 dB (sent to
+    #: each endpoint as gain_db; `PUT /v1/zones/{id}/gain` overrides it).
+    gain_db: float = Field(default=0.0, ge=GAIN_MIN_DB, le=GAIN_MAX_DB)
+
+
+class ZoneGroupConfig(_Section):
+    """Several zones under one id ("all platforms"), usable wherever a zone is."""
+
+    id: _ID
+    name: str | None = None
+    #: Zone ids (not other groups), at least one.
+    zones: list[_ID] = Field(min_length=1, max_length=256)
 
 
 class EndpointConfig(_Section):
@@ -451,6 +470,9 @@ class EndpointConfig(_Section):
     token_hash: str
     zones: list[_ID] = Field(min_length=1)
     description: str | None = None
+    #: Attenuation of everything this endpoint plays, -60..0 dB (added to the zone's;
+    #: `PUT /v1/endpoints/{id}/gain` overrides it).
+    gain_db: float = Field(default=0.0, ge=GAIN_MIN_DB, le=GAIN_MAX_DB)
 
     @field_validator("token_hash")
     @classmethod
@@ -582,15 +604,28 @@ def _check_language(v: str | None) -> str | None:
     return v
 
 
+#: Schedule keys added after schedules were first stored: left out of the stored copy
+#: while unset, so a config schedule stored by an older version still compares equal.
+_SCHEDULE_OPTIONAL = ("text", "voice", "chime_before", "chime_after", "repeats", "repeat_gap_ms")
+
+
 class ScheduleConfig(_Section):
-    """When a template is announced: exactly one of cron, every_s, at."""
+    """When a template (or a free text) is announced: exactly one of cron, every_s, at."""
 
     id: _ID
-    template: str = Field(max_length=64)
+    #: Exactly one of template (with its variables) or text.
+    template: str | None = Field(default=None, max_length=64)
+    text: str | None = Field(default=None, max_length=100_000)
     #: Values for the template's variables.
     variables: dict[str, Any] = Field(default_factory=dict, max_length=100)
-    #: Zones (default: the template's).
+    #: Zones or zone groups (default: the template's; required with text).
     zones: list[_ID] | None = Field(default=None, max_length=256)
+    #: Call composition (default: the template's, else none).
+    voice: str | None = None
+    chime_before: str | None = None
+    chime_after: str | None = None
+    repeats: int | None = Field(default=None, ge=0, le=10)
+    repeat_gap_ms: int | None = Field(default=None, ge=0, le=60000)
     cron: str | None = Field(default=None, max_length=200)
     #: At most a year (366 days).
     every_s: int | None = Field(default=None, ge=1, le=366 * 86400)
@@ -615,6 +650,46 @@ class ScheduleConfig(_Section):
     @classmethod
     def _language(cls, v: str | None) -> str | None:
         return _check_language(v)
+
+    @field_validator("voice")
+    @classmethod
+    def _voice(cls, v: str | None) -> str | None:
+        return _check_voice(v)
+
+    @field_validator("chime_before", "chime_after")
+    @classmethod
+    def _chime(cls, v: str | None) -> str | None:
+        return _check_chime(v)
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip()
+        if not v:
+            raise ValueError("text is empty")
+        if re.search("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", v):
+            raise ValueError("contains control characters")
+        return v
+
+    @model_validator(mode="after")
+    def _template_or_text(self) -> ScheduleConfig:
+        if (self.template is None) == (self.text is None):
+            raise ValueError("template: give exactly one of template or text")
+        if self.text is not None and self.variables:
+            raise ValueError("variables: only with a template")
+        if self.text is not None and not self.zones:
+            raise ValueError("zones: required with text (there is no template to take them from)")
+        return self
+
+    def stored(self) -> dict[str, Any]:
+        """The copy kept in the store (newer keys only when set)."""
+        data = self.model_dump()
+        for key in _SCHEDULE_OPTIONAL:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
     @field_validator("at", "start", "end")
     @classmethod
@@ -739,6 +814,7 @@ class Config(_Section):
     api_tokens: list[ApiTokenConfig] = Field(default_factory=list)
     limits: LimitsConfig = LimitsConfig()
     zones: list[ZoneConfig] = Field(default_factory=list)
+    zone_groups: list[ZoneGroupConfig] = Field(default_factory=list)
     endpoints: list[EndpointConfig] = Field(default_factory=list)
     templates: list[TemplateConfig] = Field(default_factory=list)
     schedules: list[ScheduleConfig] = Field(default_factory=list)
@@ -763,12 +839,27 @@ class Config(_Section):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"template names listed twice: {', '.join(sorted(dup))}")
-        known = set(zone_ids)
+        group_ids = [g.id for g in self.zone_groups]
+        dup = {g for g in group_ids if group_ids.count(g) > 1}
+        if dup:
+            raise ValueError(f"zone_groups ids listed twice: {', '.join(sorted(dup))}")
+        for i, group in enumerate(self.zone_groups):
+            where = f"zone_groups[{i}] ({group.id})"
+            if group.id in zone_ids:
+                raise ValueError(f"{where}: id is also a zone id; a group needs an id of its own")
+            unknown = [z for z in group.zones if z not in zone_ids]
+            if unknown:
+                raise ValueError(
+                    f"{where}: zones {unknown} are not defined under [[zones]] "
+                    "(a group lists zones, not other groups)"
+                )
+        known = set(zone_ids) | set(self.groups)
         for i, tpl in enumerate(self.templates):
             unknown = [z for z in tpl.zones if z not in known]
             if unknown:
                 raise ValueError(
-                    f"templates[{i}] ({tpl.name}): zones {unknown} are not defined under [[zones]]"
+                    f"templates[{i}] ({tpl.name}): zones {unknown} are not defined under "
+                    "[[zones]] or [[zone_groups]]"
                 )
         templates = {t.name: t for t in self.templates}
         schedule_ids = [sc.id for sc in self.schedules]
@@ -777,12 +868,21 @@ class Config(_Section):
             raise ValueError(f"schedule ids listed twice: {', '.join(sorted(dup))}")
         for i, sc in enumerate(self.schedules):
             where = f"schedules[{i}] ({sc.id})"
-            template = templates.get(sc.template)
-            if template is None:
-                raise ValueError(f"{where}: template {sc.template!r} is not defined")
             unknown = [z for z in sc.zones or [] if z not in known]
             if unknown:
-                raise ValueError(f"{where}: zones {unknown} are not defined under [[zones]]")
+                raise ValueError(
+                    f"{where}: zones {unknown} are not defined under [[zones]] or [[zone_groups]]"
+                )
+            if sc.text is not None:
+                if len(sc.text) > self.announcements.max_text_chars:
+                    raise ValueError(
+                        f"{where}: text: {len(sc.text)} characters; at most "
+                        f"{self.announcements.max_text_chars} (announcements.max_text_chars)"
+                    )
+                continue
+            template = templates.get(str(sc.template))
+            if template is None:
+                raise ValueError(f"{where}: template {sc.template!r} is not defined")
             if not (sc.zones or template.zones):
                 raise ValueError(f"{where}: no zones (neither the schedule nor its template)")
             from broadcaster.scheduling.templates import TemplateError
@@ -802,10 +902,11 @@ class Config(_Section):
             unknown = [z for z in tok.zones or [] if z not in known]
             if unknown:
                 raise ValueError(
-                    f"api_tokens[{i}] ({tok.id}): zones {unknown} are not defined under [[zones]]"
+                    f"api_tokens[{i}] ({tok.id}): zones {unknown} are not defined under "
+                    "[[zones]] or [[zone_groups]]"
                 )
         for i, ep in enumerate(self.endpoints):
-            unknown = [z for z in ep.zones if z not in known]
+            unknown = [z for z in ep.zones if z not in zone_ids]
             if unknown:
                 raise ValueError(
                     f"endpoints[{i}] ({ep.id}): zones {unknown} are not defined under [[zones]]"
@@ -835,6 +936,32 @@ class Config(_Section):
     @property
     def zone_ids(self) -> list[str]:
         return [z.id for z in self.zones]
+
+    @property
+    def groups(self) -> dict[str, tuple[str, ...]]:
+        """Zone groups by id: the configured ones, and the built-in ``all`` (every zone)
+        unless a zone or a configured group is called ``all``."""
+        out = {g.id: tuple(dict.fromkeys(g.zones)) for g in self.zone_groups}
+        if ALL_ZONES not in out and ALL_ZONES not in self.zone_ids and self.zones:
+            out[ALL_ZONES] = tuple(self.zone_ids)
+        return out
+
+    def unknown_zones(self, ids: Iterable[str]) -> list[str]:
+        """The ids among ``ids`` that are neither a zone nor a zone group."""
+        groups = self.groups
+        zones = set(self.zone_ids)
+        return [z for z in dict.fromkeys(ids) if z not in zones and z not in groups]
+
+    def expand_zones(self, ids: Iterable[str]) -> list[str]:
+        """Zones and zone groups as zones: each group replaced by its zones, in order,
+        each zone once. Unknown ids are kept (check them with unknown_zones first)."""
+        groups = self.groups
+        zones = set(self.zone_ids)
+        out: dict[str, None] = {}
+        for z in ids:
+            members = (z,) if z in zones else groups.get(z, (z,))
+            out.update(dict.fromkeys(members))
+        return list(out)
 
 
 def hash_token(token: str) -> str:

@@ -18,6 +18,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
@@ -57,6 +58,16 @@ class EndpointRefused(Exception):
         self.reason = reason
 
 
+def apply_gain(pcm: bytes, gain_db: float) -> bytes:
+    """Mono s16le PCM attenuated by ``gain_db`` (<= 0; 0 returns it as it is)."""
+    if gain_db >= 0.0 or not pcm:
+        return pcm
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    scaled = np.rint(samples * (10.0 ** (gain_db / 20.0)))
+    out: bytes = scaled.astype("<i2").tobytes()
+    return out
+
+
 @dataclass
 class ReceivedAnnouncement:
     """What the endpoint got for one announcement."""
@@ -85,6 +96,9 @@ class ReceivedAnnouncement:
     expected_chunks: int | None = None
     reason: str | None = None
     path: Path | None = None
+    #: The attenuation the server asked for (announcement_started.gain_db), applied
+    #: to the decoded audio before it is played (recorded).
+    gain_db: float = 0.0
 
     @property
     def joined_late(self) -> bool:
@@ -334,7 +348,11 @@ class ReferenceEndpoint:
             f"{msg.format.codec}/{msg.format.sample_rate_hz}", msg.format.frame_ms or 20
         )
         rec = ReceivedAnnouncement(
-            announcement_id=msg.announcement_id, stream=msg.stream, text=msg.text, format=fmt
+            announcement_id=msg.announcement_id,
+            stream=msg.stream,
+            text=msg.text,
+            format=fmt,
+            gain_db=min(0.0, msg.gain_db),  # attenuation only, whatever was sent
         )
         self.announcements[msg.announcement_id] = rec
         self._by_stream[msg.stream] = rec
@@ -369,7 +387,7 @@ class ReferenceEndpoint:
         rec.chunks += 1
         if rec.chunks == 1:
             self._ack_at(rec, "started", header.play_at_us)
-        rec.pcm.extend(decoder.decode(payload))
+        rec.pcm.extend(apply_gain(decoder.decode(payload), rec.gain_db))
         rec.chunk_bytes.append(len(rec.pcm) - before)  # with any silence filled before it
         if self.clock_estimate.offset_us is not None:
             margin = header.play_at_us - (self._now() + self.clock_estimate.offset_us)

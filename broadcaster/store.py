@@ -186,6 +186,29 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        5,
+        "templates made through the API, gains set through the API",
+        """
+        CREATE TABLE templates (
+            name       TEXT PRIMARY KEY,
+            data       TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            created_by TEXT,
+            updated_at TEXT NOT NULL,
+            updated_by TEXT
+        );
+
+        CREATE TABLE gains (
+            kind       TEXT NOT NULL CHECK (kind IN ('zone', 'endpoint')),
+            id         TEXT NOT NULL,
+            gain_db    REAL NOT NULL CHECK (gain_db BETWEEN -60 AND 0),
+            updated_at TEXT NOT NULL,
+            updated_by TEXT,
+            PRIMARY KEY (kind, id)
+        );
+        """,
+    ),
 )
 
 #: The newest schema version this code knows.
@@ -237,6 +260,32 @@ class ScheduleRow:
     updated_at: datetime
     paused: bool = False
     next_fire_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateRow:
+    """A template made through the API (``data``: its fields, as TemplateConfig takes them)."""
+
+    name: str
+    data: JSONDict
+    created_at: datetime
+    updated_at: datetime
+    created_by: str | None = None
+    updated_by: str | None = None
+
+
+GainKind = Literal["zone", "endpoint"]
+
+
+@dataclass(frozen=True, slots=True)
+class GainRow:
+    """A gain set through the API, overriding the config's for that zone or endpoint."""
+
+    kind: GainKind
+    id: str
+    gain_db: float
+    updated_at: datetime
+    updated_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -824,6 +873,76 @@ class Store:
             )
             return cur.rowcount > 0
 
+    # --- templates and gains (API) --------------------------------------------------------
+
+    def upsert_template(self, row: TemplateRow) -> None:
+        """Insert, or replace data and the ``updated_*`` fields of an existing template."""
+        with self._write(f"upsert template {row.name}") as c:
+            c.execute(
+                "INSERT INTO templates"
+                " (name, data, created_at, created_by, updated_at, updated_by)"
+                " VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET data = excluded.data,"
+                " updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+                (
+                    row.name,
+                    _dump(row.data),
+                    _ts(row.created_at),
+                    row.created_by,
+                    _ts(row.updated_at),
+                    row.updated_by,
+                ),
+            )
+
+    def list_templates(self) -> list[TemplateRow]:
+        """Every stored template, by name."""
+        rows = self._query("list templates", "SELECT * FROM templates ORDER BY name")
+        return [
+            TemplateRow(
+                name=r["name"],
+                data=_load(r["data"]),
+                created_at=_dt(r["created_at"]),
+                created_by=r["created_by"],
+                updated_at=_dt(r["updated_at"]),
+                updated_by=r["updated_by"],
+            )
+            for r in rows
+        ]
+
+    def delete_template(self, name: str) -> bool:
+        """False if there was no such template."""
+        with self._write(f"delete template {name}") as c:
+            return c.execute("DELETE FROM templates WHERE name = ?", (name,)).rowcount > 0
+
+    def set_gain(self, row: GainRow) -> None:
+        with self._write(f"set gain of {row.kind} {row.id}") as c:
+            c.execute(
+                "INSERT INTO gains (kind, id, gain_db, updated_at, updated_by)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, id) DO UPDATE SET"
+                " gain_db = excluded.gain_db, updated_at = excluded.updated_at,"
+                " updated_by = excluded.updated_by",
+                (row.kind, row.id, float(row.gain_db), _ts(row.updated_at), row.updated_by),
+            )
+
+    def clear_gain(self, kind: GainKind, id: str) -> bool:
+        """Forget a gain set through the API (the config's applies again)."""
+        with self._write(f"clear gain of {kind} {id}") as c:
+            cur = c.execute("DELETE FROM gains WHERE kind = ? AND id = ?", (kind, id))
+            return cur.rowcount > 0
+
+    def list_gains(self) -> list[GainRow]:
+        rows = self._query("list gains", "SELECT * FROM gains ORDER BY kind, id")
+        return [
+            GainRow(
+                kind=cast(GainKind, r["kind"]),
+                id=r["id"],
+                gain_db=float(r["gain_db"]),
+                updated_at=_dt(r["updated_at"]),
+                updated_by=r["updated_by"],
+            )
+            for r in rows
+        ]
+
     # --- firings ------------------------------------------------------------------------
 
     def claim_firing(
@@ -1238,6 +1357,12 @@ class AsyncStore:
     prune_firings = _in_worker(Store.prune_firings, write=True)
     insert_audit = _in_worker(Store.insert_audit, write=True)
     list_audit = _in_worker(Store.list_audit)
+    upsert_template = _in_worker(Store.upsert_template, write=True)
+    list_templates = _in_worker(Store.list_templates)
+    delete_template = _in_worker(Store.delete_template, write=True)
+    set_gain = _in_worker(Store.set_gain, write=True)
+    clear_gain = _in_worker(Store.clear_gain, write=True)
+    list_gains = _in_worker(Store.list_gains)
     insert_events = _in_worker(Store.insert_events, write=True)
     list_events = _in_worker(Store.list_events)
     max_event_id = _in_worker(Store.max_event_id)

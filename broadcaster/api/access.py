@@ -205,7 +205,13 @@ class Access:
     ) -> Access:
         a = config.auth
         return cls(
-            tokens=TokenTable(config.api_tokens),
+            # A token limited to a zone group is limited to the group's zones.
+            tokens=TokenTable(
+                t
+                if t.zones is None
+                else t.model_copy(update={"zones": config.expand_zones(t.zones)})
+                for t in config.api_tokens
+            ),
             limiter=limiter if limiter is not None else limiter_from_config(config),
             hosts=allowed_hosts(a.public_hosts, config.server.http_host),
             origins=origins if origins is not None else OriginPolicy(a.allowed_origins),

@@ -26,7 +26,7 @@ from pydantic.json_schema import models_json_schema
 from broadcaster import __version__
 from broadcaster.audio.chimes import CHIMES
 from broadcaster.auth import Role
-from broadcaster.config import Config, ScheduleConfig
+from broadcaster.config import Config, ScheduleConfig, TemplateConfig
 from broadcaster.model import LANGUAGES, PRIORITY_BANDS, VOICES
 from broadcaster.web.pages import is_page
 
@@ -39,6 +39,8 @@ from .schemas import (
     EndpointList,
     ErrorResponse,
     EventList,
+    GainRequest,
+    GainResult,
     HealthResponse,
     OpenApiDocument,
     ReadinessResponse,
@@ -47,6 +49,9 @@ from .schemas import (
     ScheduleRecord,
     SilenceRequest,
     SilenceResult,
+    TemplateDeleted,
+    TemplateList,
+    TemplateRecord,
     ZoneList,
 )
 
@@ -245,6 +250,69 @@ DOCS: dict[tuple[str, str], Doc] = {
         tags=("status",),
     ),
     ("GET", OPENAPI_PATH): Doc("This document", 200, OpenApiDocument, tags=("status",)),
+    ("GET", "/v1/templates"): Doc(
+        "Every template: the config's (read-only) and the API's",
+        200,
+        TemplateList,
+        description="Each template's `variables` are described as "
+        "`{name: {type, default, choices, max_length, required}}` so a form can be built; "
+        '`source` is "config" (change it in the config file) or "api".',
+        tags=("templates",),
+    ),
+    ("POST", "/v1/templates"): Doc(
+        "Create a template (operator; emergency band: dispatcher)",
+        201,
+        TemplateRecord,
+        body="TemplateConfig",
+        errors=(*_BODY_ERRORS, 409, 503),
+        description="Validated like a config template (typed variables, the sandboxed "
+        "template parse); chimes are built-in or file:NAME from [audio] chime_dir; zones "
+        "may name zone groups. Kept in the store. 409 when the name is taken.",
+        tags=("templates",),
+    ),
+    ("GET", "/v1/templates/{template}"): Doc(
+        "One template", 200, TemplateRecord, errors=_ID_404, tags=("templates",)
+    ),
+    ("PUT", "/v1/templates/{template}"): Doc(
+        "Replace a template made through the API",
+        200,
+        TemplateRecord,
+        body="TemplateConfig",
+        errors=(*_BODY_ERRORS, 404, 409, 503),
+        description="Operators for templates below the emergency band (before and after the "
+        "edit), dispatchers and admins for any. 409 for a config template, or when a "
+        "schedule announcing it would no longer render.",
+        tags=("templates",),
+    ),
+    ("DELETE", "/v1/templates/{template}"): Doc(
+        "Delete a template made through the API",
+        200,
+        TemplateDeleted,
+        errors=(404, 409, 503),
+        description="The same roles as editing it. 409 for a config template, or while a "
+        "schedule announces it.",
+        tags=("templates",),
+    ),
+    ("PUT", "/v1/zones/{id}/gain"): Doc(
+        "Set a zone's gain (admin): -60..0 dB, null for the config's",
+        200,
+        GainResult,
+        body="GainRequest",
+        errors=(*_BODY_ERRORS, 503),
+        description="Kept in the store, overriding `[[zones]] gain_db`. Sent to endpoints as "
+        "`gain_db` in announcement_started from the next announcement on.",
+        tags=("zones",),
+    ),
+    ("PUT", "/v1/endpoints/{id}/gain"): Doc(
+        "Set an endpoint's gain (admin): -60..0 dB, null for the config's",
+        200,
+        GainResult,
+        body="GainRequest",
+        errors=(*_BODY_ERRORS, 503),
+        description="Kept in the store, overriding `[[endpoints]] gain_db`; added to the zone "
+        "gain in announcement_started.",
+        tags=("status",),
+    ),
 }
 
 _PARAM = re.compile(r"\{([^}/]+)\}")
@@ -277,6 +345,8 @@ def _components() -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         AnnouncementRequest,
         ScheduleConfig,
+        TemplateConfig,
+        GainRequest,
         SilenceRequest,
         ErrorResponse,
         *{doc.ok for doc in DOCS.values() if doc.ok is not None},
@@ -384,21 +454,15 @@ def _operation(method: str, path: str, doc: Doc | None) -> dict[str, Any]:
 
 
 def _narrow_to(schemas: dict[str, Any], config: Config) -> None:
-    """Zones and template names: exactly those configured (others get 422 or 404)."""
-    zones = {"type": "string", "enum": config.zone_ids}
-    names = {"type": "string", "enum": [t.name for t in config.templates]}
-    for name in ("AnnouncementRequest", "TriggerRequest", "ScheduleConfig"):
+    """Zones: exactly the configured zones and zone groups (others get 422). Template
+    names are not narrowed: templates made through the API come and go."""
+    zones = {"type": "string", "enum": [*config.zone_ids, *config.groups]}
+    for name in ("AnnouncementRequest", "TriggerRequest", "ScheduleConfig", "TemplateConfig"):
         props = schemas[name]["properties"]
         if config.zone_ids:
             for branch in props["zones"].get("anyOf", [props["zones"]]):
                 if branch.get("type") == "array":
                     branch["items"] = zones
-        if "template" in props and config.templates:
-            props["template"] = (
-                names
-                if name == "ScheduleConfig"
-                else {"anyOf": [names, {"type": "null"}], "default": None}
-            )
 
 
 def build_document(app: web.Application, config: Config | None = None) -> dict[str, Any]:

@@ -24,19 +24,23 @@ from broadcaster.auth import (
     Role,
     may_announce,
     may_cancel,
+    may_change_template,
     may_manage_schedule,
+    may_set_gain,
     may_silence,
 )
 from broadcaster.clock import Clock, within_us
-from broadcaster.config import Config, ScheduleConfig
+from broadcaster.config import ALL_ZONES, Config, ScheduleConfig, check_request_chime
 from broadcaster.events import EventLog
+from broadcaster.gains import GainKind, Gains
 from broadcaster.journal import row_as_dict, to_row
 from broadcaster.logsetup import quiet_bad_requests
 from broadcaster.model import AnnouncementState
 from broadcaster.monitoring import Readiness, ServiceMetrics
+from broadcaster.scheduling.library import TemplateLibrary, TemplateProblem, effective_priority
 from broadcaster.scheduling.runner import ScheduleError, ScheduleRunner
 from broadcaster.scheduling.templates import TemplateError
-from broadcaster.store import AsyncStore, IdempotencyRow, StoreError
+from broadcaster.store import AsyncStore, GainRow, IdempotencyRow, StoreError
 from broadcaster.streaming.hub import Hub
 from broadcaster.streaming.supervision import Supervisor
 from broadcaster.web.pages import add_pages
@@ -62,6 +66,7 @@ from .schemas import (
     MAX_EXPIRES_AFTER_S,
     MAX_JSON_DEPTH,
     AnnouncementRequest,
+    GainRequest,
     SilenceRequest,
     check_json,
     field_errors,
@@ -82,6 +87,8 @@ EVENTS: web.AppKey[EventLog] = web.AppKey("events", EventLog)
 METRICS: web.AppKey[ServiceMetrics] = web.AppKey("metrics", ServiceMetrics)
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness", Readiness)
 IDEMPOTENCY: web.AppKey[IdempotencyKeys] = web.AppKey("idempotency", IdempotencyKeys)
+TEMPLATES: web.AppKey[TemplateLibrary] = web.AppKey("templates", TemplateLibrary)
+GAINS: web.AppKey[Gains] = web.AppKey("gains", Gains)
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -262,9 +269,10 @@ async def _announce(
     problems: list[dict[str, str]] = []
     tpl = None
     if req.template is not None:
-        tpl = cfg.template(req.template)
+        library = request.app[TEMPLATES]
+        tpl = library.get(req.template)
         if tpl is None:
-            known = ", ".join(t.name for t in cfg.templates) or "none configured"
+            known = ", ".join(library.names()[:50]) or "none"
             if template_from_path is not None:
                 return _error(404, "not_found", f"no template {req.template!r} (known: {known})")
             problems.append({"field": "template", "message": f"unknown template (known: {known})"})
@@ -311,9 +319,15 @@ async def _announce(
         problem = await _check_request_chime(cfg, getattr(req, field))
         if problem is not None:
             problems.append({"field": field, "message": problem})
-    unknown = [z for z in zones or [] if z not in cfg.zone_ids]
+    unknown = cfg.unknown_zones(zones or [])
     if unknown:
-        problems.append({"field": "zones", "message": f"unknown zone(s): {', '.join(unknown)}"})
+        problems.append(
+            {
+                "field": "zones",
+                "message": f"unknown zone(s): {', '.join(unknown)} "
+                "(neither a zone nor a zone group)",
+            }
+        )
     if req.expires_at is not None and req.expires_after_s is not None:
         problems.append({"field": "expires_at", "message": "give expires_at or expires_after_s"})
     if problems or text is None or zones is None:
@@ -346,7 +360,7 @@ async def _announce(
         cfg,
         tpl,
         text=text,
-        zones=zones,
+        zones=cfg.expand_zones(zones),  # groups become their zones here, at admission
         language=language,
         also=also,
         voice=req.voice,
@@ -482,16 +496,12 @@ def _runner(request: web.Request) -> ScheduleRunner:
     return request.app[RUNNER]
 
 
-def _schedule_scope(cfg: Config, data: dict[str, Any]) -> tuple[list[str], int]:
-    """A schedule's effective zones and priority (its own, else its template's, else config)."""
-    tpl = cfg.template(str(data.get("template")))
-    zones = data.get("zones") or (tpl.zones if tpl else []) or []
-    priority = data.get("priority")
-    if priority is None:
-        priority = tpl.priority if tpl and tpl.priority is not None else None
-    if priority is None:
-        priority = cfg.announcements.default_priority
-    return [str(z) for z in zones], int(priority)
+def _schedule_scope(runner: ScheduleRunner, spec: ScheduleConfig) -> tuple[list[str], int]:
+    """A new schedule's effective zones (groups expanded) and priority (its own, else its
+    template's, else the config's)."""
+    tpl = None if spec.template is None else runner.templates.get(spec.template)
+    zones = spec.zones or (tpl.zones if tpl else [])
+    return runner.config.expand_zones(zones), runner.priority_of(spec)
 
 
 @requires(Role.VIEWER)
@@ -523,8 +533,31 @@ async def _create_schedule(request: web.Request, body: Any, key: _Key | None) ->
                 f["field"], f["message"] = head, rest
         return _error(422, "validation_failed", "invalid fields", fields=fields)
     cfg = request.app[CONFIG]
-    if cfg.template(spec.template) is not None:  # (an unknown one is refused by the runner)
-        zones, priority = _schedule_scope(cfg, spec.model_dump())
+    problems = []
+    for field in ("chime_before", "chime_after"):
+        chime = getattr(spec, field)
+        try:
+            check_request_chime(chime)
+        except ValueError as exc:
+            problems.append({"field": field, "message": str(exc)})
+            continue
+        problem = await _check_request_chime(cfg, chime)
+        if problem is not None:
+            problems.append({"field": field, "message": problem})
+    if spec.text is not None and len(spec.text) > cfg.announcements.max_text_chars:
+        problems.append(
+            {
+                "field": "text",
+                "message": f"{len(spec.text)} characters; at most "
+                f"{cfg.announcements.max_text_chars} are accepted",
+            }
+        )
+    if problems:
+        return _error(422, "validation_failed", "invalid fields", fields=problems)
+    runner = _runner(request)
+    known_template = spec.template is None or runner.templates.get(spec.template) is not None
+    if known_template:  # (an unknown one is refused by the runner)
+        zones, priority = _schedule_scope(runner, spec)
         refusal = may_announce(
             _principal(request),
             priority=priority,
@@ -561,7 +594,7 @@ def _schedule_refusal(request: web.Request) -> web.Response | None:
     sid = request.match_info["id"]
     if sid not in {s["id"] for s in runner.list()}:
         return _error(404, "not_found", "no such schedule")
-    zones, _ = _schedule_scope(request.app[CONFIG], runner.describe(sid, upcoming=0))
+    zones = runner.zones_of(sid)
     refusal = may_manage_schedule(_principal(request), sid, zones)
     return _forbid(request, refusal) if refusal is not None else None
 
@@ -612,6 +645,220 @@ async def _pause(request: web.Request, paused: bool) -> web.Response:
     if described is None:
         return _error(404, "not_found", "no such schedule")
     return web.json_response(described)
+
+
+# --- templates ----------------------------------------------------------------------------
+
+
+@requires(Role.VIEWER)
+async def list_templates(request: web.Request) -> web.Response:
+    """GET /v1/templates: the config's (read-only) and the API's, by name."""
+    return web.json_response({"templates": request.app[TEMPLATES].list()})
+
+
+@requires(Role.VIEWER)
+async def get_template(request: web.Request) -> web.Response:
+    name = request.match_info["template"]
+    library = request.app[TEMPLATES]
+    if library.get(name) is None:
+        return _error(404, "not_found", f"no template {name[:64]!r}")
+    return web.json_response(library.describe(name))
+
+
+@requires(Role.OPERATOR)
+async def create_template(request: web.Request) -> web.Response:
+    """POST /v1/templates: a new template, kept in the store."""
+    try:
+        body = await _json_body(request)
+    except _BodyRefused as exc:
+        return exc.response
+    return await _save_template(request, body, path_name=None)
+
+
+@requires(Role.OPERATOR)
+async def update_template(request: web.Request) -> web.Response:
+    """PUT /v1/templates/{template}: replace a template made through the API."""
+    try:
+        body = await _json_body(request)
+    except _BodyRefused as exc:
+        return exc.response
+    return await _save_template(request, body, path_name=request.match_info["template"])
+
+
+def _template_problem(exc: TemplateProblem) -> web.Response:
+    return _error(
+        exc.status,
+        "conflict" if exc.status == 409 else "validation_failed",
+        str(exc),
+        fields=[{"field": exc.field, "message": str(exc)}],
+    )
+
+
+def _template_refusal(request: web.Request, template: Any, verb: str) -> web.Response | None:
+    cfg = request.app[CONFIG]
+    refusal = may_change_template(
+        _principal(request),
+        name=template.name,
+        priority=effective_priority(cfg, template),
+        zones=cfg.expand_zones(template.zones),
+        emergency_priority=cfg.announcements.emergency_priority,
+        verb=verb,
+    )
+    return _forbid(request, refusal) if refusal is not None else None
+
+
+async def _save_template(request: web.Request, body: Any, *, path_name: str | None) -> web.Response:
+    cfg = request.app[CONFIG]
+    library = request.app[TEMPLATES]
+    if not isinstance(body, dict):
+        return _invalid("(body)", "must be an object")
+    old = None
+    if path_name is not None:
+        conflict = library.config_conflict(path_name)
+        if conflict is not None:
+            return _template_problem(conflict)
+        old = library.get(path_name)
+        if old is None:
+            return _error(404, "not_found", f"no template {path_name[:64]!r}")
+        if body.get("name", path_name) != path_name:
+            return _invalid("name", "differs from the name in the path (a template is not renamed)")
+        body = {**body, "name": path_name}
+    try:
+        template = library.parse(body)
+    except ValidationError as exc:
+        return _error(422, "validation_failed", "invalid fields", fields=field_errors(exc))
+    except TemplateProblem as exc:
+        return _template_problem(exc)
+    problems = []
+    for field in ("chime_before", "chime_after"):
+        problem = await _check_request_chime(cfg, getattr(template, field))
+        if problem is not None:
+            problems.append({"field": field, "message": problem})
+    if problems:
+        return _error(422, "validation_failed", "invalid fields", fields=problems)
+    verb = "create" if old is None else "edit"
+    if old is not None:  # the template as it is, and as it would be
+        refused = _template_refusal(request, old, verb)
+        if refused is not None:
+            return refused
+    refused = _template_refusal(request, template, verb)
+    if refused is not None:
+        return refused
+    runner = request.app.get(RUNNER)
+    for sc in runner.using_template(template.name) if runner is not None and old else []:
+        # Its schedules must still work with it: they render, and they have zones.
+        language = sc.language or template.language or cfg.speech.default_language
+        try:
+            template.compiled().render(sc.variables, language=language)
+        except TemplateError as exc:
+            problem = f"schedule {sc.id} announces it and would fail: {exc}"
+            return _error(
+                409, "conflict", problem, fields=[{"field": "variables", "message": problem}]
+            )
+        if not (sc.zones or template.zones):
+            problem = f"schedule {sc.id} announces it and takes its zones; keep at least one"
+            return _error(409, "conflict", problem, fields=[{"field": "zones", "message": problem}])
+    try:
+        await library.save(template, by=_principal(request).id, create=old is None)
+    except TemplateProblem as exc:
+        return _template_problem(exc)
+    except KeyError:
+        return _error(404, "not_found", f"no template {template.name!r}")
+    except StoreError as exc:
+        return _store_unavailable(f"template not {'created' if old is None else 'saved'}", exc)
+    described = library.describe(template.name)
+    if old is None:
+        request[AUDIT_CREATED] = template.name
+        return web.json_response(
+            described, status=201, headers={"Location": f"/v1/templates/{template.name}"}
+        )
+    return web.json_response(described)
+
+
+@requires(Role.OPERATOR)
+async def delete_template(request: web.Request) -> web.Response:
+    """DELETE /v1/templates/{template}: as editing it allows; not while a schedule uses it."""
+    name = request.match_info["template"]
+    library = request.app[TEMPLATES]
+    conflict = library.config_conflict(name)
+    if conflict is not None:
+        return _template_problem(conflict)
+    template = library.get(name)
+    if template is None:
+        return _error(404, "not_found", f"no template {name[:64]!r}")
+    refused = _template_refusal(request, template, "delete")
+    if refused is not None:
+        return refused
+    runner = request.app.get(RUNNER)
+    users = [sc.id for sc in runner.using_template(name)] if runner is not None else []
+    if users:
+        problem = f"schedule(s) {', '.join(users)} announce it; delete them first"
+        return _error(409, "conflict", problem, fields=[{"field": "name", "message": problem}])
+    try:
+        deleted = await library.delete(name)
+    except TemplateProblem as exc:
+        return _template_problem(exc)
+    except StoreError as exc:
+        return _store_unavailable("template not deleted", exc)
+    if not deleted:
+        return _error(404, "not_found", f"no template {name[:64]!r}")
+    return web.json_response({"deleted": name})
+
+
+# --- gains ----------------------------------------------------------------------------------
+
+
+@requires(Role.ADMIN)
+async def set_zone_gain(request: web.Request) -> web.Response:
+    return await _set_gain(request, "zone")
+
+
+@requires(Role.ADMIN)
+async def set_endpoint_gain(request: web.Request) -> web.Response:
+    return await _set_gain(request, "endpoint")
+
+
+async def _set_gain(request: web.Request, kind: GainKind) -> web.Response:
+    """Set (or with null clear) the gain of a zone or endpoint; kept in the store."""
+    cfg = request.app[CONFIG]
+    gains = request.app[GAINS]
+    target = request.match_info["id"]
+    if not gains.known(kind, target):
+        return _error(404, "not_found", f"no {kind} {target[:64]!r}")
+    try:
+        body = await _json_body(request)
+    except _BodyRefused as exc:
+        return exc.response
+    if not isinstance(body, dict):
+        return _invalid("(body)", "must be an object")
+    try:
+        gain = GainRequest.model_validate(body).gain_db
+    except ValidationError as exc:
+        return _error(422, "validation_failed", "invalid fields", fields=field_errors(exc))
+    endpoint = cfg.endpoint(target) if kind == "endpoint" else None
+    zones = [target] if endpoint is None else endpoint.zones
+    refusal = may_set_gain(_principal(request), f"{kind} {target}", zones)
+    if refusal is not None:
+        return _forbid(request, refusal)
+    store = request.app.get(STORE)
+    try:
+        if store is not None and gain is None:
+            await store.clear_gain(kind, target)
+        elif store is not None and gain is not None:
+            await store.set_gain(
+                GainRow(
+                    kind=kind,
+                    id=target,
+                    gain_db=gain,
+                    updated_at=request.app[CLOCK].wall(),
+                    updated_by=_principal(request).id,
+                )
+            )
+    except StoreError as exc:
+        return _store_unavailable("gain not set", exc)
+    gains.set(kind, target, gain)
+    request[AUDIT_DETAIL] = f"gain_db={gain}"
+    return web.json_response({"kind": kind, "id": target, **gains.as_dict(kind, target)})
 
 
 @requires(Role.VIEWER)
@@ -725,10 +972,11 @@ async def silence_zone(request: web.Request) -> web.Response:
     """
     cfg = request.app[CONFIG]
     zone = request.match_info["id"]
-    if zone not in cfg.zone_ids:
-        return _error(404, "not_found", f"no zone {zone!r}")
+    if cfg.unknown_zones([zone]):
+        return _error(404, "not_found", f"no zone or zone group {zone!r}")
+    zones = cfg.expand_zones([zone])  # a group silences each of its zones
     principal = _principal(request)
-    refusal = may_silence(principal, zone)
+    refusal = may_silence(principal, zones)
     if refusal is not None:
         return _forbid(request, refusal)
     note: str | None = None
@@ -746,7 +994,8 @@ async def silence_zone(request: web.Request) -> web.Response:
     announcer = request.app[ANNOUNCER]
     cancelled = []
     for ann in announcer.registry.unfinished():
-        if zone in ann.spec.zones and announcer.cancel(ann.id, reason) is not None:
+        hit = not set(zones).isdisjoint(ann.spec.zones)
+        if hit and announcer.cancel(ann.id, reason) is not None:
             cancelled.append(ann.id)
     request[AUDIT_DETAIL] = f"cancelled {len(cancelled)}: {', '.join(cancelled)}"[:500]
     log.info("%s; cancelled %d announcement(s)", reason, len(cancelled))
@@ -779,11 +1028,13 @@ async def list_endpoints(request: web.Request) -> web.Response:
     now = request.app[CLOCK].monotonic_us()
     hub = request.app[HUB]
     cfg = request.app[CONFIG]
+    gains = request.app[GAINS]
     connected = {link.endpoint_id: link.as_dict(now) for link in hub.links()}
     supervisor = request.app.get(SUPERVISOR)
     items = []
     for ep in cfg.endpoints:
         entry: dict[str, Any] = {"endpoint_id": ep.id, "allowed_zones": ep.zones}
+        entry.update(gains.as_dict("endpoint", ep.id))
         if supervisor is not None:
             entry["supervision"] = supervisor.status(ep.id)
         entry["connected"] = ep.id in connected
@@ -852,16 +1103,28 @@ async def list_zones(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     arbiter = request.app[ANNOUNCER].arbiter
     cfg = request.app[CONFIG]
+    gains = request.app[GAINS]
     zones = [
         {
             "id": z.id,
             "name": z.name,
             "endpoints": hub.zone_members(z.id),
             "playing": arbiter.holder(z.id),
+            **gains.as_dict("zone", z.id),
         }
         for z in cfg.zones
     ]
-    return web.json_response({"zones": zones})
+    names = {g.id: g.name for g in cfg.zone_groups}
+    groups = [
+        {
+            "id": gid,
+            "name": names.get(gid, "All zones" if gid == ALL_ZONES else None),
+            "zones": list(members),
+            "builtin": gid not in names,
+        }
+        for gid, members in cfg.groups.items()
+    ]
+    return web.json_response({"zones": zones, "groups": groups})
 
 
 @requires(PUBLIC)
@@ -918,6 +1181,8 @@ def build_app(
     metrics: ServiceMetrics | None = None,
     readiness: Readiness | None = None,
     origins: OriginPolicy | None = None,
+    templates: TemplateLibrary | None = None,
+    gains: Gains | None = None,
 ) -> web.Application:
     quiet_bad_requests()  # an unparsable request is one WARNING line, not a traceback
     """The API. Every route declares its role with ``@requires`` (undeclared: admin only)."""
@@ -950,6 +1215,10 @@ def build_app(
         store, clock, timedelta(hours=config.store.idempotency_hours)
     )
     app[CONFIG] = config
+    if templates is None:
+        templates = runner.templates if runner is not None else TemplateLibrary(config, store)
+    app[TEMPLATES] = templates
+    app[GAINS] = gains if gains is not None else (announcer.gains or Gains(config))
     app[ANNOUNCER] = announcer
     app[HUB] = hub
     app[CLOCK] = clock
@@ -962,6 +1231,13 @@ def build_app(
     app.router.add_get("/v1/zones", list_zones)
     app.router.add_get("/v1/events", list_events)
     app.router.add_post("/v1/zones/{id}/silence", silence_zone)
+    app.router.add_put("/v1/zones/{id}/gain", set_zone_gain)
+    app.router.add_put("/v1/endpoints/{id}/gain", set_endpoint_gain)
+    app.router.add_get("/v1/templates", list_templates)
+    app.router.add_post("/v1/templates", create_template)
+    app.router.add_get("/v1/templates/{template}", get_template)
+    app.router.add_put("/v1/templates/{template}", update_template)
+    app.router.add_delete("/v1/templates/{template}", delete_template)
     app.router.add_get("/v1/audit", list_audit)
     app.router.add_get("/healthz", health)
     app.router.add_get("/readyz", readiness_route)

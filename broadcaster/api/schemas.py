@@ -290,7 +290,8 @@ class ScheduleRecord(_Open):
     """A schedule as configured, with its source (config or api) and next firings."""
 
     id: str
-    template: str
+    template: str | None
+    text: str | None
     paused: bool
     source: str
     next_firings: list[str]
@@ -350,8 +351,68 @@ class ZoneStatus(_Open):
     playing: str | None
 
 
+class ZoneGroupStatus(BaseModel):
+    """A zone group: configured ([[zone_groups]]), or the built-in ``all``."""
+
+    id: str
+    name: str | None
+    zones: list[str]
+    builtin: bool
+
+
 class ZoneList(BaseModel):
     zones: list[ZoneStatus]
+    groups: list[ZoneGroupStatus]
+
+
+class GainRequest(BaseModel):
+    """PUT /v1/zones/{id}/gain, PUT /v1/endpoints/{id}/gain: attenuation in dB, -60..0
+    (never a boost: the true-peak ceiling holds); null goes back to the config's gain."""
+
+    model_config = _Wire
+
+    gain_db: float | None = Field(ge=-60, le=0)
+
+
+class GainResult(BaseModel):
+    kind: Literal["zone", "endpoint"]
+    id: str
+    #: In force; the config's; where the one in force comes from.
+    gain_db: float
+    gain_db_config: float
+    gain_source: Literal["config", "api"]
+
+
+class TemplateVariable(BaseModel):
+    """A template variable, as a form needs it."""
+
+    type: Literal["str", "int", "float", "bool", "time"]
+    default: Any = None
+    choices: list[str] | None = None
+    max_length: int | None = None
+    required: bool
+
+
+class TemplateRecord(_Open):
+    """A template: its fields, where it comes from (config: read-only; api: editable),
+    its variables described, and its effective priority."""
+
+    name: str
+    text: str
+    source: Literal["config", "api"]
+    zones: list[str]
+    priority: int | None
+    effective_priority: int
+    emergency: bool
+    variables: dict[str, TemplateVariable]
+
+
+class TemplateList(BaseModel):
+    templates: list[TemplateRecord]
+
+
+class TemplateDeleted(BaseModel):
+    deleted: str
 
 
 class EventList(BaseModel):

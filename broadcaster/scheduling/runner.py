@@ -27,6 +27,7 @@ from broadcaster.clock import Clock, wait_event_or_deadline
 from broadcaster.config import Config, ScheduleConfig, TemplateConfig
 from broadcaster.journal import to_row
 from broadcaster.model import AnnouncementState
+from broadcaster.scheduling.library import TemplateLibrary
 from broadcaster.scheduling.planner import Firing, SchedulePolicy, ScheduleView, plan
 from broadcaster.scheduling.templates import TemplateError
 from broadcaster.scheduling.triggers import Trigger
@@ -51,19 +52,33 @@ class _Live:
     spec: ScheduleConfig
     source: str
     trigger: Trigger
-    template: TemplateConfig
+    #: Looked up at each use: an API template may be edited while the schedule lives.
+    library: TemplateLibrary
     next_fire_at: datetime | None
     paused: bool
+
+    @property
+    def template(self) -> TemplateConfig | None:
+        """Its template (None: a schedule of free text, or its template is gone)."""
+        return None if self.spec.template is None else self.library.get(self.spec.template)
 
 
 class ScheduleRunner:
     def __init__(
-        self, *, config: Config, store: AsyncStore, announcer: Announcer, clock: Clock
+        self,
+        *,
+        config: Config,
+        store: AsyncStore,
+        announcer: Announcer,
+        clock: Clock,
+        templates: TemplateLibrary | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.announcer = announcer
         self.clock = clock
+        #: Where templates are looked up (the config's and the API's).
+        self.templates = templates if templates is not None else TemplateLibrary(config)
         self._live: dict[str, _Live] = {}
         self._edited = asyncio.Event()
         #: Emergency firings accepted while the store could not claim them: firing ->
@@ -78,7 +93,7 @@ class ScheduleRunner:
         stored = {row.id: row for row in await self.store.list_schedules()}
         for spec in self.config.schedules:
             row = stored.pop(spec.id, None)
-            data = spec.model_dump()
+            data = spec.stored()
             keep = row is not None and row.source == "config" and row.data == data
             live = self._make_live(spec, "config")
             if keep and row is not None:
@@ -103,23 +118,45 @@ class ScheduleRunner:
         log.info("schedules: %d loaded", len(self._live))
 
     def _make_live(self, spec: ScheduleConfig, source: str) -> _Live:
-        template = self.config.template(spec.template)
-        if template is None:
-            raise ScheduleError("template", f"unknown template {spec.template!r}")
-        zones = spec.zones or template.zones
+        template = None
+        if spec.template is not None:
+            template = self.templates.get(spec.template)
+            if template is None:
+                raise ScheduleError("template", f"unknown template {spec.template!r}")
+        zones = spec.zones or (template.zones if template else [])
         if not zones:
             raise ScheduleError("zones", "no zones (neither the schedule nor its template)")
-        unknown = [z for z in zones if z not in self.config.zone_ids]
+        unknown = self.config.unknown_zones(zones)
         if unknown:
-            raise ScheduleError("zones", f"unknown zone(s): {', '.join(unknown)}")
-        return _Live(spec, source, spec.trigger(), template, None, spec.paused)
+            raise ScheduleError(
+                "zones", f"unknown zone(s): {', '.join(unknown)} (neither a zone nor a zone group)"
+            )
+        return _Live(spec, source, spec.trigger(), self.templates, None, spec.paused)
+
+    def using_template(self, name: str) -> list[ScheduleConfig]:
+        """The schedules that announce template ``name``."""
+        return [live.spec for _, live in sorted(self._live.items()) if live.spec.template == name]
+
+    def zones_of(self, schedule_id: str) -> list[str]:
+        """A schedule's effective zones, groups expanded (its own, else its template's)."""
+        live = self._live[schedule_id]
+        tpl = live.template
+        return self.config.expand_zones(live.spec.zones or (tpl.zones if tpl else []))
+
+    def priority_of(self, spec: ScheduleConfig) -> int:
+        """The priority a schedule's firings get (its own, else its template's, else config)."""
+        tpl = None if spec.template is None else self.templates.get(spec.template)
+        priority: int = first_given(
+            spec.priority, tpl and tpl.priority, self.config.announcements.default_priority
+        )
+        return priority
 
     async def _save(self, live: _Live, *, created: datetime) -> None:
         now = self.clock.wall()
         await self.store.upsert_schedule(
             ScheduleRow(
                 id=live.spec.id,
-                data=live.spec.model_dump(),
+                data=live.spec.stored(),
                 source="config" if live.source == "config" else "api",
                 created_at=created,
                 updated_at=now,
@@ -132,10 +169,11 @@ class ScheduleRunner:
         if spec.id in self._live:
             raise ScheduleError("id", f"schedule {spec.id!r} exists already")
         live = self._make_live(spec, "api")
-        try:
-            live.template.compiled().render(spec.variables, language=self._language(live))
-        except TemplateError as exc:
-            raise ScheduleError("variables", str(exc)) from None
+        if live.template is not None:
+            try:
+                live.template.compiled().render(spec.variables, language=self._language(live))
+            except TemplateError as exc:
+                raise ScheduleError("variables", str(exc)) from None
         now = self.clock.wall()
         live.next_fire_at = live.trigger.next_after(now)
         await self._save(live, created=now)
@@ -277,24 +315,22 @@ class ScheduleRunner:
         spec, tpl = live.spec, live.template
         return SchedulePolicy(
             misfire_grace_s=first_given(
-                spec.misfire_grace_s, tpl.misfire_grace_s, sched.misfire_grace_s
+                spec.misfire_grace_s, tpl and tpl.misfire_grace_s, sched.misfire_grace_s
             ),
-            coalesce=first_given(spec.coalesce, tpl.coalesce, sched.coalesce),
-            expires_after_s=(
-                spec.expires_after_s if spec.expires_after_s is not None else tpl.expires_after_s
-            ),
+            coalesce=first_given(spec.coalesce, tpl and tpl.coalesce, sched.coalesce),
+            expires_after_s=first_given(spec.expires_after_s, tpl and tpl.expires_after_s),
             emergency=self._priority(live) >= self.config.announcements.emergency_priority,
         )
 
     def _priority(self, live: _Live) -> int:
-        if live.spec.priority is not None:
-            return live.spec.priority
-        if live.template.priority is not None:
-            return live.template.priority
-        return self.config.announcements.default_priority
+        return self.priority_of(live.spec)
 
     def _language(self, live: _Live) -> str:
-        return live.spec.language or live.template.language or self.config.speech.default_language
+        tpl = live.template
+        language: str = first_given(
+            live.spec.language, tpl and tpl.language, self.config.speech.default_language
+        )
+        return language
 
     async def _claim_held(self, schedule_id: str, firing: Firing) -> bool:
         """True if this firing was already accepted in memory (store fault): its claim
@@ -320,21 +356,29 @@ class ScheduleRunner:
         tpl = live.template
         language = self._language(live)
         reason = firing.reason
-        text = ""
+        text = spec.text or ""
         decision: str = firing.decision
         also: tuple[tuple[str, str], ...] = ()
-        try:
-            text, also = tpl.render_all(spec.variables, language)
-        except TemplateError as exc:
-            decision, reason = "failed", f"template could not be rendered: {exc}"
+        if tpl is not None:
+            try:
+                text, also = tpl.render_all(spec.variables, language)
+            except TemplateError as exc:
+                decision, reason = "failed", f"template could not be rendered: {exc}"
+        elif spec.template is not None:
+            decision, reason = "failed", f"template {spec.template!r} no longer exists"
         announcement = compose_spec(
             self.config,
             tpl,
-            text=text or f"(template {tpl.name})",
-            zones=spec.zones or tpl.zones,
+            text=text or f"(template {spec.template})",
+            zones=self.config.expand_zones(spec.zones or (tpl.zones if tpl else [])),
             language=language,
             also=also,
+            voice=spec.voice,
             priority=self._priority(live),
+            chime_before=spec.chime_before,
+            chime_after=spec.chime_after,
+            repeats=spec.repeats,
+            repeat_gap_ms=spec.repeat_gap_ms,
         )
 
         # Stored with the record, so a restart that finds it not yet played knows

@@ -250,6 +250,9 @@ class AnnouncementStarted(_ServerMsg):
     expected_duration_ms: int  # an estimate made before the audio exists
     #: Every language's written text in the order spoken (the first is ``text``).
     captions: list[Caption] = Field(default_factory=list)
+    #: Attenuation the endpoint applies to this stream's decoded audio, -120..0 dB
+    #: (its own gain plus its zone's); absent (older servers) means 0.
+    gain_db: float = 0.0
 
 
 class AnnouncementEnded(_ServerMsg):

@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from broadcaster.app import Service
 from broadcaster.speech.espeak import EspeakEngine
-from tests.integration.conftest import Harness, make_config
+from tests.integration.conftest import Harness, bearer, make_config
 
 pytestmark = pytest.mark.browser
 
@@ -243,7 +244,24 @@ async def test_tap_to_enable_sound_is_shown_reported_and_cleared_and_pcm_plays(w
     await wait_for(page, "window.kiosk.audio.ready")
     assert await page.is_hidden("#enable-sound")
     await poll_entry(web, "ep-b", "audio_output", "ready")
-    await play_one(web, page, "Mind the gap.")
+    # With a gain of -6 dB on the kiosk (the server sends it in announcement_started),
+    # its loudest sample is half the reference endpoint's (same format, gain 0).
+    ref = await web.endpoint("ep-c", ["hall"], ["pcm_s16le/48000"])
+    async with (
+        aiohttp.ClientSession() as http,
+        http.put(
+            f"{web.api}/v1/endpoints/ep-b/gain", json={"gain_db": -6.0}, headers=bearer()
+        ) as r,
+    ):
+        assert r.status == 200, await r.text()
+    finished = await play_one(web, page, "Mind the gap.")
+    [started] = await kiosk_events(page, "announcement_started", finished["announcement_id"])
+    assert started["gain_db"] == -6.0
+    pcm = ref.announcements[finished["announcement_id"]].pcm
+    ref_peak = max(abs(v) for v in memoryview(bytes(pcm)).cast("h")) / 32768
+    await asyncio.sleep(0.3)  # the worklet's next stats message
+    kiosk_peak = await page.evaluate("window.kiosk.audio.stats.peak")
+    assert abs(kiosk_peak / ref_peak - 10 ** (-6 / 20)) < 0.005, (kiosk_peak, ref_peak)
     assert problems == []
     # Closing the page says bye: the kiosk is offline, not faulty, and reports nothing.
     await page.close(run_before_unload=True)
@@ -369,8 +387,8 @@ INJECT = """([annId, stream, priority, gainDb, baseUs, atMs, chunks, value]) => 
 
 
 async def test_made_up_streams_gain_db_and_two_overlapping_priorities(web, launch):
-    """Streams that no server of this branch sends: gain_db (added by another branch)
-    and two announcements overlapping on a kiosk in two zones."""
+    """Streams the test config cannot make: an exact gain on a known signal, and two
+    announcements overlapping on a kiosk in two zones."""
     browser = await launch()
     page, problems = await open_kiosk(web, browser)
     await wait_for(page, "window.kiosk.link.clock.samples >= 16")

@@ -380,7 +380,11 @@ async def test_metrics_parse_and_have_the_families(tmp_path: Path):
         "broadcaster_endpoint_playback_skew_seconds",
         endpoint="ep-b",
     )
-    assert abs(skew) < 0.05  # the reference endpoint starts on time (loopback)
+    # The reference endpoint reports "started" when its timer for the play-at instant
+    # fires: on loopback that is on time, give or take the event loop's lateness on a
+    # loaded machine (0.13 s was seen with both cores busy). A wrong sign or unit
+    # (ms for s, or the offset left out) would be off by far more.
+    assert abs(skew) < 0.25
     assert value("broadcaster_store_write_errors", "broadcaster_store_write_errors_total") == 1
     # The network edge: the endpoint's WebSocket is open, and this scrape's own connection.
     open_ws = value(

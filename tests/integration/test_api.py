@@ -68,6 +68,14 @@ async def test_status_listing_and_defaults(harness):
     status, listing = await harness.get("/v1/announcements")
     assert created["id"] in [a["id"] for a in listing["announcements"]]
     status, zones = await harness.get("/v1/zones")
-    assert {"id": "gate", "name": None, "endpoints": ["ep-d"], "playing": None} in zones["zones"]
+    assert {
+        "id": "gate",
+        "name": None,
+        "endpoints": ["ep-d"],
+        "playing": None,
+        "gain_db": 0.0,
+        "gain_db_config": 0.0,
+        "gain_source": "config",
+    } in zones["zones"]
     status, health = await harness.get("/healthz")
     assert health["status"] == "ok" and health["endpoints_connected"] == 1

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from broadcaster.announcements import compose_spec, spoken_language
 from broadcaster.clock import Clock
-from broadcaster.config import Config
+from broadcaster.config import Config, TemplateConfig
 from broadcaster.model import SpeechRequest
 from broadcaster.scheduling.templates import TemplateError
 from broadcaster.speech.runware.engine import RunwareEngine
@@ -39,21 +40,27 @@ class WarmItem:
 
 
 def warm_requests(
-    config: Config, *, max_text_chars: int, max_request_chars: int
+    config: Config,
+    *,
+    max_text_chars: int,
+    max_request_chars: int,
+    templates: Sequence[TemplateConfig] | None = None,
 ) -> tuple[list[WarmItem], list[str]]:
-    """The segments of every template with a fixed text, in config order, each once;
+    """The segments of every template with a fixed text, in order (default: the
+    config's; the service passes its template registry's, API ones too), each once;
     and the names of the templates skipped (a variable without a default)."""
     items: list[WarmItem] = []
     skipped: list[str] = []
     seen: set[SpeechRequest] = set()
-    for tpl in config.templates:
+    for tpl in config.templates if templates is None else templates:
         language = spoken_language(config, tpl, None)
         try:
             text, also = tpl.render_all({}, language)
         except TemplateError:
             skipped.append(tpl.name)  # its text depends on the request
             continue
-        spec = compose_spec(config, tpl, text=text, zones=tpl.zones, language=language, also=also)
+        zones = config.expand_zones(tpl.zones)
+        spec = compose_spec(config, tpl, text=text, zones=zones, language=language, also=also)
         for lang, part in ((spec.language, spec.text), *spec.also):
             # As the announcer splits (Announcer._segments): whole when asked and it fits.
             if not spec.split and len(part) <= max_request_chars:
@@ -119,9 +126,16 @@ class WarmUp:
     """Runs a warm-up with at most ``concurrency`` Runware tasks at once."""
 
     def __init__(
-        self, config: Config, engine: RunwareEngine, *, clock: Clock, concurrency: int = 1
+        self,
+        config: Config,
+        engine: RunwareEngine,
+        *,
+        clock: Clock,
+        concurrency: int = 1,
+        templates: Sequence[TemplateConfig] | None = None,
     ) -> None:
         self.config = config
+        self.templates = templates
         self.engine = engine
         self.clock = clock
         self.concurrency = max(1, concurrency)
@@ -134,6 +148,7 @@ class WarmUp:
             self.config,
             max_text_chars=self.engine.max_text_chars,
             max_request_chars=self.engine.max_request_chars,
+            templates=self.templates,
         )
         report.templates = len({item.template for item in items})
         report.segments = len(items)
