@@ -267,7 +267,8 @@ export class KioskLink {
       format: msg.format,
       captions: Array.isArray(msg.captions) && msg.captions.length
         ? msg.captions : [{ language: null, text: msg.text }],
-      gain: 10 ** ((typeof msg.gain_db === "number" ? msg.gain_db : 0) / 20),
+      // An attenuation only (docs/protocol.md 5.5): never a boost past the true peak.
+      gain: 10 ** (Math.min(0, typeof msg.gain_db === "number" ? msg.gain_db : 0) / 20),
       status: "receiving",
       chunks: 0, gaps: 0, firstSeq: null, lastSeq: null,
       firstPlayAt: null, lastEnd: null, times: [],
