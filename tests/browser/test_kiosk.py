@@ -245,7 +245,8 @@ async def test_tap_to_enable_sound_is_shown_reported_and_cleared_and_pcm_plays(w
     assert await page.is_hidden("#enable-sound")
     await poll_entry(web, "ep-b", "audio_output", "ready")
     # With a gain of -6 dB on the kiosk (the server sends it in announcement_started),
-    # its loudest sample is half the reference endpoint's (same format, gain 0).
+    # its loudest sample is half the reference endpoint's (same format, gain 0), and
+    # the worklet's overall peak counter agrees with the stream's own.
     ref = await web.endpoint("ep-c", ["hall"], ["pcm_s16le/48000"])
     async with (
         aiohttp.ClientSession() as http,
@@ -261,6 +262,7 @@ async def test_tap_to_enable_sound_is_shown_reported_and_cleared_and_pcm_plays(w
     ref_peak = max(abs(v) for v in memoryview(bytes(pcm)).cast("h")) / 32768
     await asyncio.sleep(0.3)  # the worklet's next stats message
     kiosk_peak = await page.evaluate("window.kiosk.audio.stats.peak")
+    assert kiosk_peak == finished["peak"]
     assert abs(kiosk_peak / ref_peak - 10 ** (-6 / 20)) < 0.005, (kiosk_peak, ref_peak)
     assert problems == []
     # Closing the page says bye: the kiosk is offline, not faulty, and reports nothing.
@@ -394,12 +396,15 @@ async def test_made_up_streams_gain_db_and_two_overlapping_priorities(web, launc
     await wait_for(page, "window.kiosk.link.clock.samples >= 16")
     soon = "Math.round(performance.now() * 1000) + window.kiosk.link.clock.offsetUs + 150000"
     base = await page.evaluate(soon)
-    # 200 ms at half scale, attenuated by 6.02 dB: a quarter of full scale comes out.
+    # 200 ms at half scale, attenuated by 6.02 dB: a quarter of full scale comes out;
+    # a gain above 0 dB is not applied (attenuation only).
     await page.evaluate(INJECT, ["gain", 4_000_000_001, 100, -6.0206, base, 0, 10, 0.5])
+    await page.evaluate(INJECT, ["boost", 4_000_000_004, 100, 6.0, base, 200, 10, 0.3])
     finished = await wait_event(page, "playback_finished", "gain")
     assert finished["played"] == 10 * FRAME
-    await asyncio.sleep(0.3)  # the next stats message
-    assert abs(await page.evaluate("window.kiosk.audio.stats.peak") - 0.25) < 1e-3
+    assert abs(finished["peak"] - 0.25) < 1e-3, finished
+    boosted = await wait_event(page, "playback_finished", "boost")
+    assert abs(boosted["peak"] - 0.3) < 1e-3, boosted
 
     # A routine stream of 600 ms, and from its 300th ms an operational one of 600 ms:
     # the higher priority is heard where they overlap, and its caption is shown.

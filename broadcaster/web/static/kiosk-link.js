@@ -428,7 +428,7 @@ export class KioskLink {
           event: "finished", at_us: st.finishedAtUs });
       }
       this.log({ type: "playback_finished", announcement_id: st.annId, stream: st.stream,
-        played: msg.played, frame: msg.frame, at_us: st.finishedAtUs,
+        played: msg.played, peak: msg.peak, frame: msg.frame, at_us: st.finishedAtUs,
         duration_ms: st.ended ? st.ended.duration_ms : null,
         end_at_us: st.ended ? st.ended.end_at_us : null, decoded: st.decoded });
       this.byLocal.delete(st.localId);

@@ -10,7 +10,7 @@
 //
 // Messages in (port): {type: "stream", id, priority}, {type: "chunk", id, frame,
 // samples}, {type: "end", id}, {type: "flush", id}, {type: "clear"}.
-// Messages out: {type: "started", id, frame}, {type: "finished", id, frame, played},
+// Messages out: {type: "started", id, frame}, {type: "finished", id, frame, played, peak},
 // {type: "flushed", id, dropped, played}, {type: "stats", ...counters}.
 
 const SIZE = 1 << 18; // ring length in frames: 5.46 s at 48 kHz (a power of two)
@@ -41,6 +41,7 @@ class KioskRingPlayer extends AudioWorkletProcessor {
       case "stream":
         this.streams.set(msg.id, {
           priority: msg.priority, played: 0, written: 0, end: 0, ended: false, started: false,
+          peak: 0,
         });
         break;
       case "chunk":
@@ -132,6 +133,8 @@ class KioskRingPlayer extends AudioWorkletProcessor {
       const st = this.streams.get(id);
       if (!st) continue;
       st.played += 1;
+      if (v > st.peak) st.peak = v;
+      else if (-v > st.peak) st.peak = -v;
       if (!st.started) {
         st.started = true;
         this.port.postMessage({ type: "started", id, frame: start + i });
@@ -144,7 +147,9 @@ class KioskRingPlayer extends AudioWorkletProcessor {
     for (const [id, st] of this.streams) {
       if (st.ended && st.end <= next) {
         this.streams.delete(id);
-        this.port.postMessage({ type: "finished", id, frame: st.end, played: st.played });
+        this.port.postMessage({
+          type: "finished", id, frame: st.end, played: st.played, peak: st.peak,
+        });
       }
     }
     this.quanta += 1;
