@@ -981,6 +981,7 @@ class Announcer:
                 format=format_spec(formats[key]),
                 start_at_us=pacer.start_us,
                 expected_duration_ms=estimate_ms,
+                captions=_captions(spec),
             )
             for link in links:
                 link.outbox.put_control(self._started_text(live, link, ann))
@@ -1289,3 +1290,9 @@ class Announcer:
     def _notify(self, ann: Announcement) -> None:
         if self.journal is not None:
             self._mark_dirty(ann)
+
+
+def _captions(spec: AnnouncementSpec) -> list[wire.Caption]:
+    """Each language's written text in the order spoken, for displays (captions)."""
+    pairs = ((spec.language, spec.text), *spec.also)
+    return [wire.Caption(language=language, text=text) for language, text in pairs]

@@ -1129,6 +1129,7 @@ def endpoint_entries(request: HasApp) -> list[dict[str, Any]]:
         if supervisor is not None:
             entry["supervision"] = supervisor.status(ep.id)
         entry["connected"] = ep.id in connected
+        entry["audio_output"] = None  # what a connected endpoint reports (status message)
         if ep.id in connected:
             entry.update(connected[ep.id])
         items.append(entry)

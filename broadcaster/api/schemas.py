@@ -375,6 +375,12 @@ class EndpointStatus(_Open):
     endpoint_id: str
     allowed_zones: list[str]
     connected: bool
+    audio_output: Literal["ready", "blocked"] | None = Field(
+        default=None,
+        description="What the connected endpoint reports in its status message "
+        '(docs/protocol.md 5.13): "blocked" when it cannot make sound now, e.g. a '
+        "browser kiosk waiting for a tap to enable sound; null when not reported.",
+    )
 
 
 class EndpointList(BaseModel):

@@ -234,6 +234,8 @@ class EndpointLink:
     #: Latest heartbeat round trip, for the API.
     rtt_us: int | None = None
     remote: str | None = None
+    #: What the endpoint last reported in a ``status`` message ("ready"/"blocked").
+    audio_output: str | None = None
 
     def as_dict(self, now_us: int) -> dict[str, object]:
         c = self.outbox.counters
@@ -245,6 +247,7 @@ class EndpointLink:
             "remote": self.remote,
             "connected_s": round((now_us - self.connected_at_us) / 1e6, 3),
             "rtt_ms": None if self.rtt_us is None else round(self.rtt_us / 1000, 2),
+            "audio_output": self.audio_output,
             "queued_audio_ms": self.outbox.queued_audio_us // 1000,
             "audio_sent": c.audio_sent,
             "dropped_stale": c.dropped_stale,

@@ -46,6 +46,7 @@ from broadcaster.streaming.session import (
     RoundTrip,
     SessionSettings,
     SessionState,
+    StatusReceived,
 )
 from broadcaster.streaming.supervision import SupervisionEvent, Supervisor
 from broadcaster.streaming.wire import CloseCode
@@ -281,6 +282,14 @@ class EndpointServer:
                     self._on_playback(session.endpoint_id, event.playback)
                 elif isinstance(event, RoundTrip) and link is not None:
                     link.rtt_us = event.rtt_us
+                elif isinstance(event, StatusReceived) and link is not None:
+                    if link.audio_output != event.status.audio_output:
+                        log.info(
+                            "endpoint %s audio output: %s",
+                            link.endpoint_id,
+                            event.status.audio_output,
+                        )
+                    link.audio_output = event.status.audio_output
             if session.close is not None:
                 wake.set()
 

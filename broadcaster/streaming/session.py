@@ -71,13 +71,20 @@ class PlaybackReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class StatusReceived:
+    """The endpoint reported its own state (``audio_output``)."""
+
+    status: wire.Status
+
+
+@dataclass(frozen=True, slots=True)
 class RoundTrip:
     """A pong answered one of our pings: how long the round trip took."""
 
     rtt_us: int
 
 
-SessionEvent = Joined | ReceiptReceived | PlaybackReceived | RoundTrip
+SessionEvent = Joined | ReceiptReceived | PlaybackReceived | RoundTrip | StatusReceived
 
 
 def format_spec(fmt: StreamFormat) -> wire.ServerFormatSpec:
@@ -175,6 +182,8 @@ class EndpointSession:
             self._events.append(ReceiptReceived(msg))
         elif isinstance(msg, wire.Playback):
             self._events.append(PlaybackReceived(msg))
+        elif isinstance(msg, wire.Status):
+            self._events.append(StatusReceived(msg))
         elif isinstance(msg, wire.Bye):
             self._close(CloseCode.NORMAL, msg.reason or "endpoint said bye")
 

@@ -212,6 +212,16 @@ class Bye(_Msg):
     reason: str | None = None
 
 
+class Status(_Msg):
+    """The endpoint's own state, sent after welcome and whenever it changes.
+
+    ``audio_output``: "ready" (it can play) or "blocked" (it cannot make sound now,
+    e.g. a browser page waiting for a tap to enable sound)."""
+
+    type: Literal["status"] = "status"
+    audio_output: Literal["ready", "blocked"]
+
+
 # server -> endpoint
 
 
@@ -233,6 +243,13 @@ class Welcome(_ServerMsg):
     settings: Settings
 
 
+class Caption(_ServerMsg):
+    """The written text of one language of an announcement, for displays."""
+
+    language: str
+    text: str
+
+
 class AnnouncementStarted(_ServerMsg):
     type: Literal["announcement_started"] = "announcement_started"
     announcement_id: str
@@ -243,6 +260,8 @@ class AnnouncementStarted(_ServerMsg):
     format: ServerFormatSpec
     start_at_us: int
     expected_duration_ms: int  # an estimate made before the audio exists
+    #: Every language's written text in the order spoken (the first is ``text``).
+    captions: list[Caption] = Field(default_factory=list)
     #: Attenuation the endpoint applies to this stream's decoded audio, -120..0 dB
     #: (its own gain plus its zone's); absent (older servers) means 0.
     gain_db: float = 0.0
@@ -284,7 +303,7 @@ class Error(_ServerMsg):
 
 
 EndpointMessage = Annotated[
-    Hello | Ping | Pong | Receipt | Playback | Bye, Field(discriminator="type")
+    Hello | Ping | Pong | Receipt | Playback | Bye | Status, Field(discriminator="type")
 ]
 ServerMessage = Annotated[
     Welcome
@@ -301,7 +320,7 @@ ServerMessage = Annotated[
 _endpoint_adapter: TypeAdapter[Any] = TypeAdapter(EndpointMessage)
 _server_adapter: TypeAdapter[Any] = TypeAdapter(ServerMessage)
 
-ENDPOINT_TYPES = frozenset({"hello", "ping", "pong", "receipt", "playback", "bye"})
+ENDPOINT_TYPES = frozenset({"hello", "ping", "pong", "receipt", "playback", "bye", "status"})
 SERVER_TYPES = frozenset(
     {
         "welcome",
@@ -355,9 +374,11 @@ def _parse(text: str | bytes, adapter: TypeAdapter[Any], known: frozenset[str]) 
         raise MessageError("invalid_field", f"{kind}.{field}: {first['msg']}", field) from None
 
 
-def parse_endpoint_message(text: str | bytes) -> Hello | Ping | Pong | Receipt | Playback | Bye:
+def parse_endpoint_message(
+    text: str | bytes,
+) -> Hello | Ping | Pong | Receipt | Playback | Bye | Status:
     """Parse a text frame sent by an endpoint. Raises :class:`MessageError`."""
-    msg: Hello | Ping | Pong | Receipt | Playback | Bye = _parse(
+    msg: Hello | Ping | Pong | Receipt | Playback | Bye | Status = _parse(
         text, _endpoint_adapter, ENDPOINT_TYPES
     )
     return msg

@@ -155,6 +155,26 @@ async def test_ten_minutes_are_paced_exactly_with_no_drift():
     assert box.control[1]["end_at_us"] == start + 600_000_000
 
 
+async def test_started_carries_a_caption_per_language_in_the_order_spoken():
+    clock, announcer, box = setup(lambda c: FakeEngine(c, seconds=1))
+    multi = AnnouncementSpec(
+        text="Hello there.",
+        zones=("z",),
+        voice="ryan",
+        language="English",
+        speed=1.0,
+        also=(("German", "Hallo."), ("French", "Bonjour.")),
+    )
+    await play(clock, announcer, multi)
+    started = box.control[0]
+    assert started["text"] == "Hello there."
+    assert started["captions"] == [
+        {"language": "English", "text": "Hello there."},
+        {"language": "German", "text": "Hallo."},
+        {"language": "French", "text": "Bonjour."},
+    ]
+
+
 async def test_a_stall_shifts_the_timeline_without_a_burst():
     # The second segment is 3 s late (no fallback engine): the audio has a gap there.
     # (A segment is handed on whole, so the stall shows between segments.)

@@ -14,6 +14,7 @@ from broadcaster.streaming.session import (
     RoundTrip,
     SessionSettings,
     SessionState,
+    StatusReceived,
 )
 from broadcaster.streaming.wire import CloseCode
 
@@ -218,6 +219,28 @@ def test_receipt_becomes_an_event():
     )
     [ev] = s.take_events()
     assert isinstance(ev, ReceiptReceived) and ev.receipt.chunks == 5
+
+
+def test_status_reports_the_audio_output_and_nothing_else():
+    s = new_session()
+    s.receive_text(hello(), T0)
+    s.take_events()
+    out(s)  # the welcome
+    s.receive_text('{"type": "status", "audio_output": "blocked"}', T0 + 1)
+    [ev] = s.take_events()
+    assert isinstance(ev, StatusReceived) and ev.status.audio_output == "blocked"
+    assert out(s) == [] and s.close is None  # not answered
+    s.receive_text('{"type": "status", "audio_output": "muted"}', T0 + 2)
+    [error] = out(s)
+    assert error["code"] == "invalid_field" and error["field"] == "audio_output"
+    assert s.close.code == CloseCode.BAD_MESSAGE
+
+
+def test_status_before_hello_is_refused():
+    s = new_session()
+    s.receive_text('{"type": "status", "audio_output": "ready"}', T0)
+    [error] = out(s)
+    assert error["code"] == "expected_hello"
 
 
 def test_bye_closes_normally():
