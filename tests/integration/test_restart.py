@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -14,9 +12,9 @@ import pytest
 from broadcaster.config import hash_token
 from broadcaster.endpoint import ReferenceEndpoint
 
-pytestmark = pytest.mark.integration
+from .served import start_server, stop
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
 
 
 def write_config(path: Path, store: Path) -> None:
@@ -43,40 +41,6 @@ token_hash = "{hash_token("test-admin-token")}"
     )
 
 
-async def start_server(config: Path, http_port: int = 0, ws_port: int = 0):
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "broadcaster.cli",
-        "serve",
-        "--config",
-        str(config),
-        "--http-port",
-        str(http_port),
-        "--ws-port",
-        str(ws_port),
-        cwd=ROOT,
-        stderr=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
-    )
-    found: dict[str, str] = {}
-
-    async def scan():
-        while "http" not in found:
-            line = (await proc.stderr.readline()).decode()
-            if not line:
-                raise AssertionError("server exited")
-            if m := re.search(r"PA endpoints: (ws://\S+)", line):
-                found["ws"] = m[1]
-            if m := re.search(r"HTTP API: (http://[^/\s]+)", line):
-                found["http"] = m[1]
-
-    await asyncio.wait_for(scan(), 30)
-    # keep draining stderr so the pipe never fills
-    drain = asyncio.create_task(proc.stderr.read())
-    return proc, found["http"], found["ws"], drain
-
-
 async def get(http, base, path):
     async with http.get(f"{base}{path}") as r:
         return await r.json()
@@ -85,7 +49,7 @@ async def get(http, base, path):
 async def test_kill_9_with_work_pending_loses_nothing_and_doubles_nothing(tmp_path):
     config = tmp_path / "site.toml"
     write_config(config, tmp_path / "store.sqlite3")
-    proc, api, ws_url, drain = await start_server(config)
+    proc, api, ws_url, drain, _ = await start_server(config)
     http_port = int(api.rsplit(":", 1)[1])
     ws_port = int(ws_url.split(":")[2].split("/")[0])
     endpoint = ReferenceEndpoint(
@@ -125,7 +89,7 @@ async def test_kill_9_with_work_pending_loses_nothing_and_doubles_nothing(tmp_pa
             await proc.wait()
             drain.cancel()
 
-            proc, api, _, drain = await start_server(config, http_port, ws_port)
+            proc, api, _, drain, _ = await start_server(config, http_port, ws_port)
             await asyncio.wait_for(endpoint.joined.wait(), 20)  # reconnected by itself
             finals = {}
             for ann_id in ids:
@@ -159,7 +123,4 @@ async def test_kill_9_with_work_pending_loses_nothing_and_doubles_nothing(tmp_pa
     finally:
         endpoint.stop()
         ep_task.cancel()
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(proc.wait(), 20)
-        drain.cancel()
+        await stop(proc, drain)
