@@ -192,12 +192,17 @@ async def test_operator_cancels_only_its_own_announcements(h):
         None, path=f"/v1/announcements/{theirs['id']}/cancel", as_="dispatcher"
     )
     assert status == 202 and resp["state"] == "cancelled"
-    # the creator is in the stored record too (the history listing reads the store)
-    _, listing = await h.get("/v1/announcements?state=cancelled", as_="viewer")
-    assert {a["id"]: a["created_by"] for a in listing["announcements"]} == {
-        mine["id"]: "operator",
-        theirs["id"]: "operator2",
-    }
+    # the creator is in the stored record too (the history listing reads the store,
+    # which the journal writes a moment after the cancel answered: poll for it)
+    want = {mine["id"]: "operator", theirs["id"]: "operator2"}
+    got: dict[str, str] = {}
+    for _ in range(100):
+        _, listing = await h.get("/v1/announcements?state=cancelled", as_="viewer")
+        got = {a["id"]: a["created_by"] for a in listing["announcements"]}
+        if got == want:
+            break
+        await asyncio.sleep(0.05)
+    assert got == want
 
 
 async def test_schedule_rights_follow_role_band_and_zones(h):
