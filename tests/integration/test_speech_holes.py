@@ -25,11 +25,11 @@ from .test_runware_service import runware_config
 
 pytestmark = pytest.mark.integration
 
-#: Four segments of Runware speech at segment_max_chars = 60 (enough for a fault on
-#: every 2nd task to hit two of them; longer text only makes the test slower).
+#: Five segments of Runware speech at segment_max_chars = 60.
 TEXT = (
     "Platform four. The train to Greenhaven is delayed. It will now leave at "
-    "twelve forty from platform six. Please mind the gap."
+    "twelve forty from platform six. Please mind the gap when boarding. "
+    "We apologise for the delay to your journey."
 )
 PAUSE_MS = 250
 #: Silence at the edges of each take of the fake's engine, beside the pause (measured
