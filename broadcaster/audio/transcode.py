@@ -48,8 +48,8 @@ Samples = npt.NDArray[np.int16]
 #: reconstructs peaks up to ~2.3 dB above its input's true peak in bench/true_peak.py,
 #: and 3.0 dB was seen once in CI on speech normalized to the ceiling, hence 4 dB;
 #: μ-law quantisation adds up to ~0.4 dB at the top of its range; PCM only the
-#: limiter's interpolation
-#: error and s16 rounding. Measured over speech and chimes by bench/true_peak.py,
+#: limiter's interpolation error and s16 rounding. Measured over speech and chimes
+#: by bench/true_peak.py,
 #: held by tests/unit/test_true_peak_after_decode.py.
 ENCODER_HEADROOM_DB: dict[Codec, float] = {
     Codec.OPUS: 4.0,
